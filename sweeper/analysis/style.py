@@ -1,0 +1,40 @@
+"""Shared plotting conventions: one look for every figure, PNG and PDF side by side."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files, drawn on clusters and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+plt.rcParams.update(
+    {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "axes.titlesize": 10}
+)
+
+
+def save(fig, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out / f"{name}.{ext}"
+        fig.savefig(path, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def done(trials: pd.DataFrame) -> pd.DataFrame:
+    """Finished trials only (failed ones have no results)."""
+    if trials is None or trials.empty or "status" not in trials:
+        return pd.DataFrame()
+    return trials[trials["status"] == "done"]
+
+
+def mean_std(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """Mean and standard deviation over seeds (error bars), with the number of seeds."""
+    g = frame.groupby(by, dropna=False)[value]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out

@@ -1,0 +1,243 @@
+"""The `sweeper` command line.
+
+Exit status: 0 all well; 1 the sweep ran but some trials failed or are missing; 2 bad input or
+environment (one line on stderr naming the file and field; `--debug` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from sweeper.errors import SweeperError
+
+DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage)
+        raise SweeperError(message, self.prog)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+# -- plan ----------------------------------------------------------------------------------------
+def cmd_plan(args) -> int:
+    from sweeper.study import load_study
+
+    study = load_study(args.study, quick=args.quick)
+    specs = study.specs()
+    done = set()
+    if args.store and Path(args.store).exists():
+        from sweeper.store import Store
+
+        done = Store(args.store).trial_status(study.name).done
+    axes = [a for a in study.axes if not isinstance(study.axes[a][0], dict)]
+    rows = []
+    for s in specs:
+        row = s.to_row()
+        rows.append({"trial_id": s.trial_id, **({"model": s.model} if hasattr(s, "model") else {}), **row,
+                     "done": s.trial_id in done})
+    if args.json:
+        print(json.dumps({"study": study.name, "experiment": study.experiment, "count": len(rows),
+                          "done": len(done & {s.trial_id for s in specs}), "trials": rows}, indent=1))
+        return 0
+    shown = ["trial_id"] + [c for c in dict.fromkeys((["model"] if "model" in axes or "depth" in axes or "width" in axes else []) + axes)
+                            if c in rows[0] and c != "model" or c == "model" and "model" in rows[0]]
+    shown += ["done"]
+    print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
+    print(_table(rows, shown))
+    return 0
+
+
+# -- run -----------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from sweeper.data import DATASETS, load_arrays
+    from sweeper.store import Store
+    from sweeper.study import load_study
+
+    study = load_study(args.study, quick=args.quick)
+    store = Store(args.store)
+    data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else os.environ.get("SWEEPER_DATA_ROOT")
+    # Check the environment before any work: the store takes writes, the data are there.
+    store.ensure_writable()
+    datasets = {getattr(s, "dataset", None) for s in study.specs()} - {None}
+    for name in datasets:
+        if DATASETS[name].needs_root:
+            load_arrays(name, data_root)  # raises a one-line error naming --data-root
+    if args.address and args.address != "local":
+        from sweeper.runner import check_address
+
+        check_address(args.address)
+
+    from sweeper.runner import run_study
+
+    summary = run_study(
+        study,
+        store,
+        address=args.address,
+        data_root=data_root,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_failures=args.max_failures,
+        checkpoint_seconds=args.checkpoint_seconds,
+    )
+    print(
+        f"{study.name}: {summary.done} ran and done, {len(summary.failed)} failed, {summary.missing} missing, "
+        f"{summary.skipped} skipped (already done) in {summary.seconds:.1f} s; results in {store.path(study.name)}"
+    )
+    for tid, error in list(summary.failed.items())[:10]:
+        print(f"  failed {tid}: {error.splitlines()[0] if error else ''}")
+    if not args.no_figures and store.local:
+        from sweeper.analysis.draw import draw_study
+
+        drawn = draw_study(store, study.name, names=study.figures or None)
+        for key, files in drawn.written.items():
+            print(f"  figure {key}: {files[0]}")
+    return 0 if summary.ok else 1
+
+
+# -- params --------------------------------------------------------------------------------------
+def cmd_params(args) -> int:
+    from sweeper.params import GROUPS, count
+    from sweeper.train_spec import TrainSpec
+
+    out = {}
+    for name in args.models:
+        try:
+            spec = TrainSpec.from_values({"model": name, "trainable": args.trainable, "dataset": args.dataset})
+        except SweeperError as e:
+            raise e.at(name) from None
+        out[name] = count(spec)
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        rows = [{"model": k, **v} for k, v in out.items()]
+        print(_table(rows, ["model", *GROUPS, "trainable"]))
+        print(f"(trainable under subset {args.trainable!r}, classes of {args.dataset})")
+    return 0
+
+
+# -- figures -------------------------------------------------------------------------------------
+def cmd_figures(args) -> int:
+    from sweeper.analysis.draw import draw_store
+    from sweeper.store import Store
+
+    store = Store(args.store)
+    if not store.studies():
+        raise SweeperError("no study results here", args.store)
+    drawn = draw_store(store, Path(args.out) if args.out else None, args.study or None)
+    for key, files in sorted(drawn.written.items()):
+        print(f"drew    {key}: {', '.join(str(f) for f in files)}")
+    for key, why in sorted(drawn.skipped.items()):
+        print(f"skipped {key}: {why}")
+    return 0
+
+
+# -- status --------------------------------------------------------------------------------------
+def cmd_status(args) -> int:
+    from sweeper.store import Store
+
+    store = Store(args.store)
+    planned: dict[str, set[str]] = {}
+    for path in args.studies:
+        from sweeper.study import load_study
+
+        s = load_study(path)
+        planned[s.name] = {spec.trial_id for spec in s.specs()}
+    rows = []
+    for name in sorted(set(store.studies()) | set(planned)):
+        st = store.trial_status(name)
+        trials = store.read(name, "trials", columns=["ended_at"]) if st.done or st.failed else None
+        rows.append({
+            "study": name,
+            "done": len(st.done),
+            "failed": len(st.failed),
+            "missing": len(planned[name] - st.done - set(st.failed)) if name in planned else None,
+            "corrupt": len(st.corrupt),
+            "last_run": None if trials is None or trials.empty else str(trials["ended_at"].max()),
+        })
+    if args.json:
+        print(json.dumps({"store": store.uri, "studies": rows}, indent=1))
+    else:
+        print(_table(rows, ["study", "done", "failed", "missing", "corrupt", "last_run"]) if rows else "empty store")
+    return 0
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="sweeper", description="Sweeps of BatchNorm-only training on Ray Tune.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    plan = sub.add_parser("plan", help="list a study's trials without running anything")
+    plan.add_argument("study")
+    plan.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
+    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--store", default=None, help="mark trials this store already has")
+    plan.set_defaults(fn=cmd_plan)
+
+    run = sub.add_parser("run", help="run a study's missing trials on Ray")
+    run.add_argument("study")
+    run.add_argument("--store", default=DEFAULT_STORE, help="results store: a path or s3://, gs:// URI (default: %(default)s)")
+    run.add_argument("--address", default=None, help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
+    run.add_argument("--data-root", default=None, help="dataset root (or $SWEEPER_DATA_ROOT)")
+    run.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
+    run.add_argument("--cpus-per-trial", type=float, default=None)
+    run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions share a GPU (e.g. 0.25)")
+    run.add_argument("--max-failures", type=int, default=2, help="retries of a trial lost to a node fault")
+    run.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint at most this often")
+    run.add_argument("--no-figures", action="store_true", help="do not redraw figures at the end")
+    run.set_defaults(fn=cmd_run)
+
+    params = sub.add_parser("params", help="parameter counts by group (Table 1)")
+    params.add_argument("models", nargs="+", help="e.g. resnet-110 wrn-14-8 imagenet-resnet-50")
+    params.add_argument("--trainable", default="bn")
+    params.add_argument("--dataset", default="cifar10", help="sets input channels and classes")
+    params.add_argument("--json", action="store_true")
+    params.set_defaults(fn=cmd_params)
+
+    figures = sub.add_parser("figures", help="redraw every figure a store has data for")
+    figures.add_argument("store")
+    figures.add_argument("--out", default=None, help="folder (default: <store>/<study>/figures)")
+    figures.add_argument("--study", action="append", help="only this study (repeatable)")
+    figures.set_defaults(fn=cmd_figures)
+
+    status = sub.add_parser("status", help="per study: trials done, failed, missing; the last run")
+    status.add_argument("store")
+    status.add_argument("studies", nargs="*", help="study files, to count missing trials")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(fn=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return args.fn(args)
+    except SweeperError as e:
+        if debug:
+            raise
+        print(f"sweeper: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sweeper: interrupted; finished trials are in the store, run again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Dataset registry, loaders and the tensor-side input pipeline.
+
+Every dataset is held once per process as uint8 tensors (N, C, H, W) plus int64 labels: a Ray
+actor that runs many trials keeps it between them (`load_arrays` caches), and augmentation runs per
+batch on tensors (no per-image PIL, no DataLoader worker processes competing for the trial's cores).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from sweeper.errors import SweeperError
+from sweeper.registry import Registry
+
+DATA_ROOT_ENV = "SWEEPER_DATA_ROOT"
+
+Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    load: Callable[[Path | None, bool], Arrays]  # (root, allow_download) -> arrays
+    num_classes: int
+    shape: tuple[int, int, int]  # (channels, height, width) of one image
+    needs_root: bool
+    description: str
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+# -- digits: scikit-learn's 1,797 8x8 images, the seconds-long embedded default -------------------
+def _load_digits(root: Path | None, download: bool) -> Arrays:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.clip(digits.images * 16.0, 0, 255).astype(np.uint8)[:, None]  # values 0..16 -> 0..255
+    y = digits.target.astype(np.int64)
+    # A fixed, stratified 80/20 split, independent of any trial's seed.
+    rng = np.random.default_rng(0)
+    test = np.zeros(len(y), dtype=bool)
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        test[rng.choice(idx, size=len(idx) // 5, replace=False)] = True
+    t = torch.from_numpy
+    return t(x[~test]), t(y[~test]), t(x[test]), t(y[test])
+
+
+DATASETS.add("digits", Dataset(_load_digits, 10, (1, 8, 8), False, "scikit-learn's 8x8 digits (1,797 images)"))
+
+
+# -- CIFAR-10/100 in the standard python batches layout -------------------------------------------
+@dataclass(frozen=True)
+class CifarLayout:
+    folder: str
+    train_files: tuple[str, ...]
+    test_file: str
+    label_key: bytes
+    url: str
+    archive: str
+    md5: str
+
+
+CIFAR10 = CifarLayout(
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test_batch",
+    b"labels",
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar-10-python.tar.gz",
+    "c58f30108f718f92721af3b95e74349a",
+)
+CIFAR100 = CifarLayout(
+    "cifar-100-python",
+    ("train",),
+    "test",
+    b"fine_labels",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "cifar-100-python.tar.gz",
+    "eb9058c3a382ffc7106e4002c42a8d85",
+)
+
+
+def find_cifar(root: Path, layout: CifarLayout) -> Path | None:
+    """The batches folder under `root` (root itself, or root/<folder>), if complete."""
+    for candidate in (root / layout.folder, root):
+        if all((candidate / f).is_file() for f in (*layout.train_files, layout.test_file)):
+            return candidate
+    return None
+
+
+def download_cifar(root: Path, layout: CifarLayout, url: str | None = None, md5: str | None = None):
+    """Fetch and unpack the archive with torchvision's downloader (users with a network)."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    root.mkdir(parents=True, exist_ok=True)
+    download_and_extract_archive(url or layout.url, str(root), filename=layout.archive, md5=md5 or layout.md5)
+
+
+def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        # The dataset's own format is a pickle; these files come from the data root, not the store.
+        entry = pickle.load(f, encoding="bytes")
+    x = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(entry[label_key], dtype=np.int64)
+
+
+def _cifar_loader(layout: CifarLayout) -> Callable[[Path | None, bool], Arrays]:
+    def load(root: Path | None, download: bool) -> Arrays:
+        assert root is not None
+        folder = find_cifar(root, layout)
+        if folder is None and download:
+            try:
+                download_cifar(root, layout)
+            except Exception as e:  # no network, refused, checksum: all reported the same way
+                raise SweeperError(
+                    f"no {layout.folder} under {root} and the download failed "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                    "data_root",
+                ) from None
+            folder = find_cifar(root, layout)
+        if folder is None:
+            raise SweeperError(f"no {layout.folder} under {root}", "data_root")
+        parts = [_read_batch(folder / f, layout.label_key) for f in layout.train_files]
+        x_test, y_test = _read_batch(folder / layout.test_file, layout.label_key)
+        t = torch.from_numpy
+        x_train = np.concatenate([p[0] for p in parts])
+        y_train = np.concatenate([p[1] for p in parts])
+        return t(x_train), t(y_train), t(x_test), t(y_test)
+
+    return load
+
+
+DATASETS.add("cifar10", Dataset(_cifar_loader(CIFAR10), 10, (3, 32, 32), True, "CIFAR-10, python batches"), "cifar-10")
+DATASETS.add(
+    "cifar100", Dataset(_cifar_loader(CIFAR100), 100, (3, 32, 32), True, "CIFAR-100, python batches"), "cifar-100"
+)
+
+
+def resolve_root(data_root: str | os.PathLike | None) -> Path | None:
+    root = data_root or os.environ.get(DATA_ROOT_ENV)
+    return Path(root).expanduser().resolve() if root else None
+
+
+_CACHE: dict[tuple, Arrays] = {}
+
+
+def load_arrays(name: str, data_root: str | os.PathLike | None = None, download: bool = True) -> Arrays:
+    """(x_train, y_train, x_test, y_test): uint8 (N, C, H, W) images and int64 labels, cached
+    per process so that trials sharing a worker load the data once."""
+    name = DATASETS.canonical(name)
+    ds = DATASETS[name]
+    root = resolve_root(data_root)
+    if ds.needs_root and root is None:
+        raise SweeperError(
+            f"dataset {name} needs a data root: pass --data-root DIR or set {DATA_ROOT_ENV}", "data_root"
+        )
+    key = (name, str(root) if ds.needs_root else None)
+    if key not in _CACHE:
+        _CACHE[key] = ds.load(root, download)
+    return _CACHE[key]
+
+
+def balanced_subset(y: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices of the first size/C examples of each class (the same subset for every seed)."""
+    if size <= 0 or size >= len(y):
+        return torch.arange(len(y))
+    classes = torch.unique(y)
+    per_class = size // len(classes)
+    extra = size - per_class * len(classes)
+    picks = []
+    for i, c in enumerate(classes):
+        idx = torch.nonzero(y == c).flatten()
+        picks.append(idx[: per_class + (1 if i < extra else 0)])
+    return torch.sort(torch.cat(picks)).values
+
+
+# -- augmentation, on whole batches of tensors ----------------------------------------------------
+def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Random crops of `x` (N, C, H, W) after zero padding by `pad`, one offset per image."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+AUGMENTATIONS: Registry[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = Registry("augmentation")
+AUGMENTATIONS.add("none", lambda x, g: x)
+AUGMENTATIONS.add("flip", random_flip)
+AUGMENTATIONS.add("crop", lambda x, g: random_crop(x, 4, g))
+# The paper's augmentation: random crop with 4-pixel padding and horizontal flip.
+AUGMENTATIONS.add("crop_flip", lambda x, g: random_flip(random_crop(x, 4, g), g), "crop+flip")
+
+
+class Batches:
+    """Normalised float batches from uint8 tensors held on the training device."""
+
+    def __init__(self, x, y, batch_size, mean, std, device, channels_last=False, augment="none"):
+        self.x = x.to(device)
+        self.y = y.to(device)
+        self.batch_size = batch_size
+        self.mean = (mean * 255).view(1, -1, 1, 1).to(device)
+        self.std = (std * 255).view(1, -1, 1, 1).to(device)
+        self.channels_last = channels_last
+        self.augment = AUGMENTATIONS[augment]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def num_batches(self, drop_last: bool) -> int:
+        n = len(self.y) // self.batch_size
+        return n if drop_last or len(self.y) % self.batch_size == 0 else n + 1
+
+    def _prepare(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        if g is not None:
+            x = self.augment(x, g)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def epoch(self, g: torch.Generator, drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled, augmented batches; the order is a function of `g` alone."""
+        order = torch.randperm(len(self.y), generator=g).to(self.x.device)
+        for i in range(self.num_batches(drop_last)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self._prepare(self.x[idx], g), self.y[idx]
+
+    def ordered(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Un-augmented batches in dataset order (evaluation)."""
+        for i in range(self.num_batches(drop_last=False)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            yield self._prepare(self.x[sl], None), self.y[sl]
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images, as fractions of 255."""
+    xf = x.float() / 255
+    return xf.mean(dim=(0, 2, 3)), xf.std(dim=(0, 2, 3)).clamp_min(1e-3)

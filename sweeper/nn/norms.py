@@ -1,0 +1,68 @@
+"""Normalisation-layer registry: the layer whose affine γ and β the `bn` subset trains.
+
+`batch` is the papers' BatchNorm. The others let a study ask whether standardisation across the
+batch matters or any per-channel affine map does (LayerNorm and InstanceNorm for convolutions are
+GroupNorm with one group and with one channel per group, which keeps a per-channel γ and β)."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from sweeper.callspec import check_params, format_call, parse
+from sweeper.registry import Registry
+
+
+class Affine(nn.Module):
+    """y = γ·x + β per channel, no standardisation (the normalisation-free control)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+# builder(channels, dims, **params) -> module; dims is 1 for MLPs, 2 for convolutions
+NormBuilder = Callable[..., nn.Module]
+NORMS: Registry[tuple[NormBuilder, dict[str, type]]] = Registry("norm")
+
+
+def _batch(c: int, dims: int) -> nn.Module:
+    return nn.BatchNorm2d(c) if dims == 2 else nn.BatchNorm1d(c)
+
+
+def _group(c: int, dims: int, groups: int = 8) -> nn.Module:
+    return nn.GroupNorm(math.gcd(int(groups), c), c)
+
+
+NORMS.add("batch", (_batch, {}), "bn", "batchnorm")
+NORMS.add("layer", (lambda c, dims: nn.GroupNorm(1, c), {}), "layernorm")
+NORMS.add("group", (_group, {"groups": int}), "groupnorm")
+NORMS.add("instance", (lambda c, dims: nn.GroupNorm(c, c), {}), "instancenorm")
+NORMS.add("affine", (lambda c, dims: Affine(c), {}))
+NORMS.add("none", (lambda c, dims: nn.Identity(), {}))
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, Affine)
+
+
+def canonical_norm(text: str) -> str:
+    name, params = parse(text)
+    name = NORMS.canonical(name)
+    check_params(text, params, NORMS[name][1])
+    return format_call(name, params)
+
+
+def norm_factory(text: str, dims: int) -> Callable[[int], nn.Module]:
+    name, params = parse(text)
+    builder, _ = NORMS[name]
+    return lambda channels: builder(channels, dims, **params)
+
+
+def is_norm(module: nn.Module) -> bool:
+    return isinstance(module, NORM_TYPES)

@@ -1,0 +1,299 @@
+"""The runner: the only module that imports Ray. It turns a study's missing trials into Ray Tune
+trials, one `sweeper.trial.execute` each, and reports progress.
+
+Why it looks like this:
+- The store, not Tune's experiment state, is the record of what is done: a re-run (after a killed
+  driver, a failed trial, a new seed) plans only what the store lacks. Tune's state under
+  `<store>/<study>/_tune` serves only to resume a trial from its last checkpoint after a lost node.
+- Actors are reused between trials (Tune's per-trial start-up cost is otherwise ~1.7 s here), and
+  each trial sets torch's threads to its CPU count (oversubscription made two trials 5x slower).
+- Only scalars go to Tune (it keeps statistics of every metric); tables go straight to Parquet.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sweeper.errors import SweeperError
+from sweeper.store import Store
+from sweeper.study import Study
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
+
+
+@dataclass
+class RunSummary:
+    study: str
+    planned: int
+    skipped: int  # already done in the store
+    ran: int = 0
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # trial id -> error (this run)
+    missing: int = 0  # neither done nor failed after the run (lost to faults)
+    seconds: float = 0.0
+    best: tuple[float, str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.missing
+
+
+# -- connecting ------------------------------------------------------------------------------
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """Fail within seconds, not minutes, when no Ray cluster answers at `address`."""
+    if address in ("auto",):
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if not os.environ.get("RAY_ADDRESS") and not current.exists():
+            raise SweeperError("no Ray cluster is running on this host (start one with `ray start --head`)", "--address")
+        return
+    if address == "local":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweeperError(f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}", "--address")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise SweeperError(f"no Ray cluster answers at {address} ({e.strerror or e})", "--address") from None
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """Start an embedded local cluster (address None) or join one. Returns True when this call
+    started Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,  # no open port on a laptop; `ray start` users opt in
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    else:
+        check_address(address)
+        ray.init(address=address, log_to_driver=False)
+    return True
+
+
+# -- the trial function -------------------------------------------------------------------------
+def _accepts(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """A Ray Tune function trainable: rebuild the spec, run it, checkpoint each epoch."""
+    import importlib
+
+    import ray
+    import torch
+    from ray import tune
+
+    from sweeper.experiments import EXPERIMENTS
+    from sweeper.trial import TrialContext, execute
+
+    experiment = EXPERIMENTS[config["experiment"]]
+    spec = experiment.spec_type.from_values(dict(config["spec"]))
+    cpus = float(config["cpus"])
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    ctx = TrialContext(
+        study=config["study"],
+        store=Store(config["store"]),
+        data_root=config["data_root"],
+        code_version=config["code_version"],
+        cpus=cpus,
+        gpus=float(config["gpus"]),
+        node_id=ray.get_runtime_context().get_node_id(),
+    )
+    module, name = experiment.run_function.split(":")
+    run_fn = getattr(importlib.import_module(module), name)
+    kwargs: dict[str, Any] = {}
+    if _accepts(run_fn, "threads"):
+        kwargs["threads"] = threads
+    if _accepts(run_fn, "on_epoch"):
+        every = float(config["checkpoint_seconds"])
+        last = [time.monotonic()]
+
+        def on_epoch(epoch, metrics, state):
+            report = {"epoch": epoch, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+            if time.monotonic() - last[0] >= every:
+                with tempfile.TemporaryDirectory() as d:
+                    torch.save(state(), os.path.join(d, "state.pt"))
+                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+                last[0] = time.monotonic()
+            else:
+                tune.report(report)
+
+        kwargs["on_epoch"] = on_epoch
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                kwargs["resume"] = torch.load(os.path.join(d, "state.pt"), weights_only=True)
+    row = execute(spec, ctx, **kwargs)
+    final = {"status": row["status"], "trial_done": 1}
+    for key in ("test_acc", "relative_error"):
+        if isinstance(row.get(key), float):
+            final[key] = row[key]
+    tune.report(final)
+
+
+# -- progress -----------------------------------------------------------------------------------
+def _progress_callback(total: int, skipped: int, say: Callable[[str], None], metric: str):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per finished trial: counts and the best accuracy so far."""
+
+        def __init__(self):
+            self.started, self.finished, self.failed, self.best = set(), 0, 0, None
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started.add(trial.trial_id)
+
+        def _line(self, trials, last):
+            running = len(self.started) - self.finished
+            pending = total - self.finished - running
+            best = f" · best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+            say(
+                f"[{self.finished + skipped}/{total + skipped}] {self.finished - self.failed} done, "
+                f"{running} running, {pending} pending, {self.failed} failed{best}  <- {last}"
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            self.finished += 1
+            label = trial.config["point"]["label"]
+            if result.get("status") != "done":
+                self.failed += 1
+                last = f"{label}: FAILED"
+            else:
+                value = result.get(metric)
+                if isinstance(value, float) and (self.best is None or value > self.best[0]):
+                    self.best = (value, label)
+                last = f"{label}: {metric} {value:.4f}" if isinstance(value, float) else label
+            self._line(trials, last)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.finished += 1
+            self.failed += 1
+            self._line(trials, f"{trial.config['point']['label']}: ERROR (retries exhausted)")
+
+    return Progress()
+
+
+def _label(spec) -> str:
+    changed = spec.non_default()
+    keys = [k for k in ("model", "trainable", "activation", "norm", "weight_init", "seed") if hasattr(spec, k)]
+    parts = [spec.model] if hasattr(spec, "model") else []
+    parts += [f"{k}={changed[k]}" for k in keys if k in changed and k != "model"]
+    return f"{spec.trial_id[:8]} {' '.join(parts)}".strip()
+
+
+# -- the sweep -----------------------------------------------------------------------------------
+def run_study(
+    study: Study,
+    store: Store,
+    *,
+    address: str | None = None,
+    data_root: str | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    max_failures: int = 2,
+    checkpoint_seconds: float = 30.0,
+    rerun: set[str] | None = None,
+    say: Callable[[str], None] = print,
+) -> RunSummary:
+    """Run every trial of `study` that the store does not have as done. Failed trials are
+    retried; trials in `rerun` run again even when done."""
+    from sweeper.version import code_version
+
+    started = time.perf_counter()
+    specs = study.specs()
+    status = store.trial_status(study.name)
+    for path in status.corrupt:
+        say(f"warning: {path}: unreadable trials file; its trial runs again")
+    rerun = rerun or set()
+    todo = [s for s in specs if s.trial_id not in status.done or s.trial_id in rerun]
+    summary = RunSummary(study.name, planned=len(specs), skipped=len(specs) - len(todo))
+    if summary.skipped:
+        say(f"{study.name}: {summary.skipped} of {len(specs)} trials already in the store; skipped")
+    if not todo:
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    import ray
+    from ray import tune
+
+    cpus = float(cpus_per_trial if cpus_per_trial is not None else study.resources.get("cpu", 1))
+    gpus = float(gpus_per_trial if gpus_per_trial is not None else study.resources.get("gpu", 0))
+    started_ray = connect(address)
+    try:
+        available = ray.cluster_resources()
+        if cpus > available.get("CPU", 0) or gpus > available.get("GPU", 0):
+            raise SweeperError(
+                f"each trial asks for {cpus:g} CPU and {gpus:g} GPU, but the cluster has "
+                f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU",
+                "resources",
+            )
+        say(f"{study.name}: running {len(todo)} trials ({cpus:g} CPU, {gpus:g} GPU each) -> {store.uri}")
+        by_label = {s.trial_id: _label(s) for s in todo}
+        common = {
+            "experiment": study.experiment,
+            "study": study.name,
+            "store": store.uri,
+            "data_root": data_root,
+            "code_version": code_version(),
+            "cpus": cpus,
+            "gpus": gpus,
+            "checkpoint_seconds": checkpoint_seconds,
+        }
+        points = [{"spec": s.to_dict(), "label": by_label[s.trial_id], "trial_id": s.trial_id} for s in todo]
+        param_space = {**common, "point": tune.grid_search(points)}
+        trainable = tune.with_resources(_flatten_point, {"cpu": cpus, "gpu": gpus})
+        metric = "relative_error" if study.experiment == "construction" else "test_acc"
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                reuse_actors=True,
+                trial_dirname_creator=lambda t: t.config["point"]["trial_id"],
+                trial_name_creator=lambda t: t.config["point"]["trial_id"],
+            ),
+            run_config=tune.RunConfig(
+                name=f"sweep-{int(time.time())}",
+                storage_path=store.path(study.name, "_tune"),
+                verbose=0,
+                callbacks=[_progress_callback(len(todo), summary.skipped, say, metric)],
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    after = store.trial_status(study.name)
+    ids = {s.trial_id for s in todo}
+    summary.ran = len(todo)
+    summary.done = len(ids & after.done)
+    summary.failed = {t: e for t, e in after.failed.items() if t in ids}
+    summary.missing = len(ids - after.done - set(after.failed))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _flatten_point(config: dict[str, Any]) -> None:
+    point = config["point"]
+    tune_trial({**config, "spec": point["spec"], "label": point["label"]})

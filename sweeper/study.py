@@ -1,0 +1,195 @@
+"""Studies: what a study file declares, and its expansion into trial specs.
+
+A study file is Python that defines `study = Study(...)`:
+
+    study = Study(
+        name="quickstart",
+        dataset="digits",
+        axes={"model": ["resnet-8", "resnet-14"], "trainable": ["all", "bn"], "seed": [0, 1]},
+        recipe={"epochs": 10, "lr": 0.1, "batch_size": 64},
+        measure=["bn"],
+        figures=["accuracy_vs_bn_params"],
+        quick={"axes": {"seed": [0]}, "recipe": {"epochs": 2}},
+    )
+
+Axes form a grid (their cartesian product, in the order given); the seed is an axis like any
+other. An axis whose values are dicts is a joint axis: each dict sets several fields together.
+`quick` overrides axes and recipe for a CPU-sized smoke run (`--quick`), stored as `<name>-quick`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from sweeper.errors import SweeperError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclasses.dataclass
+class Search:
+    """Optuna search over continuous recipe values (Ray Tune's OptunaSearch), beside the grid.
+
+    space: field -> ("loguniform" | "uniform", low, high); metric: a trials column to maximise.
+    """
+
+    space: dict[str, tuple[str, float, float]]
+    num_samples: int = 8
+    metric: str = "test_acc"
+    mode: str = "max"
+    asha: bool = False  # stop weak trials early (ASHA) on the per-epoch metric
+
+
+@dataclasses.dataclass
+class Study:
+    name: str
+    experiment: str = "train"
+    dataset: str | None = None
+    axes: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
+    measure: list[str] | None = None
+    figures: list[str] = dataclasses.field(default_factory=list)
+    quick: dict[str, Any] | None = None
+    resources: dict[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    search: Search | None = None
+    description: str = ""
+
+    # -- variants ------------------------------------------------------------------------------
+    def quick_variant(self) -> "Study":
+        if self.quick is None:
+            raise SweeperError("this study declares no quick variant", "quick")
+        unknown = set(self.quick) - {"axes", "recipe", "resources", "name", "figures", "dataset", "measure"}
+        if unknown:
+            raise SweeperError(
+                f"unknown keys {sorted(unknown)}; valid keys: axes, dataset, figures, measure, name, recipe, resources",
+                "quick",
+            )
+        return dataclasses.replace(
+            self,
+            name=self.quick.get("name", f"{self.name}-quick"),
+            dataset=self.quick.get("dataset", self.dataset),
+            axes={**self.axes, **self.quick.get("axes", {})},
+            recipe={**self.recipe, **self.quick.get("recipe", {})},
+            measure=self.quick.get("measure", self.measure),
+            figures=self.quick.get("figures", self.figures),
+            resources={**self.resources, **self.quick.get("resources", {})},
+            quick=None,
+        )
+
+    # -- expansion -----------------------------------------------------------------------------
+    @property
+    def spec_type(self):
+        from sweeper.experiments import EXPERIMENTS
+
+        try:
+            return EXPERIMENTS[self.experiment].spec_type
+        except SweeperError as e:
+            raise e.at("experiment") from None
+
+    def base_values(self) -> dict[str, Any]:
+        values = dict(self.recipe)
+        if self.dataset is not None:
+            values["dataset"] = self.dataset
+        if self.measure is not None:
+            values["measure"] = list(self.measure)
+        return values
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SweeperError(f"must be letters, digits, '.', '_' or '-', got {self.name!r}", "name")
+        if not isinstance(self.axes, dict):
+            raise SweeperError("must be a dict of field -> list of values", "axes")
+        for axis, values in self.axes.items():
+            where = f"axes.{axis}"
+            if not isinstance(values, (list, tuple)):
+                raise SweeperError(f"must be a list of values, got {values!r}", where)
+            if not values:
+                raise SweeperError("is empty: a grid axis needs at least one value", where)
+            keys = [repr(sorted(v.items())) if isinstance(v, dict) else repr(v) for v in values]
+            dupes = sorted({k for k in keys if keys.count(k) > 1})
+            if dupes:
+                raise SweeperError(f"lists {dupes[0]} more than once", where)
+            if axis in self.recipe:
+                raise SweeperError("is both an axis and a recipe value", where)
+        from sweeper.analysis import check_figures
+
+        check_figures(self.figures)
+        for key in ("cpu", "gpu"):
+            value = self.resources.get(key, 0)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise SweeperError(f"must be a non-negative number, got {value!r}", f"resources.{key}")
+        unknown = set(self.resources) - {"cpu", "gpu"}
+        if unknown:
+            raise SweeperError(f"unknown keys {sorted(unknown)}; valid keys: cpu, gpu", "resources")
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The grid's points as field values (before spec construction)."""
+        names = list(self.axes)
+        points = []
+        for combo in itertools.product(*(self.axes[n] for n in names)):
+            values = self.base_values()
+            for name, value in zip(names, combo):
+                if isinstance(value, dict):
+                    values.update(value)  # a joint axis sets several fields at once
+                else:
+                    values[name] = value
+            points.append(values)
+        return points
+
+    def specs(self) -> list:
+        """Validated, fully resolved, de-duplicated specs (two grid points that resolve to the
+        same spec, such as resnet-14 and wrn-14-1, are one trial)."""
+        self.validate()
+        spec_type = self.spec_type
+        out, seen = [], set()
+        for values in self.grid():
+            try:
+                spec = spec_type.from_values(values)
+            except SweeperError as e:
+                field = e.where.split(":")[0] if e.where else None
+                prefix = f"axes.{field}" if field in self.axes else (f"recipe.{field}" if field else None)
+                raise SweeperError(e.message, prefix or e.where) from None
+            if spec.trial_id not in seen:
+                seen.add(spec.trial_id)
+                out.append(spec)
+        return out
+
+
+def load_study(path: str | Path, quick: bool = False) -> Study:
+    """Import a study file and return its Study, reporting every failure as one SweeperError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweeperError("no such study file", str(path))
+    try:
+        source = path.read_text()
+        compile(source, str(path), "exec")
+    except SyntaxError as e:
+        raise SweeperError(f"does not parse: line {e.lineno}: {e.msg}", str(path)) from None
+    module_name = f"sweeper_study_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling need the module registered
+    try:
+        spec.loader.exec_module(module)
+    except SweeperError as e:
+        raise e.at(str(path)) from None
+    except Exception as e:
+        raise SweeperError(f"raises on import: {type(e).__name__}: {e}", str(path)) from None
+    study = getattr(module, "study", None)
+    if not isinstance(study, Study):
+        found = [v for v in vars(module).values() if isinstance(v, Study)]
+        if len(found) != 1:
+            raise SweeperError("defines no study: assign `study = Study(...)`", str(path))
+        study = found[0]
+    try:
+        if quick:
+            study = study.quick_variant()
+        study.specs()  # validate every trial before anything runs
+    except SweeperError as e:
+        raise e.at(str(path)) from None
+    return study

@@ -1,0 +1,146 @@
+"""The spec of a training trial: the axes and recipe of Frankle et al.'s experiments.
+
+Defaults are open_lth's CIFAR recipe (SGD, momentum 0.9, lr 0.1 dropped 10x at 50% and 75% of
+160 epochs, batch 128, weight decay 1e-4, crop+flip) and the paper's initialisation (kaiming-normal
+weights, γ ~ U[0, 1), β = 0). Changing a default here changes trial ids: don't (see spec.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from sweeper.errors import SweeperError
+from sweeper.spec import Spec
+
+DEFAULT_CLAMP = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec(Spec):
+    experiment: ClassVar[str] = "train"
+
+    # data
+    dataset: str = "cifar10"
+    train_size: int = 0  # 0: the whole training set; else a class-balanced subset
+    test_size: int = 0
+    augment: str = "crop_flip"
+    # model
+    family: str = "resnet"
+    depth: int = 20
+    width: int = 16
+    activation: str = "relu"
+    norm: str = "batch"
+    residual_init: float = 1.0  # SkipInit-style residual-branch scale; 1.0 = plain residual
+    weight_init: str = "kaiming_normal"
+    bn_init: str = "uniform"
+    # what trains
+    trainable: str = "all"
+    random_k: int = 2
+    # recipe
+    epochs: int = 160
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training at which lr drops
+    lr_drop: float = 0.1
+    precision: str = "fp32"
+    # what to measure
+    measure: tuple[str, ...] = ("bn",)
+    clamp_thresholds: tuple[float, ...] = DEFAULT_CLAMP
+    seed: int = 0
+
+    @classmethod
+    def expand_shorthands(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if "model" in values:
+            from sweeper.models import parse_model
+
+            family, depth, width = parse_model(values.pop("model"))
+            values.setdefault("family", family)
+            values.setdefault("depth", depth)
+            if "width" not in values:
+                values["width"] = width
+        elif "family" in values and "width" not in values:
+            from sweeper.models import FAMILIES
+
+            values["width"] = FAMILIES[values["family"]].default_width
+        return values
+
+    @property
+    def model(self) -> str:
+        from sweeper.models import model_name
+
+        return model_name(self.family, self.depth, self.width)
+
+    def resolve(self) -> "TrainSpec":
+        from sweeper.data import AUGMENTATIONS, DATASETS
+        from sweeper.measures import MEASUREMENTS
+        from sweeper.models import FAMILIES
+        from sweeper.nn.activations import ACTIVATIONS
+        from sweeper.nn.init import BN_INITS, canonical_weight_init
+        from sweeper.nn.norms import canonical_norm
+        from sweeper.subsets import SUBSETS
+
+        def named(field: str, fn):
+            try:
+                return fn(getattr(self, field))
+            except SweeperError as e:
+                raise e.at(field) from None
+
+        changes = dict(
+            dataset=named("dataset", DATASETS.canonical),
+            augment=named("augment", AUGMENTATIONS.canonical),
+            family=named("family", FAMILIES.canonical),
+            activation=named("activation", ACTIVATIONS.canonical),
+            norm=named("norm", canonical_norm),
+            weight_init=named("weight_init", canonical_weight_init),
+            bn_init=named("bn_init", BN_INITS.canonical),
+            trainable=named("trainable", SUBSETS.canonical),
+            measure=tuple(named("measure", lambda ms: [MEASUREMENTS.canonical(m) for m in ms])),
+        )
+        if SUBSETS[changes["trainable"]].fixes_norm_affine:
+            changes["bn_init"] = "fixed"  # all-but-bn: γ, β pinned at 1, 0 whatever was asked
+        if changes["trainable"] == "none":
+            changes["epochs"] = 0  # evaluate at initialisation
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        from sweeper.models import FAMILIES
+
+        FAMILIES[self.family].check(self.depth, self.width)
+        positive = {"batch_size": self.batch_size, "lr": self.lr}
+        for field, value in positive.items():
+            if not value > 0:
+                raise SweeperError(f"must be positive, got {value!r}", field)
+        if self.epochs < (0 if self.trainable == "none" else 1):
+            raise SweeperError(f"must be at least 1, got {self.epochs}", "epochs")
+        for field in ("weight_decay", "train_size", "test_size", "residual_init"):
+            if getattr(self, field) < 0:
+                raise SweeperError(f"must not be negative, got {getattr(self, field)!r}", field)
+        if not 0 <= self.momentum < 1:
+            raise SweeperError(f"must be in [0, 1), got {self.momentum!r}", "momentum")
+        if not 0 < self.lr_drop <= 1:
+            raise SweeperError(f"must be in (0, 1], got {self.lr_drop!r}", "lr_drop")
+        if any(not 0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise SweeperError(
+                f"must be increasing fractions of training in (0, 1), got {self.milestones!r}", "milestones"
+            )
+        if self.precision not in PRECISIONS:
+            raise SweeperError(
+                f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}", "precision"
+            )
+        if any(t < 0 for t in self.clamp_thresholds) or not self.clamp_thresholds:
+            raise SweeperError(
+                f"thresholds on |γ| must be non-negative, got {self.clamp_thresholds!r}", "clamp_thresholds"
+            )
+        if self.trainable == "random":
+            from sweeper.params import min_fan_in
+
+            fan_in = min_fan_in(self)
+            if not 1 <= self.random_k <= fan_in:
+                raise SweeperError(
+                    f"must be between 1 and the smallest conv fan-in ({fan_in}) of {self.model}, "
+                    f"got {self.random_k}",
+                    "random_k",
+                )

@@ -1,0 +1,78 @@
+"""One trial, end to end and Ray-free: run the experiment, record success or failure, and commit
+its tables and its `trials` row to the store.
+
+A trial's failure (an exception, a NaN loss, out of memory) never propagates: it becomes a row with
+status `failed` and the error, so the sweep goes on and a re-run retries just that trial.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class TrialResult:
+    row: dict[str, Any]  # scalar columns for the trial's `trials` row
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # table name -> rows
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class TrialContext:
+    """Where and how a trial runs; everything here is recorded, nothing here changes the result."""
+
+    study: str
+    store: Any  # sweeper.store.Store
+    data_root: str | None = None
+    code_version: str = ""
+    cpus: float = 1.0
+    gpus: float = 0.0
+    node_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded columns (e.g. search markers)
+
+
+def execute(spec, ctx: TrialContext, **run_kwargs) -> dict[str, Any]:
+    """Run one trial and commit it to the store; returns the committed `trials` row."""
+    from sweeper.experiments import EXPERIMENTS
+
+    experiment = EXPERIMENTS[spec.experiment]
+    started = now()
+    try:
+        result = experiment.run(spec, ctx.data_root, **run_kwargs)
+        status, error = "done", ""
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - a trial's failure is data, not a crash
+        if isinstance(e, SystemExit):
+            raise
+        result = TrialResult({}, {})
+        status = "failed"
+        error = f"{type(e).__name__}: {e}".strip()
+        error += "\n" + "".join(traceback.format_exception(e)[-3:])
+    row = {
+        "trial_id": spec.trial_id,
+        "study": ctx.study,
+        "experiment": spec.experiment,
+        "status": status,
+        "error": error,
+        **spec.to_row(),
+        **result.row,
+        "cpus": float(ctx.cpus),
+        "gpus": float(ctx.gpus),
+        "node_id": ctx.node_id,
+        "hostname": socket.gethostname(),
+        "code_version": ctx.code_version,
+        "started_at": started,
+        "ended_at": now(),
+        **ctx.extra,
+    }
+    ctx.store.commit_trial(ctx.study, spec, row, result.tables if status == "done" else {})
+    return row
