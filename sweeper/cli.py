@@ -6,6 +6,7 @@ environment (one line on stderr naming the file and field; `--debug` shows the t
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -14,6 +15,9 @@ from pathlib import Path
 from sweeper.errors import SweeperError
 
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
+
+# Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
+COMMAND_MODULES: list[str] = []
 
 
 class Parser(argparse.ArgumentParser):
@@ -220,6 +224,9 @@ def build_parser() -> Parser:
     status.add_argument("studies", nargs="*", help="study files, to count missing trials")
     status.add_argument("--json", action="store_true")
     status.set_defaults(fn=cmd_status)
+
+    for module in COMMAND_MODULES:  # commands that live in their own modules
+        importlib.import_module(module).add_parser(sub)
     return p
 
 

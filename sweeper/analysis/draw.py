@@ -1,11 +1,37 @@
 """Redraw figures from a store: every registered figure a study has data for."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweeper.analysis import FIGURES
+import pandas as pd
+
+from sweeper.analysis import figures
 from sweeper.store import Store
+
+
+class LazyTables(Mapping):
+    """A study's tables, each read from Parquet on first use (the `bn` table of a big sweep is
+    millions of rows; a figure that does not need it never pays for it)."""
+
+    def __init__(self, store: Store, study: str):
+        self.store, self.study = store, study
+        self.names = store.tables(study)
+        self._cache: dict[str, pd.DataFrame] = {}
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in self.names:
+            raise KeyError(name)
+        if name not in self._cache:
+            self._cache[name] = self.store.read(self.study, name)
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 @dataclass
@@ -18,22 +44,15 @@ def draw_study(store: Store, study: str, out: Path | None = None, names: list[st
     """Draw `names` (default: every registered figure) for one study into `out` (default
     `<store>/<study>/figures`, which needs a local store)."""
     out = Path(out) if out else Path(store.path(study, "figures"))
+    registry = figures()
+    tables = LazyTables(store, study)
     drawn = Drawn()
-    available = set(store.tables(study))
-    cache: dict = {}
-    for name in names or FIGURES.names():
-        fig = FIGURES[name]
-        missing = [t for t in fig.tables if t not in available]
-        key = f"{study}/{name}"
-        if missing:
-            drawn.skipped[key] = f"no {', '.join(missing)} table"
-            continue
-        tables = {t: cache[t] if t in cache else cache.setdefault(t, store.read(study, t)) for t in fig.tables}
-        files = fig.draw(tables, out)
+    for name in names or registry.names():
+        files = registry[name](tables, out)
         if files:
-            drawn.written[key] = files
+            drawn.written[f"{study}/{name}"] = files
         else:
-            drawn.skipped[key] = "not enough data in its tables"
+            drawn.skipped[f"{study}/{name}"] = "no data for it in this study"
     return drawn
 
 

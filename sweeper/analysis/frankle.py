@@ -35,3 +35,8 @@ def accuracy_vs_bn_params(tables: dict[str, pd.DataFrame], out: Path) -> list[Pa
     ax.set_title("Accuracy vs BN parameter count: deepening vs widening")
     ax.legend(loc="best", ncols=2)
     return save(fig, out, "accuracy_vs_bn_params")
+
+
+FIGURES = {
+    "accuracy_vs_bn_params": accuracy_vs_bn_params,
+}
