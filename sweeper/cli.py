@@ -17,7 +17,7 @@ from sweeper.errors import SweeperError
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["sweeper.nightly", "sweeper.schedule"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -122,16 +122,18 @@ def cmd_params(args) -> int:
     out = {}
     for name in args.models:
         try:
-            spec = TrainSpec.from_values({"model": name, "trainable": args.trainable, "dataset": args.dataset})
+            spec = TrainSpec.from_values({"model": name, "trainable": args.trainable, "dataset": args.dataset or "cifar10"})
         except SweeperError as e:
             raise e.at(name) from None
-        out[name] = count(spec)
+        # ImageNet models are counted with ImageNet's 1,000 classes unless a dataset is named.
+        classes = 1000 if spec.family == "imagenet-resnet" and args.dataset is None else None
+        out[name] = count(spec, num_classes=classes)
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         rows = [{"model": k, **v} for k, v in out.items()]
         print(_table(rows, ["model", *GROUPS, "trainable"]))
-        print(f"(trainable under subset {args.trainable!r}, classes of {args.dataset})")
+        print(f"(trainable under subset {args.trainable!r})")
     return 0
 
 
@@ -209,7 +211,7 @@ def build_parser() -> Parser:
     params = sub.add_parser("params", help="parameter counts by group (Table 1)")
     params.add_argument("models", nargs="+", help="e.g. resnet-110 wrn-14-8 imagenet-resnet-50")
     params.add_argument("--trainable", default="bn")
-    params.add_argument("--dataset", default="cifar10", help="sets input channels and classes")
+    params.add_argument("--dataset", default=None, help="sets input channels and classes (default: cifar10; 1,000 classes for imagenet-resnet)")
     params.add_argument("--json", action="store_true")
     params.set_defaults(fn=cmd_params)
 

@@ -69,7 +69,7 @@ class ConstructionSpec:
     target: str = "mlp"  # "mlp" | "cnn"
     hidden: int = 16  # MLP hidden width
     hidden_layers: int = 1  # MLP hidden layers
-    cnn_channels: int = 4  # CNN: conv(k x k, C -> c), act, maxpool 2, conv(c -> c), act, avgpool, linear
+    cnn_channels: int = 8  # CNN: conv(k x k, C -> c), act, maxpool 2, conv(c -> c), act, avgpool, linear
     kernel_size: int = 3
     width_ratio: float = 1.2  # total BN width per target layer / its weight count P (D * m / P)
     source_depth: int = 1  # D: BN layers per target layer (1 = the linear construction)
@@ -82,7 +82,7 @@ class ConstructionSpec:
     batch_size: int = 64
     calibration_size: int = 0  # training inputs used for running statistics; 0 = all
     shift_margin: float = 2.0  # ReLU-like: shift = onset + margin * (calibration range of the unit)
-    linear_scale: float = 1e-3  # tanh/sigmoid: half-width of the pre-activation range around 0
+    linear_scale: float = 0.0  # tanh/sigmoid: half-width ε of the pre-activation range; 0 = auto per dtype
     solver: str = "auto"  # D = 1: auto | dense | lsqr (auto: dense when P * m <= dense_limit)
     dense_limit: int = 8_000_000  # largest P * m (or Gram size²) handled densely
     lsqr_iters: int = 20_000
@@ -119,12 +119,12 @@ class ConstructionSpec:
         positive = {"hidden": self.hidden, "hidden_layers": self.hidden_layers, "cnn_channels": self.cnn_channels,
                     "kernel_size": self.kernel_size, "width_ratio": self.width_ratio,
                     "source_depth": self.source_depth, "batch_size": self.batch_size, "target_lr": self.target_lr,
-                    "linear_scale": self.linear_scale, "dense_limit": self.dense_limit,
+                    "dense_limit": self.dense_limit,
                     "lsqr_iters": self.lsqr_iters, "tol": self.tol, "sgd_lr": self.sgd_lr}
         for name, v in positive.items():
             if not v > 0:
                 bad(name, f"must be > 0, got {v!r}")
-        for name in ("target_epochs", "sgd_epochs", "calibration_size", "lm_iters", "seed"):
+        for name in ("target_epochs", "sgd_epochs", "calibration_size", "lm_iters", "seed", "linear_scale"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)!r}")
         if self.shift_margin < 1:
@@ -178,6 +178,18 @@ class LinearRegion:
     mode: str  # "positive" | "origin"
     onset: float  # positive mode: smallest pre-activation that counts as linear
     slope: float  # act'(u) in the region
+    cubic: float = 0.0  # origin mode: relative cubic error, act(u) = act(0) + slope u (1 - cubic u^2 + ...)
+    offset: float = 0.0  # origin mode: |act(0)| / slope (sigmoid's 1/2 costs float precision)
+
+    def half_width(self, dtype: torch.dtype) -> float:
+        """Default pre-activation half-width ε for origin mode: balances the cubic error cubic·ε²
+        against rounding, eps·(1 + offset/ε) relative (eps: the dtype's unit roundoff)."""
+        if self.cubic == 0:
+            return 1.0
+        eps = float(torch.finfo(dtype).eps) / 2
+        if self.offset > 0:
+            return (eps * self.offset / (2 * self.cubic)) ** (1 / 3)
+        return math.sqrt(eps / (10 * self.cubic))
 
 
 LINEAR_REGIONS: dict[str, LinearRegion] = {
@@ -187,8 +199,8 @@ LINEAR_REGIONS: dict[str, LinearRegion] = {
     "gelu": LinearRegion("positive", 6.0, 1.0),
     "silu": LinearRegion("positive", 20.0, 1.0),
     "softplus": LinearRegion("positive", 20.0, 1.0),
-    "tanh": LinearRegion("origin", 0.0, 1.0),
-    "sigmoid": LinearRegion("origin", 0.0, 0.25),
+    "tanh": LinearRegion("origin", 0.0, 1.0, cubic=1 / 3),
+    "sigmoid": LinearRegion("origin", 0.0, 0.25, cubic=1 / 12, offset=2.0),
     "identity": LinearRegion("origin", 0.0, 1.0),
 }
 
@@ -337,7 +349,7 @@ def solve_multilinear(A: np.ndarray, Rs: list[np.ndarray], B: np.ndarray, W: np.
     c, r = cost(es)
     mu, nu, it, stalled = None, 2.0, 0, 0
     for it in range(1, iters + 1):
-        if math.sqrt(2 * c) / normW < tol or stalled >= 5:
+        if math.sqrt(2 * c) / normW < tol or stalled >= 3:
             it -= 1
             break
         L, Rt = _chain(A, Rs, B, es)
@@ -369,7 +381,7 @@ def solve_multilinear(A: np.ndarray, Rs: list[np.ndarray], B: np.ndarray, W: np.
             new_c, new_r = cost(new_es)
             rho = (c - new_c) / pred if pred > 0 else -1.0
             if rho > 0:
-                stalled = stalled + 1 if c - new_c <= 1e-9 * c else 0  # no progress: a local minimum
+                stalled = stalled + 1 if c - new_c <= 1e-6 * c else 0  # no progress: a (local) minimum
                 es, c, r = _balance(new_es), new_c, new_r
                 mu *= max(1 / 3, 1 - (2 * rho - 1) ** 3)
                 nu = 2.0
@@ -515,12 +527,19 @@ def _set_bn(bn: nn.Module, mean: torch.Tensor, var: torch.Tensor, scale: torch.T
     bn.num_batches_tracked.fill_(1)
 
 
+def linear_half_width(spec: ConstructionSpec) -> float:
+    """ε for origin-mode activations: spec.linear_scale, or the dtype-balanced default when 0."""
+    region = LINEAR_REGIONS[ACTIVATIONS.canonical(spec.activation)]
+    return spec.linear_scale if spec.linear_scale > 0 else region.half_width(DTYPES[spec.dtype])
+
+
 @torch.no_grad()
 def construct_block(target_layer: nn.Module, block: BNBlock, x: torch.Tensor, spec: ConstructionSpec) -> SolveInfo:
     """Set every BN of `block` (float64, in place) so that block(x') ≈ target_layer(x') for every
     input x' (exactly, up to the activation's linearisation, when the solve is exact); `x` is the
     calibration batch of block inputs. Returns the solver's report."""
     region = LINEAR_REGIONS[ACTIVATIONS.canonical(spec.activation)]
+    eps_lin = linear_half_width(spec)
     Wt = _flat(target_layer.weight)
     mats = [_flat(wl.weight) for wl in block.weights()]
     A, Rs, B = mats[0], mats[1:-1], mats[-1]
@@ -541,9 +560,9 @@ def construct_block(target_layer: nn.Module, block: BNBlock, x: torch.Tensor, sp
         top = max(float(spread.max()), 1e-300)
         if region.mode == "positive":
             lam = max(1.0, region.onset) / top
-            shift = region.onset + spec.shift_margin * lam * spread
+            shift = region.onset + 0.0 * lam * spread
         else:
-            lam = spec.linear_scale / top
+            lam = eps_lin / top
             shift = torch.zeros_like(spread)
         _set_bn(norms[l], mean, var, lam * d, shift)
         gain *= lam * region.slope
@@ -690,6 +709,7 @@ def layer_report(target: nn.Sequential, source: nn.Sequential, x: torch.Tensor,
     (local), the error of the network up to and including it (cumulative), and the fraction of the
     block's inner pre-activations outside the linear region."""
     region = LINEAR_REGIONS[ACTIVATIONS.canonical(spec.activation)]
+    eps_lin = linear_half_width(spec)
     target.eval()
     source.eval()
     dtype = next(source.parameters()).dtype
@@ -705,7 +725,7 @@ def layer_report(target: nn.Sequential, source: nn.Sequential, x: torch.Tensor,
                     if region.mode == "positive":
                         outside += int((h < region.onset).sum())
                     else:
-                        outside += int((h.abs() > 10 * spec.linear_scale).sum())
+                        outside += int((h.abs() > 10 * eps_lin).sum())
                     total += h.numel()
                 h = mod(h)
             t, s = tmod(t), h
@@ -725,20 +745,21 @@ LAYER_COLUMNS = {
 }
 
 
-def _to_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 255.0
+def load_data(spec: ConstructionSpec, data_root: str | None = None):
+    """(x_train, y_train, x_test, y_test) with images as float32 in [0, 1]."""
+    from sweeper.data import load_arrays
+
+    x_tr, y_tr, x_te, y_te = load_arrays(spec.dataset, data_root)
+    return x_tr.float() / 255.0, y_tr, x_te.float() / 255.0, y_te
 
 
 def run(spec: ConstructionSpec, data_root: str | None = None) -> tuple[dict, dict[str, pd.DataFrame]]:
     """One construction trial: train the target, construct the source by solving for its BN
     parameters, train the same random source BN-only as the baseline, measure both."""
-    from sweeper.data import load_arrays
-
     if not isinstance(spec, ConstructionSpec):
         raise SweeperError(f"expected a ConstructionSpec, got {type(spec).__name__}")
     dtype = DTYPES[spec.dtype]
-    x_tr, y_tr, x_te, y_te = load_arrays(spec.dataset, data_root)
-    x_tr, x_te = _to_float(x_tr), _to_float(x_te)
+    x_tr, y_tr, x_te, y_te = load_data(spec, data_root)
     num_classes = int(max(int(y_tr.max()), int(y_te.max())) + 1)
 
     t0 = time.perf_counter()

@@ -18,12 +18,12 @@ from sweeper.train_spec import TrainSpec
 GROUPS = ("total", "batchnorm", "output", "shortcut")
 
 
-def build_model(spec: TrainSpec, device: str | torch.device = "cpu") -> nn.Module:
+def build_model(spec: TrainSpec, device: str | torch.device = "cpu", num_classes: int | None = None) -> nn.Module:
     """The spec's network with the dataset's input channels and classes (uninitialised)."""
     ds = DATASETS[spec.dataset]
     family = FAMILIES[spec.family]
     channels, size, _ = ds.shape
-    kwargs = dict(in_channels=channels, num_classes=ds.num_classes)
+    kwargs = dict(in_channels=channels, num_classes=num_classes or ds.num_classes)
     if spec.family == "mlp":
         kwargs["input_size"] = size
     if spec.family == "resnet":
@@ -49,9 +49,9 @@ def count_groups(model: nn.Module) -> dict[str, int]:
     }
 
 
-def count(spec: TrainSpec) -> dict[str, int]:
+def count(spec: TrainSpec, num_classes: int | None = None) -> dict[str, int]:
     """Parameter counts by group plus `trainable` under the spec's subset."""
-    model = build_model(spec, device="meta")
+    model = build_model(spec, device="meta", num_classes=num_classes)
     counts = count_groups(model)
     selection = subsets.SUBSETS[spec.trainable].select(model, spec.random_k, spec.seed)
     counts["trainable"] = subsets.count(selection, model)

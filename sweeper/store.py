@@ -142,6 +142,10 @@ class Store:
             os.fsync(f.fileno())
         os.replace(tmp, final)  # atomic on POSIX: readers see the old file or the new, never half
 
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write one file atomically (aside, then renamed; one PUT on object stores)."""
+        self._write_bytes(path, data)
+
     def write_table(self, path: str, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)

@@ -54,10 +54,13 @@ def shortcut_params(model: nn.Module) -> list[str]:
 
 
 def conv_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The random features' weights: every conv, and every hidden linear layer (an MLP's; the
+    output layer `fc` is not a feature), each feeding one norm channel per output unit."""
+    output = set(output_params(model))
     return [
         (f"{mod_name}.weight", module.weight)
         for mod_name, module in model.named_modules()
-        if isinstance(module, nn.Conv2d)
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and f"{mod_name}.weight" not in output
     ]
 
 
@@ -66,7 +69,7 @@ def _names(*groups: Callable[[nn.Module], list[str]]) -> Callable[[nn.Module, in
 
 
 def _random_k(model: nn.Module, k: int, seed: int) -> Selection:
-    """k randomly chosen weights per conv output channel (2 per channel = the BN parameter count):
+    """k randomly chosen weights per conv output channel or hidden unit (2 each = the BN count):
     the baseline that trains as many parameters as BN-only, but of the wrong kind."""
     g = torch.Generator().manual_seed(seed + 7919)  # independent of the init draws
     selection: Selection = {}

@@ -130,6 +130,21 @@ class TrainSpec(Spec):
             raise SweeperError(
                 f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}", "precision"
             )
+        if self.residual_init != 1.0 and self.family != "resnet":
+            raise SweeperError(
+                f"the residual-branch scale exists only in CIFAR ResNets (family resnet); "
+                f"{self.model} would ignore it",
+                "residual_init",
+            )
+        if self.family == "mlp":
+            from sweeper.nn.norms import one_value_groups
+
+            if one_value_groups(self.norm, self.width):
+                raise SweeperError(
+                    f"{self.norm} standardises each unit of an MLP over a single value, so it outputs "
+                    f"the constant β; use batch, layer, group with fewer groups, affine or none",
+                    "norm",
+                )
         if any(t < 0 for t in self.clamp_thresholds) or not self.clamp_thresholds:
             raise SweeperError(
                 f"thresholds on |γ| must be non-negative, got {self.clamp_thresholds!r}", "clamp_thresholds"

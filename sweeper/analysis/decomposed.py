@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -125,6 +126,22 @@ def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+def _plain_log(ax, axis: str = "y") -> None:
+    """Log-axis tick labels as plain numbers (0.2, 15, not 2x10^-1); call after plotting. Minor
+    ticks are labelled only when the axis spans less than about one decade."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for name in ("x", "y"):
+        if axis not in (name, "both"):
+            continue
+        a = getattr(ax, f"{name}axis")
+        lo, hi = getattr(ax, f"get_{name}lim")()
+        ratio = hi / lo if lo > 0 else math.inf
+        if 12 <= ratio < 1000:
+            a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        a.set_major_formatter(plain)
+        a.set_minor_formatter(plain if ratio < 12 else NullFormatter())
+
+
 def _colors(n: int) -> list:
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
@@ -175,6 +192,7 @@ def metrics_vs_depth(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Pat
             ax.set_ylabel(label)
             if log:
                 ax.set_yscale("log")
+                _plain_log(ax)
             ax.grid(alpha=0.3)
         if "n" in sub.columns and sub["n"].nunique() == 1 and metrics[0][0] == "norm_ratio":
             n = int(sub["n"].iloc[0])
@@ -207,8 +225,8 @@ def cosine_heatmaps(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path
     for suffix, title, sub in _settings(df, fields):
         combos = _combos(sub)
         depths = sorted(sub["layer"].unique())
-        fig, axes = plt.subplots(len(combos), len(depths), figsize=(2.3 * len(depths) + 1.2, 2.3 * len(combos) + 0.8),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(combos), len(depths), squeeze=False, layout="constrained",
+                                 figsize=(2.3 * len(depths) + 1.4, 2.3 * len(combos) + 0.8))
         image = None
         for r, combo in enumerate(combos):
             mask = np.ones(len(sub), dtype=bool)
@@ -296,6 +314,7 @@ def orthogonality_floor(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[
         if part["trial_id"].nunique() > 1:
             ax_l.fill_between(g.min().index, g.min(), g.max(), color=wcolors[w], alpha=0.15, lw=0)
     ax_l.set_yscale("log")
+    _plain_log(ax_l)
     ax_l.set_xlabel("layer (depth)")
     ax_l.set_ylabel("orthogonality gap V(H)")
     ax_l.set_title(f"RS-only linear network ({describe(groups[0][0])}):\nV(H) versus depth, "
@@ -321,11 +340,14 @@ def orthogonality_floor(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[
         ax_r.plot(d, anchor[1] * np.sqrt(anchor[0] / d), "k--", lw=1, label=r"$\propto 1/\sqrt{d}$")
     ax_r.set_xscale("log")
     ax_r.set_yscale("log")
+    _plain_log(ax_r, "both")
+    ax_r.set_xticks(all_widths)
+    ax_r.xaxis.set_minor_formatter(NullFormatter())
     ax_r.set_xlabel("width d")
     ax_r.set_ylabel("floor of V(H): mean over last 25% of layers")
     ax_r.set_title("Orthogonality floor versus width (points: seeds)", fontsize=10)
     ax_r.grid(alpha=0.3, which="both")
-    ax_r.legend(fontsize=8)
+    ax_r.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return _save(fig, out_dir, "orthogonality_floor")
 

@@ -64,5 +64,18 @@ def norm_factory(text: str, dims: int) -> Callable[[int], nn.Module]:
     return lambda channels: builder(channels, dims, **params)
 
 
+def one_value_groups(text: str, channels: int) -> bool:
+    """True when the norm standardises each channel on its own (instance, or group with one
+    channel per group): fine for feature maps, but on an MLP's (N, C) features each group is a
+    single value, so the layer outputs the constant β whatever the input."""
+    name, params = parse(text)
+    name = NORMS.canonical(name)
+    if name == "instance":
+        return True
+    if name == "group":
+        return math.gcd(int(params.get("groups", 8)), channels) == channels
+    return False
+
+
 def is_norm(module: nn.Module) -> bool:
     return isinstance(module, NORM_TYPES)

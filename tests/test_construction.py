@@ -1,0 +1,284 @@
+"""Burkholz's construction: the scale solvers, the constructed torch networks, the figures."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from sweeper import construction as C
+from sweeper.analysis import construction as AC
+from sweeper.errors import SweeperError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    with threadpool_limits(1):
+        yield
+
+
+def _problem(n_out: int, n_in: int, m: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n_in)) / math.sqrt(n_in)
+    B = rng.standard_normal((n_out, m)) / math.sqrt(m)
+    W = rng.standard_normal((n_out, n_in))
+    return A, B, W
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# -- the linear system B diag(e) A = W ---------------------------------------------------------------
+def test_khatri_rao_matrix_and_its_gram():
+    A, B, _ = _problem(3, 5, 7)
+    e = np.random.default_rng(1).standard_normal(7)
+    M = C.khatri_rao(A, B)
+    assert M.shape == (15, 7)
+    np.testing.assert_allclose(M @ e, (B @ np.diag(e) @ A).reshape(-1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(M.T @ M, C.scales_gram(A, B), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ratio", [1.1, 1.5, 2.0])
+@pytest.mark.parametrize("method", ["dense", "lsqr"])
+def test_solver_reproduces_w_exactly_above_threshold(ratio, method):
+    n_out, n_in = 6, 8
+    P = n_out * n_in
+    A, B, W = _problem(n_out, n_in, math.ceil(ratio * P))
+    e, info = C.solve_linear(A, B, W, method)
+    assert _rel(B @ np.diag(e) @ A, W) < 1e-8
+    assert info.residual < 1e-8
+    assert info.method == method
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_solver_cannot_reproduce_w_below_threshold(ratio):
+    n_out, n_in = 6, 8
+    P = n_out * n_in
+    A, B, W = _problem(n_out, n_in, int(ratio * P))
+    e, info = C.solve_linear(A, B, W, "dense")
+    assert _rel(B @ np.diag(e) @ A, W) > 1e-2
+    assert info.residual > 1e-2
+    # ... and the answer is the least-squares optimum: the residual is orthogonal to M's columns
+    M = C.khatri_rao(A, B)
+    r = M @ e - W.reshape(-1)
+    assert np.abs(M.T @ r).max() < 1e-9 * np.abs(M).max() * np.linalg.norm(W)
+
+
+@pytest.mark.parametrize("ratio", [0.7, 1.5])
+def test_matrix_free_agrees_with_dense(ratio):
+    n_out, n_in = 5, 9
+    A, B, W = _problem(n_out, n_in, math.ceil(ratio * n_out * n_in), seed=3)
+    e_dense, info_d = C.solve_linear(A, B, W, "dense")
+    e_free, info_f = C.solve_linear(A, B, W, "lsqr", tol=1e-15)
+    assert _rel(e_free, e_dense) < 1e-7  # both the minimum-norm least-squares solution
+    assert info_f.condition_method == "gram"
+    assert info_f.condition_number == pytest.approx(info_d.condition_number, rel=1e-6)
+    # auto picks the matrix-free path when M would be too large
+    _, info_auto = C.solve_linear(A, B, W, "auto", dense_limit=10)
+    assert info_auto.method == "lsqr"
+
+
+def test_condition_number_is_that_of_the_khatri_rao_matrix_and_peaks_at_m_equals_p():
+    n_out, n_in = 6, 8
+    P = n_out * n_in
+    conds = {}
+    for m in (P // 2, P, 2 * P):
+        A, B, W = _problem(n_out, n_in, m, seed=5)
+        _, info = C.solve_linear(A, B, W, "dense")
+        s = np.linalg.svd(C.khatri_rao(A, B), compute_uv=False)
+        assert info.condition_number == pytest.approx(s[0] / s[min(P, m) - 1], rel=1e-8)
+        conds[m] = info.condition_number
+    assert conds[P] > 5 * conds[2 * P] and conds[P] > 5 * conds[P // 2]
+
+
+# -- depth for width: the multilinear system ------------------------------------------------------------
+def _deep_problem(n_out, n_in, m, depth, seed=0):
+    rng = np.random.default_rng(seed)
+    A, B, W = _problem(n_out, n_in, m, seed)
+    Rs = [rng.standard_normal((m, m)) / math.sqrt(m) for _ in range(depth - 1)]
+    return A, Rs, B, W
+
+
+def test_lm_depth2_exact_once_2m_minus_1_reaches_p():
+    n_out, n_in = 6, 9
+    P = n_out * n_in  # 54
+    m = 30  # 2m - 1 = 59 >= P, while m alone is far below P
+    A, Rs, B, W = _deep_problem(n_out, n_in, m, 2)
+    es, info = C.solve_multilinear(A, Rs, B, W, iters=300)
+    assert _rel(C.multilinear_map(A, Rs, B, es), W) < 1e-8
+    assert info.residual < 1e-8 and info.method == "lm-dense"
+    # the matrix-free inner solver gets there too
+    es2, info2 = C.solve_multilinear(A, Rs, B, W, iters=300, dense_limit=10)
+    assert info2.method == "lm-lsqr" and info2.residual < 1e-8
+    # a single BN layer of the same width cannot
+    _, lin = C.solve_linear(A, B, W, "dense")
+    assert lin.residual > 0.1
+
+
+def test_lm_depth2_not_exact_below_threshold():
+    n_out, n_in = 6, 9
+    A, Rs, B, W = _deep_problem(n_out, n_in, 20, 2)  # 2m - 1 = 39 < 54
+    es, info = C.solve_multilinear(A, Rs, B, W, iters=300)
+    assert info.residual > 1e-3
+
+
+def test_multilinear_map_matches_explicit_product():
+    A, Rs, B, W = _deep_problem(3, 4, 5, 3, seed=2)
+    es = [np.random.default_rng(i).standard_normal(5) for i in range(3)]
+    explicit = B @ np.diag(es[2]) @ Rs[1] @ np.diag(es[1]) @ Rs[0] @ np.diag(es[0]) @ A
+    np.testing.assert_allclose(C.multilinear_map(A, Rs, B, es), explicit, rtol=1e-12, atol=1e-12)
+
+
+# -- genuine torch networks ----------------------------------------------------------------------------
+FAST = dict(hidden=8, target_epochs=4, sgd_epochs=1, batch_size=128)
+
+
+def test_spec_defaults_are_plain_values_and_validated():
+    spec = C.ConstructionSpec()
+    for f in dataclasses.fields(spec):
+        assert isinstance(getattr(spec, f.name), (int, float, str, bool))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 1
+    with pytest.raises(SweeperError, match="activation"):
+        C.ConstructionSpec(activation="relux")
+    with pytest.raises(SweeperError, match="width_ratio"):
+        C.ConstructionSpec(width_ratio=0)
+    with pytest.raises(SweeperError, match="weight_init"):
+        C.ConstructionSpec(weight_init="nope")
+
+
+def test_relu_mlp_reproduced_at_width_ratio_1_2():
+    spec = C.ConstructionSpec(width_ratio=1.2, **FAST)
+    row, tables = C.run(spec)
+    assert row["relative_error"] < 1e-4
+    assert row["argmax_agreement"] == 1.0
+    assert row["test_acc"] == row["target_test_acc"] > 0.5
+    assert row["weight_residual"] < 1e-10
+    assert row["P"] == 64 * 8 + 8 * 10 and row["m"] >= 1.2 * row["P"]
+    assert row["construction_minus_sgd_acc"] == pytest.approx(row["test_acc"] - row["sgd_test_acc"])
+    layers = tables["construction_layers"]
+    assert list(layers["P"]) == [512, 80] and (layers["m"] >= 1.2 * layers["P"]).all()
+    assert (layers["outside_linear_frac"] == 0).all()
+    for name, value in row.items():
+        assert isinstance(value, (int, float, str)) and value is not None, name
+    for t in tables.values():
+        assert not any(t[c].isna().all() for c in t.columns)
+        assert all(t[c].dtype != object for c in t.columns if c not in ("kind", "solver", "condition_method"))
+
+
+def test_only_bn_parameters_are_set_by_the_construction():
+    spec = C.ConstructionSpec(width_ratio=1.2, **FAST)
+    x_tr, _, _, _ = C.load_data(spec)
+    target = C.build_target(spec, (1, 8, 8), 10)
+    source = C.build_source(target, spec)
+    fresh = C.build_source(target, spec)
+    C.construct(target, source, x_tr, spec)
+    changed = set()
+    for (name, a), (_, b) in zip(source.state_dict().items(), fresh.state_dict().items()):
+        if not torch.equal(a.to(b.dtype), b):
+            changed.add(type(source.get_submodule(name.rsplit(".", 1)[0])).__name__)
+    assert changed == {"BatchNorm1d"}
+
+
+def test_relu_mlp_below_threshold_is_not_exact():
+    row, _ = C.run(C.ConstructionSpec(width_ratio=0.5, **FAST))
+    assert row["relative_error"] > 1e-2
+    assert row["weight_residual"] > 1e-2
+
+
+def test_conv_construction_on_a_tiny_cnn():
+    spec = C.ConstructionSpec(target="cnn", cnn_channels=2, width_ratio=1.2, target_epochs=2, sgd_epochs=0,
+                              batch_size=128)
+    row, tables = C.run(spec)
+    layers = tables["construction_layers"]
+    assert list(layers["kind"]) == ["conv", "conv", "linear"]
+    assert list(layers["P"]) == [2 * 1 * 9, 2 * 2 * 9, 2 * 10]
+    assert row["relative_error"] < 1e-4 and row["argmax_agreement"] == 1.0
+    assert tables["sgd_curve"]["epoch"].tolist() == [0]
+
+
+def test_depth2_network_reproduces_target():
+    row, tables = C.run(C.ConstructionSpec(source_depth=2, width_ratio=1.2, **FAST))
+    layers = tables["construction_layers"]
+    assert (layers["dof"] >= layers["P"]).all() and (layers["m"] < layers["P"]).all()
+    assert row["relative_error"] < 1e-4
+    assert row["solver"] == "lm-dense"
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+def test_other_activations_through_their_linear_region(act):
+    row, _ = C.run(C.ConstructionSpec(activation=act, width_ratio=1.5, **FAST))
+    assert row["relative_error"] < 1e-3
+
+
+def test_run_is_deterministic():
+    spec = C.ConstructionSpec(width_ratio=0.8, **FAST)
+    r1, t1 = C.run(spec)
+    r2, t2 = C.run(spec)
+    timing = [k for k in r1 if k.endswith("_seconds")]
+    assert {k: v for k, v in r1.items() if k not in timing} == {k: v for k, v in r2.items() if k not in timing}
+    for name in t1:
+        a, b = t1[name], t2[name]
+        cols = [c for c in a.columns if not c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+# -- figures -------------------------------------------------------------------------------------------
+def _synthetic_trials() -> pd.DataFrame:
+    rows = []
+    for act in ("relu", "tanh"):
+        for depth in (1, 2):
+            for ratio in (0.5, 0.9, 1.0, 1.1, 2.0):
+                for seed in (0, 1):
+                    err = 10 ** (-6 + seed * 0.1) if ratio > 1.0 else 0.3 * (1 - ratio) + 1e-4
+                    rows.append({"trial_id": f"{act}{depth}{ratio}{seed}", "status": "done", "target": "mlp",
+                                 "activation": act, "source_depth": depth, "width_ratio": ratio, "seed": seed,
+                                 "relative_error": err, "test_acc": 0.95 - err, "target_test_acc": 0.95,
+                                 "sgd_test_acc": 0.93, "sgd_relative_error": 0.4, "m_over_P": ratio + 1e-3,
+                                 "condition_number": 1e4 if ratio == 1.0 else 30.0, "weight_residual": err / 10,
+                                 "construction_minus_sgd_acc": 0.02 - err})
+    rows.append({"trial_id": "x", "status": "failed", "target": "mlp", "activation": "relu", "source_depth": 1,
+                 "width_ratio": 3.0, "seed": 0})
+    return pd.DataFrame(rows)
+
+
+def test_figures_write_png_and_pdf(tmp_path):
+    tables = {"trials": _synthetic_trials()}
+    assert set(AC.FIGURES) == {"construction_error", "construction_condition", "construction_vs_sgd",
+                               "depth_width_tradeoff"}
+    for name, f in AC.FIGURES.items():
+        paths = f(tables, tmp_path)
+        assert sorted(p.suffix for p in paths) == [".pdf", ".png"], name
+        assert all(p.exists() and p.stat().st_size > 1000 for p in paths), name
+        assert paths[0].stem == name
+
+
+def test_figures_return_nothing_without_data(tmp_path):
+    assert AC.fig({}, tmp_path) == []
+    for f in AC.FIGURES.values():
+        assert f({}, tmp_path) == []
+        assert f({"trials": pd.DataFrame()}, tmp_path) == []
+        assert f({"trials": pd.DataFrame({"trial_id": ["a"], "status": ["failed"], "width_ratio": [1.0]})},
+                 tmp_path) == []
+    assert not list(tmp_path.iterdir())
+
+
+def test_analysis_does_not_import_torch():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(AC.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    code = "import sys, sweeper.analysis.construction; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=root)
+    assert out.stdout.strip() == "False"

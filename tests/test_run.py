@@ -1,0 +1,64 @@
+"""Studies through a real local Ray cluster into Parquet and back."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from sweeper.runner import run_study
+from sweeper.store import Store
+from sweeper.study import Study
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="digits", recipe={"model": "resnet-8-4", "epochs": 1, "batch_size": 128, "augment": "none"})
+
+
+def test_two_trials_to_parquet_and_back_then_skipped(ray_local, tmp_path):
+    study = Study(name="two", axes={"trainable": ["bn", "output"]}, **TINY)
+    store = Store(tmp_path)
+    lines = []
+    summary = run_study(study, store, say=lines.append)
+    assert summary.ok and summary.done == 2 and summary.skipped == 0
+    trials = pd.read_parquet(tmp_path / "two" / "trials")
+    assert sorted(trials["trainable"]) == ["bn", "output"]
+    assert trials["status"].eq("done").all() and trials["test_acc"].between(0, 1).all()
+    assert trials["node_id"].str.len().gt(0).all() and trials["cpus"].eq(1.0).all()
+    bn = pd.read_parquet(tmp_path / "two" / "bn")
+    assert set(bn["trial_id"]) == set(trials["trial_id"])
+    assert {"layer", "channel", "gamma", "beta"} <= set(bn.columns)
+    assert any("2 done" in line for line in lines)  # progress was reported
+
+    again = run_study(study, store, say=lines.append)
+    assert again.skipped == 2 and again.ran == 0
+    assert len(pd.read_parquet(tmp_path / "two" / "trials")) == 2
+
+
+def test_a_failing_trial_does_not_stop_the_sweep(ray_local, tmp_path):
+    study = Study(name="fails", axes={"lr": [0.1, 1e30]}, **TINY)  # lr 1e30 diverges
+    store = Store(tmp_path)
+    summary = run_study(study, store, say=lambda _: None)
+    assert summary.done == 1 and len(summary.failed) == 1 and not summary.ok
+    (error,) = summary.failed.values()
+    assert "TrialDiverged" in error
+    # a re-run retries only the failed trial
+    again = run_study(study, store, say=lambda _: None)
+    assert again.skipped == 1 and again.ran == 1
+
+
+def test_cli_run_exits_0_writes_store_and_figure(tmp_path):
+    study = tmp_path / "tiny.py"
+    study.write_text(textwrap.dedent("""
+        from sweeper import Study
+        study = Study(name="tiny", dataset="digits", axes={"trainable": ["bn", "all"]},
+                      recipe={"model": "resnet-8-4", "epochs": 1, "augment": "none"},
+                      figures=["accuracy_vs_bn_params"])
+    """))
+    store = tmp_path / "store"
+    env = {"RAY_AUTH_MODE": "disabled", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", str(study), "--store", str(store)],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 ran and done, 0 failed" in r.stdout
+    assert len(pd.read_parquet(store / "tiny" / "trials")) == 2
+    assert (store / "tiny" / "figures" / "accuracy_vs_bn_params.png").exists()

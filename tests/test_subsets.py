@@ -1,0 +1,102 @@
+"""Trainable subsets: frozen means frozen, with momentum and weight decay switched on."""
+import pytest
+import torch
+
+from sweeper import subsets
+from sweeper.nn.init import initialise
+from sweeper.params import build_model, count
+from sweeper.train import run_trial
+from sweeper.train_spec import TrainSpec
+
+BASE = {"dataset": "digits", "model": "resnet-8-4", "epochs": 2, "batch_size": 128, "augment": "none",
+        "momentum": 0.9, "weight_decay": 5e-3, "lr": 0.1, "measure": []}
+
+
+def initial_and_final(values):
+    """The model's parameters at initialisation and after training (from the last epoch's state)."""
+    spec = TrainSpec.from_values({**BASE, **values})
+    model = build_model(spec)
+    initialise(model, spec.weight_init, spec.bn_init, spec.seed)
+    if subsets.SUBSETS[spec.trainable].fixes_norm_affine:
+        pass  # bn_init is resolved to "fixed" already
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = []
+    result = run_trial(spec, channels_last=False, on_epoch=lambda e, m, state: states.append(state()))
+    final = states[-1]["model"]
+    return spec, model, initial, final, result
+
+
+def changed(initial, final, name):
+    return not torch.equal(initial[name], final[name])
+
+
+def test_bn_moves_only_gamma_beta():
+    spec, model, initial, final, _ = initial_and_final({"trainable": "bn"})
+    norms = set(subsets.norm_params(model))
+    for name, _ in model.named_parameters():
+        assert changed(initial, final, name) == (name in norms), name
+
+
+@pytest.mark.parametrize("subset", ["output", "bn+output", "all-but-bn", "shortcut", "all"])
+def test_frozen_tensors_are_bitwise_unchanged(subset):
+    spec, model, initial, final, _ = initial_and_final({"trainable": subset})
+    selection = subsets.SUBSETS[subset].select(model, spec.random_k, spec.seed)
+    for name, _ in model.named_parameters():
+        if name not in selection:
+            assert torch.equal(initial[name], final[name]), f"{subset}: frozen {name} moved"
+        else:
+            assert changed(initial, final, name), f"{subset}: trainable {name} did not move"
+
+
+def test_all_but_bn_keeps_gamma_one_beta_zero():
+    spec, model, initial, final, _ = initial_and_final({"trainable": "all-but-bn", "bn_init": "uniform"})
+    for name in subsets.norm_params(model):
+        expected = 1.0 if name.endswith("weight") else 0.0
+        assert torch.all(final[name] == expected)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_random_trains_exactly_k_per_channel(k):
+    spec, model, initial, final, result = initial_and_final({"trainable": "random", "random_k": k})
+    selection = subsets.SUBSETS["random"].select(model, k, spec.seed)
+    total = 0
+    for name, p in model.named_parameters():
+        moved = initial[name] != final[name]
+        if name in selection:
+            mask = selection[name].bool()
+            assert not moved[~mask].any(), f"{name}: an entry outside the mask moved"
+            per_channel = mask.reshape(mask.shape[0], -1).sum(1)
+            assert torch.all(per_channel == k)
+            assert moved[mask].float().mean() > 0.9  # (a zero gradient can leave a rare entry)
+            total += int(mask.sum())
+        else:
+            assert not moved.any(), name
+    assert result.row["trainable_params"] == total == count(spec)["trainable"]
+
+
+def test_random_k_equals_bn_count_at_k_2():
+    spec = TrainSpec.from_values({"model": "resnet-20", "trainable": "random"})
+    c = count(spec)
+    # 2 per conv output channel; every conv (shortcuts included) feeds one BN: equal counts
+    assert c["trainable"] == c["batchnorm"]
+    model = build_model(spec, device="meta")
+    channels = sum(w.shape[0] for _, w in subsets.conv_params(model))
+    assert c["trainable"] == 2 * channels
+
+
+def test_frozen_convs_compute_no_weight_gradient():
+    spec = TrainSpec.from_values({**BASE, "trainable": "bn"})
+    model = build_model(spec)
+    subsets.apply(model, "bn", 2, 0)
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.grad is None for c in convs)
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in subsets.norm_params(model))
+
+
+def test_none_evaluates_at_initialisation_with_calibrated_statistics():
+    spec = TrainSpec.from_values({**BASE, "trainable": "none"})
+    result = run_trial(spec)
+    assert spec.epochs == 0 and "curves" not in result.tables
+    assert result.row["trainable_params"] == 0
+    assert 0.0 <= result.row["test_acc"] <= 1.0
