@@ -560,7 +560,7 @@ def construct_block(target_layer: nn.Module, block: BNBlock, x: torch.Tensor, sp
         top = max(float(spread.max()), 1e-300)
         if region.mode == "positive":
             lam = max(1.0, region.onset) / top
-            shift = region.onset + 0.0 * lam * spread
+            shift = region.onset + spec.shift_margin * lam * spread
         else:
             lam = eps_lin / top
             shift = torch.zeros_like(spread)

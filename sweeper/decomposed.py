@@ -405,12 +405,25 @@ def inputs(spec: DecomposedSpec, data_root: str | None = None) -> torch.Tensor:
     return INPUTS[spec.inputs](spec, data_root)
 
 
+#: the typed result columns `run` adds to the trial's `trials` row (for the experiment registry):
+#: EXPERIMENTS.add("decomposed", Experiment("sweeper.decomposed:DecomposedSpec",
+#:                                          "sweeper.decomposed:run", ROW_COLUMNS, ...))
+ROW_COLUMNS: dict[str, type] = {
+    **{f"final_{k}": float for k in METRIC_COLUMNS},
+    "final_outlier_index": int,
+    "outlier_stable_from": int,
+    "final_log10_rms": float,
+    "finite": bool,
+    "seconds": float,
+}
+
+
 def run(spec: DecomposedSpec, data_root: str | None = None) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Propagate the spec's batch through its random network; return (row, tables).
 
     row: final-layer metrics (``final_<metric>``, final_outlier_index), outlier_stable_from (the
     first recorded layer from which the outlier is the same input to the end), final_log10_rms,
-    finite (no recorded layer was zero or non-finite), seconds.
+    finite (every recorded metric is finite: no layer vanished, overflowed or degenerated), seconds.
     tables["layers"]: one row per recorded layer: layer, rc, rs, nl, n, d, outlier_index,
     norm_ratio, outlier_cos, cluster_spread, orthogonality_gap, outlier_dist_ratio, mean_cos,
     log10_rms (log10 of the true RMS entry of H, tracked through renormalisation).

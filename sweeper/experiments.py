@@ -58,6 +58,7 @@ EXPERIMENTS.add(
             "shortcut_params": int,
             "trainable_params": int,
             "train_seconds": float,
+            "resumed_from_epoch": int,
             "device": str,
         },
         "train a network's chosen subset with SGD and measure it (Frankle et al.)",

@@ -126,7 +126,8 @@ def tune_trial(config: dict[str, Any]) -> None:
         last = [time.monotonic()]
 
         def on_epoch(epoch, metrics, state):
-            report = {"epoch": epoch, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+            report = {"epoch": epoch, "node_id": ctx.node_id,
+                      **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             if time.monotonic() - last[0] >= every:
                 with tempfile.TemporaryDirectory() as d:
                     torch.save(state(), os.path.join(d, "state.pt"))
@@ -213,9 +214,11 @@ def run_study(
     checkpoint_seconds: float = 30.0,
     rerun: set[str] | None = None,
     say: Callable[[str], None] = print,
+    reuse_actors: bool = True,
 ) -> RunSummary:
     """Run every trial of `study` that the store does not have as done. Failed trials are
-    retried; trials in `rerun` run again even when done."""
+    retried; trials in `rerun` run again even when done. `reuse_actors=False` is Tune's default
+    (a fresh worker per trial), kept for `sweeper bench` to compare against."""
     from sweeper.version import code_version
 
     started = time.perf_counter()
@@ -266,7 +269,7 @@ def run_study(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                reuse_actors=True,
+                reuse_actors=reuse_actors,
                 trial_dirname_creator=lambda t: t.config["point"]["trial_id"],
                 trial_name_creator=lambda t: t.config["point"]["trial_id"],
             ),

@@ -216,6 +216,7 @@ def run_trial(
         "shortcut_params": groups["shortcut"],
         "trainable_params": subsets.count(selection, model),
         "train_seconds": train_seconds,
+        "resumed_from_epoch": first_epoch,  # > 0 when a lost node's trial resumed from a checkpoint
         "device": str(device),
     }
     return TrialResult(row, tables)

@@ -17,6 +17,7 @@ from sweeper.analysis import decomposed as figs
 from sweeper.decomposed import (
     DecomposedMLP,
     DecomposedNorm,
+    ROW_COLUMNS,
     DecomposedSpec,
     cosine_matrix,
     layer_metrics,
@@ -207,6 +208,7 @@ def test_run_tables_have_the_promised_columns_and_dtypes():
               "final_outlier_index", "outlier_stable_from", "finite", "seconds"]:
         assert k in row
     assert row["final_norm_ratio"] == layers["norm_ratio"].iloc[-1]
+    assert {k: type(v) for k, v in row.items()} == ROW_COLUMNS
     assert "trial_id" not in layers.columns and "trial_id" not in row
 
 
@@ -253,6 +255,7 @@ def test_spec_validation_and_resolution():
     for f in dataclasses.fields(DecomposedSpec):
         assert f.type in ("bool", "int", "float", "str") and f.default is not None
     assert figs.SPEC_FIELDS == tuple(f.name for f in dataclasses.fields(DecomposedSpec))
+    assert figs.EXPERIMENT == DecomposedSpec.experiment
 
 
 def test_image_inputs_digits():
@@ -324,10 +327,13 @@ def _synthetic_tables() -> dict[str, pd.DataFrame]:
     trials, layers, cosine = [], [], []
     for spec in specs:
         row, t = run(spec)
-        trials.append({**spec.to_row(), **row, "trial_id": spec.trial_id, "status": "ok"})
+        trials.append({"trial_id": spec.trial_id, "experiment": "decomposed", "status": "done",
+                       **spec.to_row(), **row})
         layers.append(t["layers"].assign(trial_id=spec.trial_id))
         cosine.append(t["cosine"].assign(trial_id=spec.trial_id))
-    trials.append({**specs[0].to_row(), "seed": 9, "trial_id": "failed0", "status": "failed"})
+    trials.append({**specs[0].to_row(), "seed": 9, "trial_id": "failed0", "experiment": "decomposed",
+                   "status": "failed"})
+    trials.append({"trial_id": "train0", "experiment": "train", "status": "done", "width": 999})
     return {"trials": pd.DataFrame(trials), "layers": pd.concat(layers, ignore_index=True),
             "cosine": pd.concat(cosine, ignore_index=True)}
 

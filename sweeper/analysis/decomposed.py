@@ -24,6 +24,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+EXPERIMENT = "decomposed"  # the experiment name in the trials table (DecomposedSpec.experiment)
 #: DecomposedSpec's fields (kept in step with sweeper.decomposed by a test; no torch import here).
 SPEC_FIELDS = ("rc", "rs", "nl", "depth", "width", "batch", "inputs", "input_scale", "input_corr",
                "input_noise", "dtype", "eps", "seed", "record_every", "cosine_layers", "probe")
@@ -54,7 +55,10 @@ def _trials(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         return pd.DataFrame()
     if not all(c in trials.columns for c in COMPONENTS):
         return pd.DataFrame()
-    t = trials.dropna(subset=list(COMPONENTS))
+    t = trials
+    if "experiment" in t.columns and (t["experiment"] == EXPERIMENT).any():
+        t = t[t["experiment"] == EXPERIMENT]
+    t = t.dropna(subset=list(COMPONENTS))
     if "status" in t.columns:
         t = t[~t["status"].astype(str).str.lower().isin(_BAD_STATUS)]
     return t.reset_index(drop=True)

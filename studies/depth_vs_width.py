@@ -1,0 +1,74 @@
+"""Deeper vs wider, and what each trainable subset can learn (Frankle et al. 2021, Figs. 1-3).
+
+The paper's networks on CIFAR-10: ResNet-D (width 16, D = 14 ... 866) and WRN-14-k (depth 14,
+width 16k, k = 1 ... 32), each trained six ways: all parameters, BatchNorm's γ and β only, the
+output layer only, BN + output, everything but BN (γ, β pinned at 1, 0), and `random`, which
+trains as many randomly chosen conv weights as the network has BN parameters (2 per channel).
+Recipe: open_lth's CIFAR defaults (SGD momentum 0.9, lr 0.1 dropped 10x at epochs 80 and 120 of
+160, batch 128, weight decay 1e-4, random crop + flip), kaiming-normal weights, γ ~ U[0, 1), β = 0.
+That is 12 networks x 6 subsets x 3 seeds = 216 trials (wrn-14-1 is resnet-14: one trial each),
+some of them (ResNet-866, WRN-14-32) GPU-days: run it on a cluster,
+
+    sweeper run studies/depth_vs_width.py --address auto --store s3://BUCKET/sweeps --data-root DIR
+
+The quick variant runs the same comparison at CPU size on a 2,000-image class-balanced subset of
+CIFAR-10 (500 test images) for 4 epochs in bf16: networks of base width 8, deeper
+(ResNet-8/14/20-8) and wider (ResNet-8-8/12/16), so that both series cover about 340-780 BN
+parameters; about 10 minutes on 2 CPU cores (two trials of one core each):
+
+    sweeper run studies/depth_vs_width.py --quick --data-root ../shared/data/cifar10
+
+Figures (sweeper.analysis.frankle): Fig. 1 all_vs_all_but_bn, Fig. 2 accuracy_vs_depth_width,
+Fig. 3 accuracy_vs_bn_params, Fig. 4 gamma_distribution, Fig. 5 gamma_sparsity, Table 1.
+"""
+from sweeper import Study
+
+DEEPER = [f"resnet-{d}" for d in (14, 32, 56, 110, 218, 434, 866)]  # ResNet-D, width 16
+WIDER = [f"wrn-14-{k}" for k in (1, 2, 4, 8, 16, 32)]  # WRN-14-k, width 16k (wrn-14-1 = resnet-14)
+SUBSETS = ["all", "bn", "output", "bn+output", "all-but-bn", "random"]
+
+study = Study(
+    name="depth_vs_width",
+    dataset="cifar10",
+    axes={
+        "model": DEEPER + WIDER,
+        "trainable": SUBSETS,
+        "seed": [0, 1, 2],
+    },
+    recipe={
+        "augment": "crop_flip",
+        "weight_init": "kaiming_normal",
+        "bn_init": "uniform",  # γ ~ U[0, 1), β = 0
+        "epochs": 160,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "milestones": [0.5, 0.75],  # epochs 80 and 120
+        "lr_drop": 0.1,
+        "random_k": 2,  # `random` trains 2 conv weights per output channel = the BN count
+    },
+    measure=["bn"],
+    figures=[
+        "all_vs_all_but_bn",
+        "accuracy_vs_depth_width",
+        "accuracy_vs_bn_params",
+        "gamma_distribution",
+        "gamma_sparsity",
+        "table1_params",
+    ],
+    resources={"cpu": 4, "gpu": 1},  # one g5.xlarge worker per trial (docs/cluster.md)
+    quick={
+        "axes": {
+            "model": ["resnet-8-8", "resnet-14-8", "resnet-20-8", "resnet-8-12", "resnet-8-16"],
+            "seed": [0, 1],
+        },
+        "recipe": {
+            "train_size": 2000,  # class-balanced: 200 images per class
+            "test_size": 500,
+            "epochs": 4,
+            "precision": "bf16",  # about 1.5-2x faster on this CPU; batch norm stays fp32
+        },
+        "resources": {"cpu": 1, "gpu": 0},  # two trials at a time on 2 cores, 1 torch thread each
+    },
+)
