@@ -49,18 +49,22 @@ def cmd_plan(args) -> int:
         from sweeper.store import Store
 
         done = Store(args.store).trial_status(study.name).done
-    axes = [a for a in study.axes if not isinstance(study.axes[a][0], dict)]
+    axes: list[str] = []
+    for grid in study.grids():
+        for name, values in grid.items():
+            keys = list(values[0]) if isinstance(values[0], dict) else [name]
+            axes += [k for k in keys if k not in axes]
     rows = []
     for s in specs:
-        row = s.to_row()
-        rows.append({"trial_id": s.trial_id, **({"model": s.model} if hasattr(s, "model") else {}), **row,
-                     "done": s.trial_id in done})
+        rows.append({"trial_id": s.trial_id, **({"model": s.model} if hasattr(s, "model") else {}),
+                     **s.to_row(), "done": s.trial_id in done})
     if args.json:
         print(json.dumps({"study": study.name, "experiment": study.experiment, "count": len(rows),
                           "done": len(done & {s.trial_id for s in specs}), "trials": rows}, indent=1))
         return 0
-    shown = ["trial_id"] + [c for c in dict.fromkeys((["model"] if "model" in axes or "depth" in axes or "width" in axes else []) + axes)
-                            if c in rows[0] and c != "model" or c == "model" and "model" in rows[0]]
+    if any(a in axes for a in ("model", "family", "depth", "width")) and "model" in rows[0]:
+        axes = ["model"] + [a for a in axes if a not in ("model", "family")]
+    shown = ["trial_id"] + [a for a in axes if a in rows[0]]
     shown += ["done"]
     print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
     print(_table(rows, shown))
@@ -78,8 +82,8 @@ def cmd_run(args) -> int:
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else os.environ.get("SWEEPER_DATA_ROOT")
     # Check the environment before any work: the store takes writes, the data are there.
     store.ensure_writable()
-    datasets = {getattr(s, "dataset", None) for s in study.specs()} - {None}
-    for name in datasets:
+    names = {getattr(s, f, None) for s in study.specs() for f in ("dataset", "inputs")}
+    for name in sorted(n for n in names if n in DATASETS):
         if DATASETS[name].needs_root:
             load_arrays(name, data_root)  # raises a one-line error naming --data-root
     if args.address and args.address != "local":
@@ -246,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sweeper: interrupted; finished trials are in the store, run again to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug of ours: still one line, the traceback behind --debug
+        if debug:
+            raise
+        print(f"sweeper: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

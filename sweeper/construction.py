@@ -86,7 +86,7 @@ class ConstructionSpec:
     solver: str = "auto"  # D = 1: auto | dense | lsqr (auto: dense when P * m <= dense_limit)
     dense_limit: int = 8_000_000  # largest P * m (or Gram size²) handled densely
     lsqr_iters: int = 20_000
-    lm_iters: int = 200  # Levenberg-Marquardt iterations (D >= 2)
+    lm_iters: int = 100  # Levenberg-Marquardt iterations (D >= 2)
     tol: float = 1e-13  # relative weight residual at which the solvers stop
     refit_output: bool = False  # fit the block's output BN scale by regression (improves m < P, tanh)
     dtype: str = "float32"  # dtype the constructed and target networks are evaluated in
@@ -317,12 +317,13 @@ def _gn_grad(L, Rt, r) -> np.ndarray:
 
 
 def solve_multilinear(A: np.ndarray, Rs: list[np.ndarray], B: np.ndarray, W: np.ndarray,
-                      iters: int = 200, tol: float = 1e-13, dense_limit: int = 8_000_000,
+                      iters: int = 100, tol: float = 1e-13, dense_limit: int = 8_000_000,
                       es0: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], SolveInfo]:
     """Scales e_1..e_D with B diag(e_D) R_{D-1} ... diag(e_1) A ≈ W by Levenberg-Marquardt.
 
-    Start: e_2..e_D = 1 and e_1 the linear least-squares solution for that (a partial fit with m
-    unknowns). Each step solves (JᵀJ + μ I) δ = -Jᵀr, with JᵀJ assembled from m x m Hadamard
+    Start: every e_l = the same constant, scaled so that ||F|| = ||W|| (a start from the linear
+    least-squares fit of e_1 is worse: at m = P it is the ill-conditioned square solve, whose large
+    scales then amplify float32 rounding in the network by 100x). Each step solves (JᵀJ + μ I) δ = -Jᵀr, with JᵀJ assembled from m x m Hadamard
     blocks when (D m)² <= dense_limit, else by damped matrix-free LSQR. After each accepted step
     the layers are rebalanced to equal norms (the product does not change)."""
     A, B, W = (np.asarray(a, dtype=np.float64) for a in (A, B, W))
@@ -336,9 +337,8 @@ def solve_multilinear(A: np.ndarray, Rs: list[np.ndarray], B: np.ndarray, W: np.
     dense = N * N <= dense_limit
     if es0 is None:
         ones = [np.ones(m) for _ in range(D)]
-        L, _ = _chain(A, Rs, B, ones)
-        e1, _ = solve_linear(A, L[0], W, "auto", dense_limit, tol)
-        es = _balance([e1] + ones[1:])
+        scale = (normW / max(float(np.linalg.norm(multilinear_map(A, Rs, B, ones))), 1e-300)) ** (1 / D)
+        es = [scale * e for e in ones]
     else:
         es = [np.asarray(e, dtype=np.float64).copy() for e in es0]
 
@@ -381,7 +381,7 @@ def solve_multilinear(A: np.ndarray, Rs: list[np.ndarray], B: np.ndarray, W: np.
             new_c, new_r = cost(new_es)
             rho = (c - new_c) / pred if pred > 0 else -1.0
             if rho > 0:
-                stalled = stalled + 1 if c - new_c <= 1e-6 * c else 0  # no progress: a (local) minimum
+                stalled = stalled + 1 if c - new_c <= 1e-4 * c else 0  # no progress: a (local) minimum
                 es, c, r = _balance(new_es), new_c, new_r
                 mu *= max(1 / 3, 1 - (2 * rho - 1) ** 3)
                 nu = 2.0

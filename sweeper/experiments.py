@@ -19,8 +19,16 @@ from sweeper.registry import Registry
 class Experiment:
     spec_module: str  # "module:Class"
     run_function: str  # "module:function"
-    row_columns: dict[str, type]  # result columns of the trials row -> str/int/float/bool
+    columns: dict[str, type]  # result columns of the trials row -> str/int/float/bool
     description: str = ""
+
+    @property
+    def row_columns(self) -> dict[str, type]:
+        """Declared here, or as ROW_COLUMNS beside the run function."""
+        if self.columns:
+            return self.columns
+        module = importlib.import_module(self.run_function.split(":")[0])
+        return getattr(module, "ROW_COLUMNS")
 
     @property
     def spec_type(self):
@@ -64,3 +72,20 @@ EXPERIMENTS.add(
         "train a network's chosen subset with SGD and measure it (Frankle et al.)",
     ),
 )
+
+
+def _register_science() -> None:
+    """Experiments whose row columns live beside their science (imported lazily: they pull torch)."""
+    EXPERIMENTS.add(
+        "decomposed",
+        Experiment(
+            "sweeper.decomposed:DecomposedSpec",
+            "sweeper.decomposed:run",
+            {},  # filled from sweeper.decomposed.ROW_COLUMNS on first use
+            "a deep random network with BN split into recentering, rescaling and the non-linearity, "
+            "at initialisation (Nachum et al. 2024; Daneshmand et al. 2021)",
+        ),
+    )
+
+
+_register_science()

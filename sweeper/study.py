@@ -14,6 +14,7 @@ A study file is Python that defines `study = Study(...)`:
 
 Axes form a grid (their cartesian product, in the order given); the seed is an axis like any
 other. An axis whose values are dicts is a joint axis: each dict sets several fields together.
+`axes` may also be a list of such dicts: several grids, whose trials are their union.
 `quick` overrides axes and recipe for a CPU-sized smoke run (`--quick`), stored as `<name>-quick`.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Study:
     name: str
     experiment: str = "train"
     dataset: str | None = None
-    axes: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    axes: dict[str, list[Any]] | list[dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
     recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
     measure: list[str] | None = None
     figures: list[str] = dataclasses.field(default_factory=list)
@@ -73,7 +74,8 @@ class Study:
             self,
             name=self.quick.get("name", f"{self.name}-quick"),
             dataset=self.quick.get("dataset", self.dataset),
-            axes={**self.axes, **self.quick.get("axes", {})},
+            axes=self.quick["axes"] if isinstance(self.quick.get("axes"), list) or isinstance(self.axes, list)
+            else {**self.axes, **self.quick.get("axes", {})},
             recipe={**self.recipe, **self.quick.get("recipe", {})},
             measure=self.quick.get("measure", self.measure),
             figures=self.quick.get("figures", self.figures),
@@ -102,20 +104,11 @@ class Study:
     def validate(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise SweeperError(f"must be letters, digits, '.', '_' or '-', got {self.name!r}", "name")
-        if not isinstance(self.axes, dict):
-            raise SweeperError("must be a dict of field -> list of values", "axes")
-        for axis, values in self.axes.items():
-            where = f"axes.{axis}"
-            if not isinstance(values, (list, tuple)):
-                raise SweeperError(f"must be a list of values, got {values!r}", where)
-            if not values:
-                raise SweeperError("is empty: a grid axis needs at least one value", where)
-            keys = [repr(sorted(v.items())) if isinstance(v, dict) else repr(v) for v in values]
-            dupes = sorted({k for k in keys if keys.count(k) > 1})
-            if dupes:
-                raise SweeperError(f"lists {dupes[0]} more than once", where)
-            if axis in self.recipe:
-                raise SweeperError("is both an axis and a recipe value", where)
+        grids = self.grids()
+        if not grids or not all(isinstance(g, dict) for g in grids):
+            raise SweeperError("must be a dict of field -> list of values (or a list of such dicts)", "axes")
+        for i, grid in enumerate(grids):
+            self._validate_grid(grid, "axes" if isinstance(self.axes, dict) else f"axes[{i}]")
         from sweeper.analysis import check_figures
 
         check_figures(self.figures)
@@ -127,18 +120,36 @@ class Study:
         if unknown:
             raise SweeperError(f"unknown keys {sorted(unknown)}; valid keys: cpu, gpu", "resources")
 
+    def grids(self) -> list[dict[str, list[Any]]]:
+        return list(self.axes) if isinstance(self.axes, list) else [self.axes]
+
+    def _validate_grid(self, grid: dict, prefix: str) -> None:
+        for axis, values in grid.items():
+            where = f"{prefix}.{axis}"
+            if not isinstance(values, (list, tuple)):
+                raise SweeperError(f"must be a list of values, got {values!r}", where)
+            if not values:
+                raise SweeperError("is empty: a grid axis needs at least one value", where)
+            keys = [repr(sorted(v.items())) if isinstance(v, dict) else repr(v) for v in values]
+            dupes = sorted({k for k in keys if keys.count(k) > 1})
+            if dupes:
+                raise SweeperError(f"lists {dupes[0]} more than once", where)
+            if axis in self.recipe:
+                raise SweeperError("is both an axis and a recipe value", where)
+
     def grid(self) -> list[dict[str, Any]]:
-        """The grid's points as field values (before spec construction)."""
-        names = list(self.axes)
+        """The grids' points as field values (before spec construction)."""
         points = []
-        for combo in itertools.product(*(self.axes[n] for n in names)):
-            values = self.base_values()
-            for name, value in zip(names, combo):
-                if isinstance(value, dict):
-                    values.update(value)  # a joint axis sets several fields at once
-                else:
-                    values[name] = value
-            points.append(values)
+        for grid in self.grids():
+            names = list(grid)
+            for combo in itertools.product(*(grid[n] for n in names)):
+                values = self.base_values()
+                for name, value in zip(names, combo):
+                    if isinstance(value, dict):
+                        values.update(value)  # a joint axis sets several fields at once
+                    else:
+                        values[name] = value
+                points.append(values)
         return points
 
     def specs(self) -> list:
@@ -152,7 +163,8 @@ class Study:
                 spec = spec_type.from_values(values)
             except SweeperError as e:
                 field = e.where.split(":")[0] if e.where else None
-                prefix = f"axes.{field}" if field in self.axes else (f"recipe.{field}" if field else None)
+                in_axes = any(field in g for g in self.grids())
+                prefix = f"axes.{field}" if in_axes else (f"recipe.{field}" if field else None)
                 raise SweeperError(e.message, prefix or e.where) from None
             if spec.trial_id not in seen:
                 seen.add(spec.trial_id)
