@@ -39,7 +39,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, ClassVar, Iterable
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweeper.errors import SweeperError
+from sweeper.spec import Spec
 from sweeper.nn.activations import ACTIVATIONS, activation
 
 # --------------------------------------------------------------------------------------------------
@@ -63,8 +64,10 @@ SGD_OBJECTIVES = ("distill", "labels")
 
 
 @dataclass(frozen=True)
-class ConstructionSpec:
+class ConstructionSpec(Spec):
     """One construction trial. Every field is a plain int/float/str/bool with a default."""
+
+    experiment: ClassVar[str] = "construction"
 
     target: str = "mlp"  # "mlp" | "cnn"
     hidden: int = 16  # MLP hidden width
@@ -88,7 +91,7 @@ class ConstructionSpec:
     lsqr_iters: int = 20_000
     lm_iters: int = 100  # Levenberg-Marquardt iterations (D >= 2)
     tol: float = 1e-13  # relative weight residual at which the solvers stop
-    refit_output: bool = False  # fit the block's output BN scale by regression (improves m < P, tanh)
+    refit_output: bool = False  # fit each block's output BN scale by regression (helps below m = P)
     dtype: str = "float32"  # dtype the constructed and target networks are evaluated in
     sgd_epochs: int = 20  # BN-only baseline on the same random source; 0 = untrained (γ=1, β=0)
     sgd_lr: float = 0.01
@@ -97,7 +100,7 @@ class ConstructionSpec:
 
     def __post_init__(self) -> None:
         def bad(field: str, message: str) -> None:
-            raise SweeperError(message, f"ConstructionSpec.{field}")
+            raise SweeperError(message, field)
 
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -113,7 +116,7 @@ class ConstructionSpec:
         try:
             act = ACTIVATIONS.canonical(self.activation)
         except SweeperError as e:
-            raise e.at("ConstructionSpec.activation") from None
+            raise e.at("activation") from None
         if act not in LINEAR_REGIONS:
             bad("activation", f"no linear region known for {act!r}; supported: {', '.join(sorted(LINEAR_REGIONS))}")
         positive = {"hidden": self.hidden, "hidden_layers": self.hidden_layers, "cnn_channels": self.cnn_channels,
@@ -739,9 +742,27 @@ def layer_report(target: nn.Sequential, source: nn.Sequential, x: torch.Tensor,
 LAYER_COLUMNS = {
     "layer": "int64", "kind": "str", "n_out": "int64", "n_in": "int64", "P": "int64", "m": "int64",
     "source_depth": "int64", "total_width": "int64", "dof": "int64", "width_ratio_actual": "float64",
-    "solver": "str", "iterations": "int64", "weight_residual": "float64", "condition_number": "float64",
+    "solver_used": "str", "iterations": "int64", "weight_residual": "float64", "condition_number": "float64",
     "condition_method": "str", "solve_seconds": "float64", "local_rel_error": "float64",
     "cumulative_rel_error": "float64", "outside_linear_frac": "float64",
+}
+
+
+# The trials row of `run`: column -> type (declared up front so every trial shares one schema).
+# width_ratio and source_depth repeat the spec fields of the same name (same values).
+ROW_COLUMNS: dict[str, type] = {
+    "width_ratio": float, "source_depth": int,
+    "P": int,  # target weights, summed over target layers (biases excluded)
+    "m": int,  # total BN width of the source (D * m per target layer, summed; output BNs excluded)
+    "m_over_P": float, "dof": int, "bn_params": int,
+    "relative_error": float,  # ||source(x) - target(x)|| / ||target(x)||, test logits
+    "argmax_agreement": float, "test_acc": float, "target_test_acc": float,
+    "sgd_test_acc": float, "sgd_relative_error": float, "sgd_argmax_agreement": float,
+    "construction_minus_sgd_acc": float,
+    "weight_residual": float,  # worst layer's ||F(e) - W|| / ||W|| (float64 solve)
+    "condition_number": float,  # worst layer's
+    "outside_linear_frac": float, "solver_used": str,
+    "solve_seconds": float, "construction_seconds": float, "sgd_seconds": float, "target_seconds": float,
 }
 
 
@@ -799,7 +820,7 @@ def run(spec: ConstructionSpec, data_root: str | None = None) -> tuple[dict, dic
         P, m = n_out * n_in, block.width
         rows.append({"layer": k, "kind": "conv" if block.conv else "linear", "n_out": n_out, "n_in": n_in,
                      "P": P, "m": m, "source_depth": D, "total_width": D * m, "dof": D * m - (D - 1),
-                     "width_ratio_actual": D * m / P, "solver": info.method, "iterations": info.iterations,
+                     "width_ratio_actual": D * m / P, "solver_used": info.method, "iterations": info.iterations,
                      "weight_residual": info.residual, "condition_number": info.condition_number,
                      "condition_method": info.condition_method, "solve_seconds": info.seconds,
                      "local_rel_error": rep["local_rel_error"],
@@ -831,7 +852,7 @@ def run(spec: ConstructionSpec, data_root: str | None = None) -> tuple[dict, dic
         "weight_residual": float(layer_table["weight_residual"].max()),
         "condition_number": float(layer_table["condition_number"].max()),
         "outside_linear_frac": float(max(outside) if outside else 0.0),
-        "solver": "+".join(sorted(set(layer_table["solver"]))),
+        "solver_used": "+".join(sorted(set(layer_table["solver_used"]))),
         "solve_seconds": float(layer_table["solve_seconds"].sum()),
         "construction_seconds": construction_seconds,
         "sgd_seconds": sgd_seconds,

@@ -86,6 +86,16 @@ def _register_science() -> None:
             "at initialisation (Nachum et al. 2024; Daneshmand et al. 2021)",
         ),
     )
+    EXPERIMENTS.add(
+        "construction",
+        Experiment(
+            "sweeper.construction:ConstructionSpec",
+            "sweeper.construction:run",
+            {},  # sweeper.construction.ROW_COLUMNS
+            "solve for the γ/β that make a random source network reproduce a target (Burkholz 2024), "
+            "beside BN-only SGD on the same random weights",
+        ),
+    )
 
 
 _register_science()

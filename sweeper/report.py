@@ -68,7 +68,7 @@ def new_report_name(store: Store, when: dt.datetime) -> str:
     name, n = base, 1
     while name in taken or store.exists(report_path(store, name)):
         n += 1
-        name = f"{base}-{n}"
+        name = f"{base}-{n:02d}"  # zero-padded: names keep sorting by time
     return name
 
 
@@ -553,7 +553,7 @@ def _study_blocks(n: StudyNight, store: Store, name: str, tol: float) -> list[Bl
                    f"{n.missing} missing")
     elif not n.error:
         ran.append(f"nothing to do: all {n.planned} trials were already in the store")
-    if n.skipped:
+    if n.skipped and (n.ran or n.error):
         ran.append(f"{n.skipped} trial{'s' * (n.skipped != 1)} already done, not run again")
     if n.stale and not n.stale_rerun:
         ran.append(f"{len(n.stale)} done trial{'s' * (len(n.stale) != 1)} ran under an older code version; kept "

@@ -180,7 +180,8 @@ def _progress_callback(total: int, skipped: int, say: Callable[[str], None], met
                 last = f"{label}: FAILED"
             else:
                 value = result.get(metric)
-                if isinstance(value, float) and (self.best is None or value > self.best[0]):
+                lower = metric == "relative_error"  # an error: lower is better
+                if isinstance(value, float) and (self.best is None or (value < self.best[0] if lower else value > self.best[0])):
                     self.best = (value, label)
                 last = f"{label}: {metric} {value:.4f}" if isinstance(value, float) else label
             self._line(trials, last)

@@ -7,6 +7,7 @@ Layout (documented in the README; pandas, pyarrow and DuckDB read it directly):
     <store>/<study>/<table>/<trial_id>.parquet curves, bn, clamp, dead_relu, layers, ...
     <store>/<study>/figures/                   PNG and PDF figures redrawn from the tables
     <store>/<study>/_tune/                     Ray Tune's experiment state (checkpoints)
+    <store>/reports/                           nightly reports and their lock (sweeper.report)
 
 Rules that keep results from being lost, doubled or half-read:
 - a file is written aside under a hidden name (readers skip names starting with '.' or '_') and
@@ -62,11 +63,12 @@ _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_
 def trials_schema(spec_type, row_columns: dict[str, type]) -> pa.Schema:
     from sweeper.spec import arrow_type
 
-    fields = [pa.field(k, _ARROW[t]) for k, t in BASE_COLUMNS.items()]
-    fields += [pa.field(k, arrow_type(t)) for k, t in spec_type.field_types().items()]
-    fields += [pa.field(k, _ARROW[t]) for k, t in row_columns.items()]
-    fields += [pa.field(k, _ARROW[t]) for k, t in RUN_COLUMNS.items()]
-    return pa.schema(fields)
+    fields = {k: pa.field(k, _ARROW[t]) for k, t in BASE_COLUMNS.items()}
+    fields.update({k: pa.field(k, arrow_type(t)) for k, t in spec_type.field_types().items()})
+    # a result column that repeats a spec field (e.g. width_ratio) is the spec's column
+    fields.update({k: pa.field(k, _ARROW[t]) for k, t in row_columns.items() if k not in fields})
+    fields.update({k: pa.field(k, _ARROW[t]) for k, t in RUN_COLUMNS.items()})
+    return pa.schema(list(fields.values()))
 
 
 @dataclass

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
-from torch import nn
 
 from sweeper import construction as C
 from sweeper.analysis import construction as AC
@@ -167,11 +166,12 @@ def test_relu_mlp_reproduced_at_width_ratio_1_2():
     layers = tables["construction_layers"]
     assert list(layers["P"]) == [512, 80] and (layers["m"] >= 1.2 * layers["P"]).all()
     assert (layers["outside_linear_frac"] == 0).all()
+    assert list(row) == list(C.ROW_COLUMNS)
     for name, value in row.items():
-        assert isinstance(value, (int, float, str)) and value is not None, name
+        assert type(value) is C.ROW_COLUMNS[name], name
     for t in tables.values():
         assert not any(t[c].isna().all() for c in t.columns)
-        assert all(t[c].dtype != object for c in t.columns if c not in ("kind", "solver", "condition_method"))
+        assert all(t[c].dtype != object for c in t.columns if c not in ("kind", "solver_used", "condition_method"))
 
 
 def test_only_bn_parameters_are_set_by_the_construction():
@@ -210,7 +210,7 @@ def test_depth2_network_reproduces_target():
     layers = tables["construction_layers"]
     assert (layers["dof"] >= layers["P"]).all() and (layers["m"] < layers["P"]).all()
     assert row["relative_error"] < 1e-4
-    assert row["solver"] == "lm-dense"
+    assert row["solver_used"] == "lm-dense"
 
 
 @pytest.mark.parametrize("act", ["tanh", "gelu"])

@@ -22,6 +22,7 @@ Draw = Callable[[dict[str, pd.DataFrame], Path], list[Path]]
 # One module per paper or topic; each defines FIGURES = {"name": draw_function, ...}.
 FIGURE_MODULES = [
     "sweeper.analysis.frankle",
+    "sweeper.analysis.construction",
     "sweeper.analysis.norms",
     "sweeper.analysis.decomposed",
 ]

@@ -21,8 +21,8 @@ SERIES_FIELDS = ("target", "activation", "source_depth", "weight_init", "hidden"
                  "cnn_channels", "kernel_size", "dataset", "dtype", "solver", "refit_output",
                  "sgd_objective", "sgd_optimizer", "sgd_epochs", "sgd_lr", "shift_margin", "linear_scale")
 X = "width_ratio"
-X_LABEL = "random features per target weight, m / P"
-THRESHOLD_LABEL = "m = P"
+X_LABEL = "BN width per target weight, D·m / P"
+THRESHOLD_LABEL = "D·m = P"
 TINY = 1e-18
 
 
@@ -160,18 +160,20 @@ def construction_vs_sgd(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[
         return []
     keys = _series(df)
     fig, (ax_acc, ax_err) = _new(2)
-    colors = iter(f"C{i}" for i in range(100))
+    colors = iter(f"C{i % 10}" for i in range(1000))
     for label, sub in _groups(df, keys):
         c = next(colors)
-        name = f"{label}: " if label else ""
-        _plot(ax_acc, sub, X, "test_acc", f"{name}construction", log=False, color=c)
-        _plot(ax_acc, sub, X, "sgd_test_acc", f"{name}BN-only SGD", log=False, color=c, ls="--", marker="s")
-        _plot(ax_err, sub, X, "relative_error", f"{name}construction", log=True, color=c)
-        _plot(ax_err, sub, X, "sgd_relative_error", f"{name}BN-only SGD", log=True, color=c, ls="--", marker="s")
+        _plot(ax_acc, sub, X, "test_acc", label or "construction", log=False, color=c)
+        _plot(ax_acc, sub, X, "sgd_test_acc", "", log=False, color=c, ls="--", marker="s")
+        _plot(ax_err, sub, X, "relative_error", "", log=True, color=c)
+        _plot(ax_err, sub, X, "sgd_relative_error", "", log=True, color=c, ls="--", marker="s")
     for ax in (ax_acc, ax_err):
         _threshold(ax)
         ax.set_xlabel(X_LABEL)
-        _legend(ax)
+    ax_err.plot([], [], color="0.3", ls="-", marker="o", label="construction")
+    ax_err.plot([], [], color="0.3", ls="--", marker="s", label="BN-only SGD, same random network")
+    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_err.legend(fontsize=8, loc="center right")
     ax_acc.set_ylabel("test accuracy")
     ax_err.set_yscale("log")
     ax_err.set_ylabel("relative error of logits to the target")
@@ -196,7 +198,7 @@ def depth_width_tradeoff(tables: dict[str, pd.DataFrame], out_dir: Path) -> list
         if has_res:
             _plot(axes[1], sub.dropna(subset=["weight_residual"]), x, "weight_residual", label, log=True)
     for ax in axes:
-        _threshold(ax, label="D·m = P")
+        _threshold(ax)
         ax.set_yscale("log")
         ax.set_xlabel("total BN width per target weight, D·m / P")
         _legend(ax)

@@ -296,10 +296,12 @@ def accuracy_vs_bn_params(tables, out: Path) -> list[Path]:
         for kind, rows, _ in kinds:
             _accuracy_panel(ax, rows, "bn_params", subsets, SERIES_STYLE[kind], SERIES_MARKER[kind])
         label_subset = "bn" if "bn" in subsets else subsets[0]
-        for kind, rows, _ in kinds:  # name the networks once, on one subset's points
-            pts = rows[rows["trainable"] == label_subset].groupby("bn_params").agg(
-                acc=("test_acc", "mean"), model=("model", "first")).reset_index()
-            for _, p in pts.iterrows():
+        named = set()
+        for kind, rows, _ in kinds:  # name each network once, on one subset's points
+            pts = rows[rows["trainable"] == label_subset].groupby("model").agg(
+                acc=("test_acc", "mean"), bn_params=("bn_params", "first")).reset_index()
+            for _, p in pts[~pts["model"].isin(named)].iterrows():
+                named.add(p["model"])
                 ax.annotate(p["model"], (p["bn_params"], p["acc"] * 100), textcoords="offset points",
                             xytext=(4, -9 if kind == "wider" else 4), fontsize=6, color="#555555")
         _count_axis(ax)
