@@ -104,6 +104,12 @@ def tune_trial(config: dict[str, Any]) -> None:
 
     experiment = EXPERIMENTS[config["experiment"]]
     spec = experiment.spec_type.from_values(dict(config["spec"]))
+    if config.get("reuse_done"):  # a search that proposes a finished trial gets its stored result
+        row = Store(config["store"]).trial_row(config["study"], spec.trial_id)
+        if row and row["status"] == "done":
+            tune.report({"status": "done", "trial_done": 1, "reused": 1, "epoch": row.get("epochs") or 0,
+                         **{k: row[k] for k in ("test_acc", "relative_error") if isinstance(row.get(k), float)}})
+            return
     cpus = float(config["cpus"])
     threads = max(1, int(cpus))
     torch.set_num_threads(threads)
@@ -126,6 +132,8 @@ def tune_trial(config: dict[str, Any]) -> None:
         last = [time.monotonic()]
 
         def on_epoch(epoch, metrics, state):
+            if epoch == getattr(spec, "epochs", None):
+                return  # the last epoch is reported after the trial commits (a scheduler may stop here)
             report = {"epoch": epoch, "node_id": ctx.node_id,
                       **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
             if time.monotonic() - last[0] >= every:
@@ -142,7 +150,7 @@ def tune_trial(config: dict[str, Any]) -> None:
             with checkpoint.as_directory() as d:
                 kwargs["resume"] = torch.load(os.path.join(d, "state.pt"), weights_only=True)
     row = execute(spec, ctx, **kwargs)
-    final = {"status": row["status"], "trial_done": 1}
+    final = {"status": row["status"], "trial_done": 1, "epoch": getattr(spec, "epochs", 0) or 0}
     for key in ("test_acc", "relative_error"):
         if isinstance(row.get(key), float):
             final[key] = row[key]
@@ -174,7 +182,7 @@ def _progress_callback(total: int, skipped: int, say: Callable[[str], None], met
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
             self.finished += 1
-            label = trial.config["point"]["label"]
+            label = _trial_label(trial)
             if result.get("status") != "done":
                 self.failed += 1
                 last = f"{label}: FAILED"
@@ -189,9 +197,16 @@ def _progress_callback(total: int, skipped: int, say: Callable[[str], None], met
         def on_trial_error(self, iteration, trials, trial, **info):
             self.finished += 1
             self.failed += 1
-            self._line(trials, f"{trial.config['point']['label']}: ERROR (retries exhausted)")
+            self._line(trials, f"{_trial_label(trial)}: ERROR (retries exhausted)")
 
     return Progress()
+
+
+def _trial_label(trial) -> str:
+    if "point" in trial.config:
+        return trial.config["point"]["label"]
+    sampled = trial.config.get("sampled", {})
+    return f"{trial.trial_id} " + " ".join(f"{k}={v:.3g}" for k, v in sampled.items())
 
 
 def _label(spec) -> str:
@@ -220,10 +235,12 @@ def run_study(
     """Run every trial of `study` that the store does not have as done. Failed trials are
     retried; trials in `rerun` run again even when done. `reuse_actors=False` is Tune's default
     (a fresh worker per trial), kept for `sweeper bench` to compare against."""
-    from sweeper.version import code_version
-
     started = time.perf_counter()
     specs = study.specs()
+    if study.search is not None:
+        return run_search(study, store, specs[0], address=address, data_root=data_root,
+                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                          max_failures=max_failures, checkpoint_seconds=checkpoint_seconds, say=say)
     status = store.trial_status(study.name)
     for path in status.corrupt:
         say(f"warning: {path}: unreadable trials file; its trial runs again")
@@ -239,29 +256,13 @@ def run_study(
     import ray
     from ray import tune
 
-    cpus = float(cpus_per_trial if cpus_per_trial is not None else study.resources.get("cpu", 1))
-    gpus = float(gpus_per_trial if gpus_per_trial is not None else study.resources.get("gpu", 0))
+    cpus, gpus = _resources(study, cpus_per_trial, gpus_per_trial)
     started_ray = connect(address)
     try:
-        available = ray.cluster_resources()
-        if cpus > available.get("CPU", 0) or gpus > available.get("GPU", 0):
-            raise SweeperError(
-                f"each trial asks for {cpus:g} CPU and {gpus:g} GPU, but the cluster has "
-                f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU",
-                "resources",
-            )
+        _check_resources(cpus, gpus)
         say(f"{study.name}: running {len(todo)} trials ({cpus:g} CPU, {gpus:g} GPU each) -> {store.uri}")
         by_label = {s.trial_id: _label(s) for s in todo}
-        common = {
-            "experiment": study.experiment,
-            "study": study.name,
-            "store": store.uri,
-            "data_root": data_root,
-            "code_version": code_version(),
-            "cpus": cpus,
-            "gpus": gpus,
-            "checkpoint_seconds": checkpoint_seconds,
-        }
+        common = _common_config(study, store, data_root, cpus, gpus, checkpoint_seconds)
         points = [{"spec": s.to_dict(), "label": by_label[s.trial_id], "trial_id": s.trial_id} for s in todo]
         param_space = {**common, "point": tune.grid_search(points)}
         trainable = tune.with_resources(_flatten_point, {"cpu": cpus, "gpu": gpus})
@@ -301,3 +302,124 @@ def run_study(
 def _flatten_point(config: dict[str, Any]) -> None:
     point = config["point"]
     tune_trial({**config, "spec": point["spec"], "label": point["label"]})
+
+
+def _search_point(config: dict[str, Any]) -> None:
+    tune_trial({**config, "spec": {**config["base"], **config["sampled"]}, "reuse_done": True})
+
+
+def _resources(study: Study, cpus_per_trial, gpus_per_trial) -> tuple[float, float]:
+    cpus = float(cpus_per_trial if cpus_per_trial is not None else study.resources.get("cpu", 1))
+    gpus = float(gpus_per_trial if gpus_per_trial is not None else study.resources.get("gpu", 0))
+    return cpus, gpus
+
+
+def _check_resources(cpus: float, gpus: float) -> None:
+    import ray
+
+    available = ray.cluster_resources()
+    if cpus > available.get("CPU", 0) or gpus > available.get("GPU", 0):
+        raise SweeperError(
+            f"each trial asks for {cpus:g} CPU and {gpus:g} GPU, but the cluster has "
+            f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU",
+            "resources",
+        )
+
+
+def _common_config(study, store, data_root, cpus, gpus, checkpoint_seconds) -> dict[str, Any]:
+    from sweeper.version import code_version
+
+    return {
+        "experiment": study.experiment,
+        "study": study.name,
+        "store": store.uri,
+        "data_root": data_root,
+        "code_version": code_version(),
+        "cpus": cpus,
+        "gpus": gpus,
+        "checkpoint_seconds": checkpoint_seconds,
+    }
+
+
+def run_search(study: Study, store: Store, base, *, address=None, data_root=None, cpus_per_trial=None,
+               gpus_per_trial=None, max_failures=2, checkpoint_seconds=30.0, say=print) -> RunSummary:
+    """An Optuna search (Ray Tune's OptunaSearch, optionally with ASHA) over `study.search.space`
+    around the study's one base trial. Sampled trials are ordinary trials in the store; a one-row
+    file in table `search` names the chosen one."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = study.search
+    started = time.perf_counter()
+    search_id = search.identity(base.trial_id)
+    space = {k: (tune.loguniform if kind == "loguniform" else tune.uniform)(low, high)
+             for k, (kind, low, high) in search.space.items()}
+    cpus, gpus = _resources(study, cpus_per_trial, gpus_per_trial)
+    before = store.trial_status(study.name)
+    started_ray = connect(address)
+    try:
+        _check_resources(cpus, gpus)
+        say(f"{study.name}: Optuna search {search_id}: {search.num_samples} trials over "
+            f"{', '.join(search.space)} ({search.mode} {search.metric}) -> {store.uri}")
+        scheduler = None
+        if search.asha:
+            epochs = getattr(base, "epochs", 1) or 1
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1)
+        tuner = tune.Tuner(
+            tune.with_resources(_search_point, {"cpu": cpus, "gpu": gpus}),
+            param_space={**_common_config(study, store, data_root, cpus, gpus, checkpoint_seconds),
+                         "base": base.to_dict(), "sampled": space},
+            tune_config=tune.TuneConfig(
+                search_alg=OptunaSearch(seed=search.seed),
+                scheduler=scheduler,
+                metric=search.metric,
+                mode=search.mode,
+                num_samples=search.num_samples,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"search-{search_id}-{int(time.time())}",
+                storage_path=store.path(study.name, "_tune"),
+                verbose=0,
+                callbacks=[_progress_callback(search.num_samples, 0, say, search.metric)],
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        results = tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    spec_type = type(base)
+    ids = set()
+    for result in results:
+        if result.config:
+            ids.add(spec_type.from_values({**base.to_dict(), **result.config["sampled"]}).trial_id)
+    after = store.trial_status(study.name)
+    summary = RunSummary(study.name, planned=search.num_samples, skipped=len(ids & before.done))
+    summary.ran = len(ids - before.done)
+    summary.done = len(ids & after.done)
+    summary.failed = {t: e for t, e in after.failed.items() if t in ids}
+    summary.missing = len(ids - after.done - set(after.failed) - after.stopped)
+    trials = store.read(study.name, "trials")
+    trials = trials[trials["trial_id"].isin(ids) & (trials["status"] == "done")]
+    if len(trials) and search.metric in trials:
+        best = trials.sort_values(search.metric, ascending=search.mode == "min").iloc[0]
+        summary.best = (float(best[search.metric]), best["trial_id"])
+        store.append_row(study.name, "search", search_id, {
+            "search_id": search_id, "base_trial_id": base.trial_id, "chosen_trial_id": best["trial_id"],
+            "metric": search.metric, "mode": search.mode, "value": float(best[search.metric]),
+            "trials": len(ids), "space": repr(search.space), "asha": search.asha, "ended_at": _now(),
+        })
+        say(f"{study.name}: search {search_id} chose {best['trial_id']} ({search.metric} {best[search.metric]:.4f})")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _now() -> str:
+    from sweeper.trial import now
+
+    return now()

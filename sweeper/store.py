@@ -43,7 +43,7 @@ BASE_COLUMNS: dict[str, type] = {
     "trial_id": str,
     "study": str,
     "experiment": str,
-    "status": str,  # "done" or "failed"
+    "status": str,  # "done", "failed", or "stopped" (ended early by a search's scheduler)
     "error": str,
 }
 RUN_COLUMNS: dict[str, type] = {
@@ -55,7 +55,6 @@ RUN_COLUMNS: dict[str, type] = {
     "started_at": str,
     "ended_at": str,
     "schema_version": int,
-    "search_chosen": bool,  # marked on the trial an Optuna search picked (null for grid trials)
 }
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
@@ -76,6 +75,10 @@ class TrialStatus:
     done: set[str]
     failed: dict[str, str]  # trial id -> error
     corrupt: list[str]  # paths of unreadable trials files (their trials run again)
+    stopped: set[str] = None  # ended early by a search scheduler: complete as far as they went
+
+    def __post_init__(self):
+        self.stopped = self.stopped or set()
 
 
 class Store:
@@ -211,7 +214,7 @@ class Store:
         return good, schemas, bad
 
     def trial_status(self, study: str) -> TrialStatus:
-        done, failed, corrupt = set(), {}, []
+        done, failed, corrupt, stopped = set(), {}, [], set()
         for p in self.files(study, TRIALS):
             try:
                 with self.fs.open_input_file(p) as f:
@@ -219,11 +222,27 @@ class Store:
                 for tid, status, error in zip(*(t.column(c).to_pylist() for c in ("trial_id", "status", "error"))):
                     if status == "done":
                         done.add(tid)
+                    elif status == "stopped":
+                        stopped.add(tid)
                     else:
                         failed[tid] = error or ""
             except Exception:
                 corrupt.append(p)
-        return TrialStatus(done, failed, corrupt)
+        return TrialStatus(done, failed, corrupt, stopped)
+
+    def trial_row(self, study: str, trial_id: str) -> dict[str, Any] | None:
+        """One trial's committed row, or None when it has none (or an unreadable one)."""
+        path = self.path(study, TRIALS, f"{trial_id}.parquet")
+        try:
+            with self.fs.open_input_file(path) as f:
+                rows = pq.read_table(f).to_pylist()
+        except Exception:
+            return None
+        return rows[0] if rows else None
+
+    def append_row(self, study: str, table: str, name: str, row: dict[str, Any]) -> None:
+        """A one-row file of its own (no read-modify-write of a shared file)."""
+        self.write_table(self.path(study, table, f"{name}.parquet"), pa.Table.from_pylist([row]))
 
     def read(self, study: str, table: str = TRIALS, columns: list[str] | None = None) -> pd.DataFrame:
         """One table of one study as a DataFrame. Files of older schema versions are read with

@@ -36,7 +36,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class Search:
     """Optuna search over continuous recipe values (Ray Tune's OptunaSearch), beside the grid.
 
-    space: field -> ("loguniform" | "uniform", low, high); metric: a trials column to maximise.
+    space: field -> ("loguniform" | "uniform", low, high); metric: a trials column, maximised
+    (mode "max") or minimised ("min"). The study's axes must expand to one trial: the search varies
+    the space's fields around it. Every sampled trial lands in the store like a grid trial (same ids,
+    so a repeated search reuses finished trials), and table `search` records the chosen one.
     """
 
     space: dict[str, tuple[str, float, float]]
@@ -44,6 +47,37 @@ class Search:
     metric: str = "test_acc"
     mode: str = "max"
     asha: bool = False  # stop weak trials early (ASHA) on the per-epoch metric
+    seed: int = 0  # the sampler's seed
+
+    def validate(self, spec_type) -> None:
+        fields = spec_type.field_types()
+        if not self.space:
+            raise SweeperError("needs at least one field to search", "search.space")
+        for name, dist in self.space.items():
+            where = f"search.space.{name}"
+            if name not in fields or fields[name] not in (float, int):
+                numeric = sorted(k for k, t in fields.items() if t in (float, int))
+                raise SweeperError(f"not a numeric field; valid fields: {', '.join(numeric)}", where)
+            if not (isinstance(dist, (tuple, list)) and len(dist) == 3 and dist[0] in ("loguniform", "uniform")):
+                raise SweeperError("expected (\"loguniform\" | \"uniform\", low, high)", where)
+            kind, low, high = dist
+            if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and low < high):
+                raise SweeperError(f"expected low < high, got {low!r}, {high!r}", where)
+            if kind == "loguniform" and low <= 0:
+                raise SweeperError(f"loguniform needs low > 0, got {low!r}", where)
+        if self.num_samples < 1:
+            raise SweeperError(f"must be at least 1, got {self.num_samples}", "search.num_samples")
+        if self.mode not in ("max", "min"):
+            raise SweeperError(f"expected max or min, got {self.mode!r}", "search.mode")
+
+    def identity(self, base_id: str) -> str:
+        """The search's id: the same search over the same base trial is the same search."""
+        import hashlib
+        import json
+
+        text = json.dumps([base_id, {k: list(v) for k, v in sorted(self.space.items())}, self.num_samples,
+                           self.metric, self.mode, self.asha, self.seed])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -169,6 +203,10 @@ class Study:
             if spec.trial_id not in seen:
                 seen.add(spec.trial_id)
                 out.append(spec)
+        if self.search is not None:
+            self.search.validate(spec_type)
+            if len(out) != 1:
+                raise SweeperError(f"a study with a search needs axes that give one trial, got {len(out)}", "search")
         return out
 
 

@@ -50,13 +50,20 @@ def execute(spec, ctx: TrialContext, **run_kwargs) -> dict[str, Any]:
         status, error = "done", ""
     except KeyboardInterrupt:
         raise
+    except SystemExit:
+        # Ray Tune ends a trial its scheduler stops early (ASHA) by SystemExit in the trial's thread:
+        # record how far it went, then let Tune finish the stop.
+        _commit(spec, ctx, started, "stopped", "stopped early by the search's scheduler", TrialResult({}, {}))
+        raise
     except BaseException as e:  # noqa: BLE001 - a trial's failure is data, not a crash
-        if isinstance(e, SystemExit):
-            raise
         result = TrialResult({}, {})
         status = "failed"
         error = f"{type(e).__name__}: {e}".strip()
         error += "\n" + "".join(traceback.format_exception(e)[-3:])
+    return _commit(spec, ctx, started, status, error, result)
+
+
+def _commit(spec, ctx: TrialContext, started: str, status: str, error: str, result: TrialResult) -> dict[str, Any]:
     row = {
         "trial_id": spec.trial_id,
         "study": ctx.study,

@@ -45,17 +45,23 @@ def latest(store: Path) -> str:
     return list_reports(Store(store))[-1]
 
 
-def nightly(study: Path, store: Path, *flags: str) -> int:
-    return main(["nightly", str(study), "--store", str(store), *flags])
+def nightly(study: Path, store: Path, *flags: str) -> tuple[int, str, dict]:
+    """Run one nightly: its exit status, its report's folder name and the study's summary."""
+    code = main(["nightly", str(study), "--store", str(store), *flags])
+    name = latest(store)
+    return code, name, summary_of(store, name)["studies"][0]
+
+
+def report_md(store: Path, name: str) -> str:
+    return (store / REPORTS / name / "report.md").read_text()
 
 
 def test_nights_in_a_row_report_changes_regressions_and_stale_reruns(ray_local, tmp_path, capsys):
     study, store = write_study(tmp_path / "tiny.py"), tmp_path / "store"
 
     # Night 1: everything is new.
-    assert nightly(study, store) == EXIT_OK
-    first = latest(store)
-    s1 = summary_of(store, first)["studies"][0]
+    code, first, s1 = nightly(study, store)
+    assert code == EXIT_OK, report_md(store, first)
     assert (s1["ran"], s1["done"], s1["failed"], s1["missing"]) == (4, 4, {}, 0)
     assert s1["comparison"]["previous"] is None and len(s1["comparison"]["new_trials"]) == 4
     folder = store / REPORTS / first
@@ -65,14 +71,13 @@ def test_nights_in_a_row_report_changes_regressions_and_stale_reruns(ray_local, 
     assert not (store / REPORTS / "nightly.lock").exists()  # released
 
     # Night 2: nothing to do, nothing changed.
-    assert nightly(study, store) == EXIT_OK
-    second = latest(store)
-    s2 = summary_of(store, second)["studies"][0]
+    code, second, s2 = nightly(study, store)
+    md = report_md(store, second)
+    assert code == EXIT_OK, md
     assert s2["ran"] == 0 and s2["skipped"] == 4
     c2 = s2["comparison"]
     assert c2["previous"] == first and not c2["changed"]
     assert (c2["new_trials"], c2["regressions"], c2["improvements"]) == ([], [], [])
-    md = (store / REPORTS / second / "report.md").read_text()
     assert f"Changes since {first}" in md and "No change" in md and "nothing to do" in md
     # Figures side by side: the previous night's copy is linked, both are embedded.
     assert f"../{first}/figures/tiny/accuracy_vs_bn_params.png" in md
@@ -81,15 +86,14 @@ def test_nights_in_a_row_report_changes_regressions_and_stale_reruns(ray_local, 
     # Night 3: a planted recipe change (lr 0.1 -> 1e-5: nothing trains) is new trials and a
     # regression of both configurations, paired with their old selves by grid point.
     write_study(study, lr=1e-5)
-    assert nightly(study, store) == EXIT_REGRESSION
-    third = latest(store)
-    s3 = summary_of(store, third)["studies"][0]
+    code, third, s3 = nightly(study, store)
+    md = report_md(store, third)
+    assert code == EXIT_REGRESSION, md
     assert s3["ran"] == 4 and len(s3["comparison"]["new_trials"]) == 4
     regressions = s3["comparison"]["regressions"]
-    assert sorted(r["label"] for r in regressions) == ["resnet-8-4 trainable=all", "resnet-8-4 trainable=bn"]
+    assert sorted(r["label"] for r in regressions) == ["resnet-8-4 trainable=all", "resnet-8-4 trainable=bn"], md
     for r in regressions:
-        assert r["delta"] < -0.02 and r["changed"] == {"lr": [0.1, 1e-05]}
-    md = (store / REPORTS / third / "report.md").read_text()
+        assert r["delta"] < -0.02 and r["changed"] == {"lr": [0.1, 1e-05]}, md
     assert "**Regressions**" in md and "REGRESSION" in md
 
     # Night 4: two trials recorded under an older code version are kept by default ...
@@ -102,25 +106,27 @@ def test_nights_in_a_row_report_changes_regressions_and_stale_reruns(ray_local, 
     for tid in old:
         row = {k: (None if v != v else v) for k, v in rows.loc[tid].to_dict().items()}  # NaN -> None
         store_.commit_trial("tiny", specs[tid], {**row, "trial_id": tid, "code_version": "0.0.1+gold"}, {})
-    assert nightly(study, store) == EXIT_OK
-    s4 = summary_of(store, latest(store))["studies"][0]
-    assert s4["ran"] == 0 and sorted(s4["stale"]) == old and not s4["comparison"]["changed"]
-    assert "older code version" in (store / REPORTS / latest(store) / "report.md").read_text()
+    code, fourth, s4 = nightly(study, store)
+    md = report_md(store, fourth)
+    assert code == EXIT_OK, md
+    assert s4["ran"] == 0 and sorted(s4["stale"]) == old and not s4["comparison"]["changed"], md
+    assert "older code version" in md
 
     # Night 5: ... and rerun with --rerun-stale; retention prunes to the newest 3 reports.
-    assert nightly(study, store, "--rerun-stale", "--keep-reports", "3") == EXIT_OK
-    s5 = summary_of(store, latest(store))["studies"][0]
-    assert s5["ran"] == 2 and s5["done"] == 2 and s5["stale_rerun"]
+    code, fifth, s5 = nightly(study, store, "--rerun-stale", "--keep-reports", "3")
+    md = report_md(store, fifth)
+    assert code == EXIT_OK, md
+    assert s5["ran"] == 2 and s5["done"] == 2 and s5["stale_rerun"], md
     versions = Store(store).read("tiny", "trials").set_index("trial_id")["code_version"]
     assert "0.0.1+gold" not in set(versions)
-    assert len(list_reports(Store(store))) == 3 and first not in list_reports(Store(store))
+    assert list_reports(Store(store)) == [third, fourth, fifth]
     assert len(Store(store).files("tiny", "trials")) == 8  # results are never pruned
 
 
 def test_second_nightly_on_a_store_is_refused(tmp_path, capsys):
     study, store = write_study(tmp_path / "tiny.py"), tmp_path / "store"
     with NightlyLock(Store(store)) as held:
-        assert nightly(study, store) == EXIT_LOCKED
+        assert main(["nightly", str(study), "--store", str(store)]) == EXIT_LOCKED
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1
         assert str(store / REPORTS / "nightly.lock") in err
