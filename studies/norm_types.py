@@ -22,7 +22,7 @@ multiplies α, can still grow it (effective scale α·γ per channel).
     sweeper run studies/norm_types.py --address auto --store s3://BUCKET/sweeps --data-root DIR
 
 The quick variant (about 10 minutes on 2 CPU cores): ResNet-8 and ResNet-14 at width 8, 2 seeds,
-a 2,000-image class-balanced subset of CIFAR-10 (500 test images), 4 epochs, bf16:
+a 2,000-image class-balanced subset of CIFAR-10 (500 test images), 3 epochs at batch 32, bf16:
 
     sweeper run studies/norm_types.py --quick --data-root ../shared/data/cifar10
 """
@@ -67,7 +67,8 @@ study = Study(
     resources={"cpu": 4, "gpu": 1},
     quick={
         "axes": {"depth": [8, 14], "seed": [0, 1]},
-        "recipe": {"width": 8, "train_size": 2000, "test_size": 500, "epochs": 4, "precision": "bf16"},
+        "recipe": {"width": 8, "train_size": 2000, "test_size": 500, "epochs": 3, "batch_size": 32,
+                   "precision": "bf16"},
         "resources": {"cpu": 1, "gpu": 0},
     },
 )

@@ -11,7 +11,7 @@ zero (Fig. 5) is derived from `bn` in the analysis.
 
 The quick variant (about 10 minutes on 2 CPU cores): networks of base width 8, deeper
 (ResNet-8/14/20-8) and wider (ResNet-8-16), BN-only and all, 2 seeds, on a 5,000-image
-class-balanced subset of CIFAR-10 (1,000 test images) for 8 epochs in bf16:
+class-balanced subset of CIFAR-10 (1,000 test images) for 6 epochs at batch 32 in bf16:
 
     sweeper run studies/sparsity.py --quick --data-root ../shared/data/cifar10
 """
@@ -55,7 +55,7 @@ study = Study(
             "model": ["resnet-8-8", "resnet-14-8", "resnet-20-8", "resnet-8-16"],
             "seed": [0, 1],
         },
-        "recipe": {"train_size": 5000, "test_size": 1000, "epochs": 8, "precision": "bf16"},
+        "recipe": {"train_size": 5000, "test_size": 1000, "epochs": 6, "batch_size": 32, "precision": "bf16"},
         "resources": {"cpu": 1, "gpu": 0},
     },
 )

@@ -58,9 +58,14 @@ def cmd_plan(args) -> int:
     for s in specs:
         rows.append({"trial_id": s.trial_id, **({"model": s.model} if hasattr(s, "model") else {}),
                      **s.to_row(), "done": s.trial_id in done})
+    from sweeper.cost import estimate, human
+
+    cpus = float(study.resources.get("cpu", 1))
+    cost = estimate([s for s in specs if s.trial_id not in done], cpus)
     if args.json:
         print(json.dumps({"study": study.name, "experiment": study.experiment, "count": len(rows),
-                          "done": len(done & {s.trial_id for s in specs}), "trials": rows}, indent=1))
+                          "done": len(done & {s.trial_id for s in specs}), "trials": rows,
+                          "estimate": {k: v for k, v in cost.items() if k != "trial_seconds"}}, indent=1))
         return 0
     if any(a in axes for a in ("model", "family", "depth", "width")) and "model" in rows[0]:
         axes = ["model"] + [a for a in axes if a not in ("model", "family")]
@@ -68,6 +73,13 @@ def cmd_plan(args) -> int:
     shown += ["done"]
     print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
     print(_table(rows, shown))
+    if cost["total_flops"]:
+        total = cost["total_trial_seconds"]
+        print(f"estimated cost of the remaining trials: {cost['total_flops']:.3g} FLOPs, about {human(total)} of "
+              f"trial time at {cost['flops_per_second'] / 1e9:.0f} GFLOP/s per trial ({cpus:g} CPU, measured here); "
+              f"spread over N parallel trials, about 1/N of that")
+    if cost["unknown_trials"]:
+        print(f"({cost['unknown_trials']} trials of experiment '{study.experiment}' have no cost model)")
     return 0
 
 

@@ -68,3 +68,20 @@ def test_dead_address_is_refused_within_seconds(tmp_path):
 def test_debug_shows_the_traceback():
     r = sweeper("--debug", "plan", "studies/nope.py")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_plan_estimates_cost_from_flops():
+    from sweeper.cost import forward_flops, trial_flops
+    from sweeper.train_spec import TrainSpec
+
+    # ResNet-8 width 4 on 1x8x8 digits, counted by hand: conv FLOPs are 2*k*k*c_in*c_out*h*w
+    convs = 2 * 9 * (1 * 4 * 64 + 4 * 4 * 64 * 2 + 4 * 8 * 16 + 8 * 8 * 16 + 8 * 16 * 4 + 16 * 16 * 4)
+    shortcuts = 2 * (4 * 8 * 16 + 8 * 16 * 4)
+    linear = 2 * 16 * 10
+    assert forward_flops("resnet", 8, 4, "digits", "relu", "batch") == convs + shortcuts + linear
+    spec = TrainSpec.from_values({"dataset": "digits", "model": "resnet-8-4", "epochs": 3, "trainable": "all"})
+    f = convs + shortcuts + linear
+    assert trial_flops(spec) == f * (3 * (1442 * 3 + 355) + 355)
+    r = sweeper("plan", "studies/quickstart.py", "--json")
+    est = json.loads(r.stdout)["estimate"]
+    assert est["total_flops"] > 0 and est["total_trial_seconds"] > 0 and est["unknown_trials"] == 0
