@@ -560,45 +560,58 @@ def generate_store(root: str | os.PathLike, trials: int = 1000, model: str = "re
             "write_s": round(time.perf_counter() - t0, 2)}
 
 
-def _run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a child process; its wall time and peak resident memory (os.wait4's ru_maxrss)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])}... failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "stdout": out.decode(), "stderr": err.decode()}
-
-
-_READ_BN = """
+_MEASURED = """
 import json, sys, time
 t0 = time.perf_counter()
-from sweeper.store import Store
-df = Store(sys.argv[1]).read(sys.argv[2], "bn")
-print(json.dumps({"rows": len(df), "seconds": time.perf_counter() - t0}))
+rc = 0
+if sys.argv[1] == "cli":
+    from sweeper.cli import main
+    rc = main(sys.argv[2:])
+else:
+    from sweeper.store import Store
+    df = Store(sys.argv[2]).read(sys.argv[3], sys.argv[4])
+    print(f"rows {len(df)}")
+seconds = time.perf_counter() - t0
+hwm = 0
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        hwm = int(line.split()[1])  # kB
+print("__bench__ " + json.dumps({"seconds": seconds, "peak_rss_kb": hwm}), file=sys.stderr)
+sys.exit(rc)
 """
 
 
+def _run_measured(*args: str) -> dict[str, Any]:
+    """Run `sweeper ARGS` (args[0] == "cli") or a Store.read (args[0] == "read", root, study,
+    table) in a fresh interpreter: its wall time from outside, its time from its first import to
+    its exit, and its peak resident memory (VmHWM of the child itself; wait4's ru_maxrss would
+    count the parent's pages at fork)."""
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    marks = [line for line in proc.stderr.splitlines() if line.startswith("__bench__ ")]
+    if proc.returncode != 0 or not marks:
+        raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    info = json.loads(marks[-1].split(" ", 1)[1])
+    return {"wall_s": round(wall, 3), "inner_s": round(info["seconds"], 3),
+            "peak_rss_mb": round(info["peak_rss_kb"] / 1024, 1), "stdout": proc.stdout}
+
+
 def measure_figures(root: str | os.PathLike, study: str = "bench-figures") -> dict[str, Any]:
-    """Redraw every figure of a store with `sweeper figures` in a subprocess (the wall time
-    includes interpreter start and imports, as a user sees it), and, in a second subprocess, read
-    the whole `bn` table into pandas: every γ figure pays at least that."""
+    """Redraw every figure of a store with `sweeper figures` in a fresh interpreter (the wall time
+    includes its start and imports, as a user sees it), and, in another, read the whole `bn` table
+    into pandas: every γ figure pays at least that."""
     out_dir = tempfile.mkdtemp(prefix="sweeper-bench-figs-")
     try:
-        env = {**os.environ, "MPLBACKEND": "Agg"}
-        draw = _run_measured([sys.executable, "-m", "sweeper.cli", "figures", str(root), "--out", out_dir], env)
+        draw = _run_measured("cli", "figures", str(root), "--out", out_dir)
         drawn = [line for line in draw["stdout"].splitlines() if line.startswith("drew")]
-        read = _run_measured([sys.executable, "-c", _READ_BN, str(root), study], env)
-        info = json.loads(read["stdout"].strip().splitlines()[-1])
+        read = _run_measured("read", str(root), study, "bn")
+        rows = int(read["stdout"].split("rows ", 1)[1].split()[0])
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     return {"figures_s": draw["wall_s"], "figures_peak_rss_mb": draw["peak_rss_mb"], "figures_drawn": len(drawn),
-            "bn_read_s": round(info["seconds"], 3), "bn_read_wall_s": read["wall_s"], "bn_rows": info["rows"],
+            "bn_read_s": read["inner_s"], "bn_read_wall_s": read["wall_s"], "bn_rows": rows,
             "bn_read_peak_rss_mb": read["peak_rss_mb"]}
 
 

@@ -218,9 +218,7 @@ class NightlyLock:
 def _code_versions(store: Store, study: str) -> dict[str, Any]:
     if not store.files(study, "trials"):
         return {}
-    rows = store.read(study, "trials")
-    if "code_version" not in rows:
-        return {t: None for t in rows["trial_id"]}
+    rows = store.read(study, "trials", columns=["trial_id", "code_version"])
     return dict(zip(rows["trial_id"], rows["code_version"]))
 
 
@@ -340,7 +338,7 @@ def run_nightly(
     store.ensure_writable()
     with NightlyLock(store, say):  # first, so that a second nightly exits at once
         say(f"== sweeper nightly {started.isoformat(timespec='seconds')} on {socket.gethostname()}: "
-            f"{len(study_paths)} studies -> {store.uri}")
+            f"{len(study_paths)} stud{'y' if len(study_paths) == 1 else 'ies'} -> {store.uri}")
         studies = _load(study_paths, quick, data_root)
         current = code_version()
         nights = []

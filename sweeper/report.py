@@ -218,6 +218,9 @@ class Comparison:
         }
 
 
+_EPS = 1e-9  # a move of exactly the tolerance is within it, whatever the float rounding
+
+
 def _ids(cell: Any) -> set[str]:
     return {t for t in str(cell or "").split(",") if t}
 
@@ -273,9 +276,9 @@ def compare(previous: tuple[str, pd.DataFrame] | None, tonight: pd.DataFrame, to
                    if old_cfg[k_old].get(f) != now_cfg[k_now].get(f)}
         moved = Moved(str(a["label"]), float(b["mean"]), float(a["mean"]), int(a["n"]), changed)
         worse = -moved.delta if direction == "max" else moved.delta
-        if worse > tolerance:
+        if worse > tolerance + _EPS:
             out.regressions.append(moved)
-        elif -worse > tolerance:
+        elif -worse > tolerance + _EPS:
             out.improvements.append(moved)
         else:
             out.within.append(moved)

@@ -204,3 +204,33 @@ def test_cron_line_install_and_remove(tmp_path, capsys, fake_crontab, monkeypatc
     assert main(["schedule", str(study), "--store", str(store), "--at", "02:30", "--install"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no `crontab` command" in err
+
+
+def test_compare_flags_only_moves_beyond_tolerance():
+    from sweeper.report import compare, config_key, snapshot_rows
+    import pandas as pd
+
+    def snap(accs: dict[str, list[float]], lr: float = 0.1):
+        configs = {config_key({"trainable": t, "lr": lr}): {"trainable": t, "lr": lr} for t in accs}
+        members, rows = {}, []
+        for key, config in configs.items():
+            ids = [f"{config['trainable']}{lr}-{i}" for i in range(len(accs[config["trainable"]]))]
+            members[key] = ids
+            rows += [{"trial_id": i, "status": "done", "test_acc": a, "code_version": "v"}
+                     for i, a in zip(ids, accs[config["trainable"]])]
+        labels = {k: c["trainable"] for k, c in configs.items()}
+        return snapshot_rows("s", "test_acc", configs, labels, members, pd.DataFrame(rows))
+
+    before = snap({"all": [0.80, 0.90], "bn": [0.50, 0.50], "output": [0.30, 0.30], "none": [0.1, 0.1]})
+    after = snap({"all": [0.80, 0.86], "bn": [0.47, 0.47], "output": [0.40, 0.40], "none": [0.1, 0.1]})
+    c = compare(("prev", before), after, tolerance=0.02)
+    assert [m.label for m in c.regressions] == ["bn"]  # -0.03; "all" moved -0.02: within
+    assert [m.label for m in c.improvements] == ["output"] and not c.new_trials
+    assert sorted(m.label for m in c.within) == ["all", "none"]
+    # Lower is better (construction's relative error): the same moves read the other way round.
+    c = compare(("prev", before), after, tolerance=0.02, direction="min")
+    assert [m.label for m in c.regressions] == ["output"] and [m.label for m in c.improvements] == ["bn"]
+    # A recipe change pairs configurations by grid point and names the changed field.
+    c = compare(("prev", before), snap({"all": [0.1], "bn": [0.5]}, lr=1e-5), tolerance=0.02)
+    assert [(m.label, m.changed) for m in c.regressions] == [("all", {"lr": (0.1, 1e-05)})]
+    assert sorted(c.retired_configs) == ["none", "output"] and len(c.new_trials) == 2
