@@ -197,9 +197,30 @@ def _progress_callback(total: int, skipped: int, say: Callable[[str], None], met
         def on_trial_error(self, iteration, trials, trial, **info):
             self.finished += 1
             self.failed += 1
+            record_lost_trial(trial)
             self._line(trials, f"{_trial_label(trial)}: ERROR (retries exhausted)")
 
     return Progress()
+
+
+def record_lost_trial(trial) -> None:
+    """A trial whose process died on every attempt (out of memory, a node lost each time) wrote no
+    row of its own: record it as failed from the driver, so the summary, `sweeper status` and the
+    next run see it. A row the trial did commit is never overwritten."""
+    from sweeper.experiments import EXPERIMENTS
+    from sweeper.trial import TrialContext, TrialResult, _commit, now
+
+    config = trial.config
+    spec_values = config["point"]["spec"] if "point" in config else {**config["base"], **config["sampled"]}
+    spec = EXPERIMENTS[config["experiment"]].spec_type.from_values(dict(spec_values))
+    store = Store(config["store"])
+    if store.trial_row(config["study"], spec.trial_id) is not None:
+        return
+    message = str(getattr(trial, "error_msg", None) or "the trial's process died")
+    ctx = TrialContext(study=config["study"], store=store, code_version=config["code_version"],
+                       cpus=config["cpus"], gpus=config["gpus"])
+    _commit(spec, ctx, now(), "failed", f"lost after all retries: {message.strip().splitlines()[-1] if message.strip() else message}",
+            TrialResult({}, {}))
 
 
 def _trial_label(trial) -> str:

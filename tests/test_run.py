@@ -2,6 +2,7 @@
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -62,3 +63,39 @@ def test_cli_run_exits_0_writes_store_and_figure(tmp_path):
     assert "2 ran and done, 0 failed" in r.stdout
     assert len(pd.read_parquet(store / "tiny" / "trials")) == 2
     assert (store / "tiny" / "figures" / "accuracy_vs_bn_params.png").exists()
+
+
+def test_a_trial_whose_process_dies_is_recorded_failed(ray_local, tmp_path):
+    """A trial's worker killed outright on every attempt (as the OOM killer would): the driver
+    records the trial as failed instead of losing it."""
+    import threading
+
+    import psutil
+
+    raylet = ray_local._private.worker.global_worker.node.all_processes["raylet"][0].process.pid
+    stop = threading.Event()
+
+    def kill_trial_workers():  # only workers of this test session's own cluster
+        while not stop.is_set():
+            for child in psutil.Process(raylet).children(recursive=True):
+                try:
+                    if "ImplicitFunc" in " ".join(child.cmdline()) or "ImplicitFunc" in child.name():
+                        child.kill()
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_trial_workers, daemon=True)
+    killer.start()
+    study = Study(name="lost", axes={"trainable": ["bn"]}, dataset="digits",
+                  recipe={"model": "resnet-8-4", "epochs": 3, "augment": "none", "seed": 1})
+    try:
+        summary = run_study(study, Store(tmp_path), max_failures=1, say=lambda _: None)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(summary.failed) == 1 and summary.missing == 0
+    (error,) = summary.failed.values()
+    assert error.startswith("lost after all retries")
+    trials = pd.read_parquet(tmp_path / "lost" / "trials")
+    assert list(trials["status"]) == ["failed"]

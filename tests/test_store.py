@@ -97,3 +97,32 @@ def test_execute_records_failures_as_rows(tmp_path):
     assert row["status"] == "failed" and "TrialDiverged" in row["error"]
     assert store.trial_status("st").failed.keys() == {s.trial_id}
     assert not (tmp_path / "st" / "bn").exists()  # a failed trial writes no result tables
+
+
+def test_writer_killed_between_write_and_commit_leaves_nothing_visible(tmp_path):
+    """Fault injection: the writing process dies (SIGKILL) after writing a file aside and before
+    renaming it into place."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal
+        from sweeper.store import Store
+        from sweeper.train_spec import TrainSpec
+        import pandas as pd
+        s = TrainSpec.from_values({{"dataset": "digits", "model": "resnet-8-4", "epochs": 1, "seed": 5}})
+        store = Store({str(tmp_path)!r})
+        os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)  # die at the commit
+        row = {{"trial_id": s.trial_id, "study": "st", "experiment": "train", "status": "done", "error": "",
+               **s.to_row(), "test_acc": 0.9}}
+        store.commit_trial("st", s, row, {{"bn": pd.DataFrame({{"gamma": [1.0]}})}})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == -9
+    leftovers = list((tmp_path / "st").rglob("*.tmp"))
+    assert leftovers and all(p.name.startswith(".") for p in leftovers)  # written aside, hidden
+    store = Store(tmp_path)
+    assert not store.trial_status("st").done  # not committed: the next run does it again
+    assert store.read("st", "bn").empty
+    assert pd.read_parquet(tmp_path / "st" / "bn").empty
