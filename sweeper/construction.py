@@ -52,6 +52,7 @@ from torch import nn
 from sweeper.errors import SweeperError
 from sweeper.spec import Spec
 from sweeper.nn.activations import ACTIVATIONS, activation
+from sweeper.nn.init import WEIGHT_INITS
 
 # --------------------------------------------------------------------------------------------------
 # Spec
@@ -137,36 +138,17 @@ class ConstructionSpec(Spec):
 
 
 # --------------------------------------------------------------------------------------------------
-# Random source weights (kaiming scale, as sweeper.nn.init: fan-in std sqrt(2 / fan_in)). Local for
-# now; to be routed through the shared weight-init registry.
+# Random source weights: the shared weight-distribution registry (sweeper.nn.init) at its default
+# parameters, i.e. kaiming scale (fan-in std sqrt(2 / fan_in)) for normal, uniform, signed_constant.
 # --------------------------------------------------------------------------------------------------
-def _std(w: torch.Tensor) -> float:
-    return math.sqrt(2.0 / w[0].numel())
-
-
-@torch.no_grad()
-def _init_normal(w: torch.Tensor, g: torch.Generator) -> None:
-    w.normal_(0.0, _std(w), generator=g)
-
-
-@torch.no_grad()
-def _init_uniform(w: torch.Tensor, g: torch.Generator) -> None:
-    b = math.sqrt(3.0) * _std(w)
-    w.uniform_(-b, b, generator=g)
-
-
-@torch.no_grad()
-def _init_signed_constant(w: torch.Tensor, g: torch.Generator) -> None:
-    signs = torch.randint(0, 2, w.shape, generator=g).to(w.dtype) * 2 - 1
-    w.copy_(signs * _std(w))
+def _shared_init(name: str) -> Callable[[torch.Tensor, torch.Generator], None]:
+    draw, _ = WEIGHT_INITS[name]
+    return lambda w, g: draw(w, g)
 
 
 SOURCE_INITS: dict[str, Callable[[torch.Tensor, torch.Generator], None]] = {
-    "normal": _init_normal,
-    "kaiming_normal": _init_normal,
-    "uniform": _init_uniform,
-    "kaiming_uniform": _init_uniform,
-    "signed_constant": _init_signed_constant,
+    name: _shared_init(name)
+    for name in ("normal", "kaiming_normal", "uniform", "kaiming_uniform", "signed_constant")
 }
 
 
