@@ -398,6 +398,9 @@ def _load(paths: list[str], quick: bool, data_root: str | None) -> list:
     for path, study in zip(paths, studies):
         if study.name == rp.REPORTS:
             raise SweeperError(f"the study name {rp.REPORTS!r} is reserved for the nightly reports", path)
+        if getattr(study, "search", None) is not None:
+            raise SweeperError("nightly runs grid studies; an Optuna search is not incremental "
+                               "(run it with `sweeper run`)", path)
         if study.name in seen:
             raise SweeperError(f"study name {study.name!r} is also {seen[study.name]}'s", path)
         seen[study.name] = path
