@@ -151,6 +151,12 @@ def model_order(frame: pd.DataFrame) -> list[str]:
     return deep + wide + rest
 
 
+def model_title(rows: pd.DataFrame) -> str:
+    """`resnet-8 (D 8, W 16)`: the registry's name with its depth and width spelled out."""
+    r = rows.iloc[0]
+    return f"{r['model']} (D {r['depth']}, W {r['width']})"
+
+
 def chance(trials: pd.DataFrame) -> float | None:
     if "dataset" not in trials or trials["dataset"].nunique() != 1:
         return None
@@ -344,7 +350,7 @@ def gamma_distribution(tables, out: Path) -> list[Path]:
         lo, hi = np.nanpercentile(part["gamma"], [0.5, 99.5])
         lo, hi = min(lo, 0.0), max(hi, 1.0)
         bins = np.linspace(lo, hi, 41)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), squeeze=False, sharex=True)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), squeeze=False)
         for ax, model in zip(axes.ravel(), models):
             rows = part[part["model"] == model]
             init = rows[rows["trainable"] == subsets[0]]["gamma_init"]
@@ -354,12 +360,13 @@ def gamma_distribution(tables, out: Path) -> list[Path]:
                 if len(g):
                     ax.hist(g, bins=bins, density=True, histtype="step", lw=1.6, color=subset_colour(subset))
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
-            ax.set_title(model, fontsize=9)
+            ax.set_title(model_title(rows), fontsize=9)
             ax.set_yticks([])
         for ax in axes.ravel()[len(models):]:
             ax.set_visible(False)
-        for ax in axes[-1]:
-            ax.set_xlabel("γ")
+        for ax in axes.ravel():
+            ax.set_xlim(bins[0], bins[-1])
+            ax.set_xlabel("γ", labelpad=1)
         handles = [Line2D([], [], color="#cccccc", lw=6, label="at initialisation")] + [
             Line2D([], [], color=subset_colour(s), lw=2, label=subset_label(s)) for s in subsets]
         fig.suptitle(_title("Fig. 4: distribution of γ after training (density)", setting), fontsize=10)
@@ -479,7 +486,8 @@ def clamp_accuracy(tables, out: Path) -> list[Path]:
             ax.set_title(subset_label(subset))
             ax.set_xlabel("γ clamped to 0 (%)")
         axes[0][0].set_ylabel("change in test accuracy (points)")
-        handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in models]
+        titles = {m: model_title(part[part["model"] == m]) for m in models}
+        handles = [Line2D([], [], color=colours[m], lw=2, label=titles[m]) for m in models]
         fig.suptitle(_title("Fig. 6: clamping |γ| < t to zero, thresholds t = "
                             + ", ".join(f"{t:g}" for t in sorted(part["threshold"].unique())), setting), fontsize=10)
         _legend_outside(fig, handles)

@@ -9,6 +9,7 @@ are one standard deviation over seeds.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def norm_label(norm: str, residual_init: float = 1.0) -> str:
 
 
 def _base(norm: str) -> str:
-    return str(norm).split("(", 1)[0]
+    """`group(groups=4)` -> `group`; `affine, α=0.1` -> `affine`."""
+    return re.split(r"[(,]", str(norm), maxsplit=1)[0].strip()
 
 
 def ordered_norms(labels) -> list[str]:
@@ -181,7 +183,7 @@ def norm_gamma_distribution(tables, out: Path) -> list[Path]:
         nrows = math.ceil(len(norms) / ncols)
         lo, hi = np.nanpercentile(part["gamma"], [0.5, 99.5])
         bins = np.linspace(min(lo, 0.0), max(hi, 1.0), 41)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.5 * nrows), squeeze=False, sharex=True)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.5 * nrows), squeeze=False)
         for ax, norm in zip(axes.ravel(), norms):
             rows = part[part["norm_label"] == norm]
             ax.hist(rows[rows["trainable"] == subsets[0]]["gamma_init"], bins=bins, density=True, color="#cccccc")
@@ -198,8 +200,9 @@ def norm_gamma_distribution(tables, out: Path) -> list[Path]:
             ax.set_yticks([])
         for ax in axes.ravel()[len(norms):]:
             ax.set_visible(False)
-        for ax in axes[-1]:
-            ax.set_xlabel("γ")
+        for ax in axes.ravel():
+            ax.set_xlim(bins[0], bins[-1])
+            ax.set_xlabel("γ", labelpad=1)
         handles = [Line2D([], [], color="#cccccc", lw=6, label="at initialisation")] + [
             Line2D([], [], color=subset_colour(s), lw=2, label=subset_label(s)) for s in subsets]
         title = f"γ after training by normalisation layer ({deepest})"
