@@ -59,10 +59,19 @@ def cmd_submit(args) -> int:
         client = JobSubmissionClient(args.address)
     except Exception as e:
         raise SweeperError(f"no Ray dashboard answers at {args.address} ({type(e).__name__})", "--address") from None
-    job_id = client.submit_job(
-        entrypoint=entrypoint(args, study_path.name),
-        runtime_env={"working_dir": str(study_path.parent)},
-    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=entrypoint(args, study_path.name),
+                runtime_env={"working_dir": str(study_path.parent)},
+            )
+            break
+        except RuntimeError as e:
+            # a head that has just started answers before its job agent is up: wait for it
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise SweeperError(f"the cluster refused the job: {str(e).splitlines()[0]}", "--address") from None
+            time.sleep(2)
     print(f"submitted {job_id}: {entrypoint(args, study_path.name)}")
     if args.no_wait:
         return 0
