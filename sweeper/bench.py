@@ -1,21 +1,25 @@
 """`sweeper bench`: the performance facts of project issue 9, measured side by side in one run.
 
 Each `measure_*` function returns a plain dict and can run on its own (the tests call them at tiny
-sizes; `benchmarks/` holds thin scripts). `run_bench` runs them all and adds the headline keys:
+sizes; benchmarks/run_bench.py runs them under the machine's heavy-run lock). `run_bench` runs
+them all and adds the headline keys (goals in GOALS):
 
   trial_overhead_s            Ray per-trial overhead through `runner.run_study` (tiny serial trials):
-                              (wall - sum of in-trial time) / trials; Tune's default beside it
+                              (wall - sum of in-trial time) / trials, split into the sweep's one-off
+                              start (`sweep_fixed_start_s`) and a marginal part per trial; Tune's
+                              default (reuse_actors=False) beside it
   sweep_efficiency            sum(in-trial seconds x CPUs) / (wall x cores) of a short CIFAR sweep
-  step_speedup_vs_reference   our BN-only step (channels_last, frozen convs) vs a plain PyTorch loop
-  sgemm_fraction              our step's FLOP rate / a large fp32 matmul's FLOP rate
+  step_speedup_vs_reference   our BN-only step (channels_last, frozen convs) vs a plain PyTorch loop;
+                              bf16 autocast and the frozen-conv weight-gradient skip beside it
+  sgemm_fraction              our step's FLOP rate (FlopCounterMode) / a large fp32 matmul's rate
   data_fraction               share of an epoch spent outside model steps
-  figures_seconds_1000_trials `sweeper figures` on a generated store of 1,000 trials and their `bn`
-                              rows, in a subprocess (peak RSS reported)
+  figures_seconds_1000_trials `sweeper figures` on a generated store of 1,000 trials and their 8.2M
+                              `bn` rows, in a fresh interpreter (peak RSS reported), and the bare
+                              read of that `bn` table
 
 Nothing here asserts a speed: the goals are shown beside the numbers (BENCHMARKS.md keeps them).
 Every number is a wall-clock measurement on a machine that may be shared: the load average is
-recorded with the results, and `flock /tmp/sweeper-heavy.lock sweeper bench` keeps other heavy
-runs off the cores meanwhile.
+recorded with the results; take `flock /tmp/sweeper-heavy.lock` around a run you report.
 """
 from __future__ import annotations
 
@@ -93,7 +97,7 @@ def torch_threads(n: int):
 @contextlib.contextmanager
 def ray_cluster(num_cpus: int | None = None):
     """A fresh local Ray cluster for the bench (shared by its Ray measurements), always shut down.
-    Yields the seconds `ray.init` took."""
+    Yields the seconds `ray.init` (and the driver's first import of Tune) took."""
     import ray
 
     if ray.is_initialized():
@@ -102,6 +106,8 @@ def ray_cluster(num_cpus: int | None = None):
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              log_to_driver=False, configure_logging=False)
+    import ray.tune  # noqa: F401  (the driver's one-off import of Tune counts as start-up, not as a trial's)
+
     try:
         yield time.perf_counter() - t0
     finally:
@@ -177,18 +183,24 @@ def timed_sweep(study, data_root: str | None = None, reuse_actors: bool = True, 
 
 
 def _overhead_from(run: dict[str, Any]) -> dict[str, Any]:
-    """Per-trial overhead of a serial sweep: total, and split into a marginal per-trial part (gap
-    between consecutive completions minus the later trial's work) and the sweep's fixed start."""
+    """Per-trial overhead of a serial sweep, (wall - sum of work) / trials, split exactly into
+    the sweep's one-off start and end (time to the first trial's completion minus its work, plus
+    the time after the last completion) and a marginal part per further trial (the gap between
+    consecutive completions minus the later trial's work)."""
     n, wall, work = run["trials"], run["wall_s"], sum(run["work_s"].values())
     out = {"trials": n, "wall_s": round(wall, 3), "work_s": round(work, 3),
            "per_trial_s": round((wall - work) / n, 4)}
     done = run["completions"]
     if len(done) == n and all(tid in run["work_s"] for _, tid in done) and n >= 3:
         gaps = [(b[0] - a[0]) - run["work_s"][b[1]] for a, b in zip(done, done[1:])]
-        marginal = statistics.median(gaps)
-        out["marginal_per_trial_s"] = round(marginal, 4)
+        out["marginal_per_trial_s"] = round(statistics.mean(gaps), 4)
+        out["marginal_median_s"] = round(statistics.median(gaps), 4)
+        out["marginal_max_s"] = round(max(gaps), 4)
         out["first_trial_done_s"] = round(done[0][0], 3)
-        out["fixed_s"] = round(wall - work - n * marginal, 3)
+        out["first_trial_work_s"] = round(run["work_s"][done[0][1]], 3)
+        out["start_s"] = round(done[0][0] - run["work_s"][done[0][1]], 3)  # plan, Tune start, worker imports
+        out["end_s"] = round(wall - done[-1][0], 3)  # Tune's shutdown, the final store check
+        # per_trial_s == (start_s + end_s + (n - 1) * marginal_per_trial_s) / n
     return out
 
 
@@ -205,13 +217,14 @@ def measure_trial_overhead(trials: int = 16, reuse_actors: bool = True, cpus: fl
 
 
 def measure_sweep_efficiency(trials: int = 4, epochs: int = 2, train_size: int = 5120, test_size: int = 1000,
-                             data_root: str | None = None, ray_start_s: float = 0.0) -> dict[str, Any]:
+                             data_root: str | None = None, ray_start_s: float = 0.0,
+                             dataset: str | None = None) -> dict[str, Any]:
     """sum(in-trial seconds x CPUs) / (wall x cores) for a short CIFAR sweep through `run_study`
-    (digits when no CIFAR-10 is found). The cluster is already up (as after `ray up`); the
+    (digits when no CIFAR-10 is found, or when asked for). The cluster is already up (as after `ray up`); the
     efficiency counting Ray's start-up too is reported beside it."""
     import ray
 
-    root = resolve_cifar_root(data_root)
+    root = resolve_cifar_root(data_root) if dataset in (None, "cifar10") else None
     dataset = "cifar10" if root else "digits"
     study = cifar_study("bench-sweep", trials, epochs, train_size if root else 0, test_size if root else 0, dataset)
     run = timed_sweep(study, data_root=str(root) if root else None)
@@ -372,15 +385,43 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+OP_CLASSES = {  # profiler op name fragment -> class, for where a step's time goes
+    "convolution": "conv", "mkldnn_conv": "conv", "batch_norm": "batch_norm", "threshold_backward": "relu",
+    "clamp_min": "relu", "relu": "relu", "add": "add", "mm": "matmul", "addmm": "matmul",
+}
+
+
+def profile_step(fn: Callable[[], Any], steps: int = 3) -> dict[str, float]:
+    """Share of a step's self CPU time per op class (conv, batch_norm, relu, add, matmul, other),
+    from torch.profiler: where the time goes that FLOPs do not account for."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    shares: dict[str, float] = {}
+    for ev in prof.key_averages():
+        if not ev.key.startswith("aten::"):
+            continue
+        name = ev.key[len("aten::"):]
+        cls = next((c for frag, c in OP_CLASSES.items() if frag in name), "other")
+        shares[cls] = shares.get(cls, 0.0) + ev.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {k: round(v / total, 4) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
+
+
 def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: int = 1, repeats: int = 10,
-                 warmup: int = 2, variants: tuple[str, ...] | None = None) -> dict[str, Any]:
+                 warmup: int = 2, variants: tuple[str, ...] | None = None, sgemm_n: int | None = None,
+                 profile: bool = False) -> dict[str, Any]:
     """Seconds per training step of the BN-only ResNet, side by side:
       ours       sweeper's step: channels_last, frozen weights requires_grad False, fp32
       ours_bf16  the same under bf16 autocast
       masked     channels_last, fp32, frozen weights requires_grad True (weight gradients computed)
       reference  plain PyTorch: NCHW, fp32, every requires_grad True, optimizer holds γ, β only
       full       every parameter trained (channels_last, fp32), for scale
-    Each runs on its own copy of the same initial network and the same batch."""
+    Each runs on its own copy of the same initial network and the same batch. With `sgemm_n`,
+    an n x n fp32 matmul joins the round-robin, so `sgemm_fraction` compares rates measured
+    under the same load."""
     import torch
 
     variants = variants or ("ours", "ours_bf16", "masked", "reference", "full")
@@ -409,6 +450,12 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
         for name in ("ours", "reference"):
             if name in steps:
                 flops[name] = count_flops(steps[name])
+        shares = profile_step(steps["ours"]) if profile and "ours" in steps else None
+        if sgemm_n:
+            g = torch.Generator().manual_seed(0)
+            a, b = torch.randn(sgemm_n, sgemm_n, generator=g), torch.randn(sgemm_n, sgemm_n, generator=g)
+            c = torch.empty(sgemm_n, sgemm_n)
+            steps["sgemm"] = lambda: torch.mm(a, b, out=c)
         seconds = time_interleaved(steps, repeats, warmup)
     out: dict[str, Any] = {"model": f"resnet-{depth}" + (f" width {width}" if width != 16 else ""),
                            "batch": batch, "threads": threads, "repeats": repeats,
@@ -427,6 +474,15 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
         out["bn_only_speedup_vs_full"] = round(s["full"] / s["ours"], 3)
     if "ours" in flops:
         out["ours_gflops_per_s"] = round(flops["ours"] / s["ours"] / 1e9, 3)
+    if shares:
+        out["ours_time_shares"] = shares
+        if "conv" in shares and "ours" in flops:  # conv FLOPs over conv time alone
+            out["ours_conv_gflops_per_s"] = round(flops["ours"] / (s["ours"] * shares["conv"]) / 1e9, 3)
+    if sgemm_n:
+        out["sgemm_n"] = sgemm_n
+        out["sgemm_gflops_per_s"] = round(2 * sgemm_n**3 / s["sgemm"] / 1e9, 3)
+        if "ours" in flops:
+            out["sgemm_fraction"] = round(out["ours_gflops_per_s"] / out["sgemm_gflops_per_s"], 4)
     return out
 
 
@@ -619,8 +675,6 @@ def measure_figures(root: str | os.PathLike, study: str = "bench-figures") -> di
 def run_bench(quick: bool = False, data_root: str | None = None, threads: int = 1,
               say: Callable[[str], None] = lambda s: None, only: set[str] | None = None) -> dict[str, Any]:
     """Every measurement, in one run; `quick` sizes it for a 2-core laptop (a few minutes)."""
-    import torch
-
     want = (lambda name: only is None or name in only)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "quick": quick,
                                "environment": environment(), "load_average_start": load_average(),
@@ -628,23 +682,23 @@ def run_bench(quick: bool = False, data_root: str | None = None, threads: int = 
     details: dict[str, Any] = {}
     t_all = time.perf_counter()
 
-    if want("step") or want("sgemm"):
-        say("training step: ours vs reference, bf16, frozen-conv skip ...")
-        step = measure_step(threads=threads, repeats=8 if quick else 25,
+    if want("step"):
+        say("training step: ours vs reference, bf16, frozen-conv skip, fp32 matmul ...")
+        step = measure_step(threads=threads, repeats=8 if quick else 25, sgemm_n=2048, profile=True,
                             variants=("ours", "ours_bf16", "masked", "reference") if quick else None)
         details["step"] = step
         results["step_speedup_vs_reference"] = step["speedup_vs_reference"]
         results["bf16_speedup_vs_fp32"] = step.get("bf16_speedup_vs_fp32")
         results["bf16_speedup_vs_reference"] = step.get("bf16_speedup_vs_reference")
         results["frozen_conv_skip_speedup"] = step.get("frozen_skip_speedup")
-        say("large fp32 matmul ...")
-        sgemm = measure_sgemm(n=1536 if quick else 2048, threads=threads, repeats=3 if quick else 7)
-        details["sgemm"] = sgemm
-        results["sgemm_fraction"] = round(step["ours_gflops_per_s"] / sgemm["gflops_per_s"], 4)
+        results["sgemm_fraction"] = step["sgemm_fraction"]
+        results["conv_sgemm_fraction"] = round(step["ours_conv_gflops_per_s"] / step["sgemm_gflops_per_s"], 4)
+        results["step_time_share_conv"] = step["ours_time_shares"].get("conv")
         if not quick:  # how the fraction grows with width (more arithmetic per byte moved)
-            wide = measure_step(width=64, threads=threads, repeats=5, variants=("ours",))
+            say("training step at width 64 (WRN-14-4) ...")
+            wide = measure_step(width=64, threads=threads, repeats=7, variants=("ours",), sgemm_n=2048, profile=True)
             details["step_wrn_14_4"] = wide
-            results["sgemm_fraction_wrn_14_4"] = round(wide["ours_gflops_per_s"] / sgemm["gflops_per_s"], 4)
+            results["sgemm_fraction_wrn_14_4"] = wide["sgemm_fraction"]
 
     if want("data"):
         say("data pipeline share of an epoch ...")
@@ -655,16 +709,19 @@ def run_bench(quick: bool = False, data_root: str | None = None, threads: int = 
     if want("ray"):
         with ray_cluster() as start_s:
             details["ray_start_s"] = round(start_s, 3)
-            n = 12 if quick else 32
+            n, n_default = (32, 12) if quick else (64, 32)
             say(f"Ray per-trial overhead: {n} tiny trials, runner settings ...")
             ours = measure_trial_overhead(n, reuse_actors=True)
-            say(f"Ray per-trial overhead: {n // 2 if quick else n} tiny trials, Tune's default (no actor reuse) ...")
-            default = measure_trial_overhead(n // 2 if quick else n, reuse_actors=False)
+            say(f"Ray per-trial overhead: {n_default} tiny trials, Tune's default (no actor reuse) ...")
+            default = measure_trial_overhead(n_default, reuse_actors=False)
             details["overhead"] = ours
             details["overhead_tune_default"] = default
             results["trial_overhead_s"] = ours["per_trial_s"]
             results["trial_overhead_marginal_s"] = ours.get("marginal_per_trial_s")
+            if "start_s" in ours:
+                results["sweep_fixed_start_s"] = round(ours["start_s"] + ours["end_s"], 3)
             results["trial_overhead_tune_default_s"] = default["per_trial_s"]
+            results["trial_overhead_tune_default_marginal_s"] = default.get("marginal_per_trial_s")
             say("short CIFAR sweep through the runner ...")
             sweep = measure_sweep_efficiency(trials=4 if quick else 6, epochs=2 if quick else 3,
                                              train_size=5120 if quick else 10240, data_root=data_root,
@@ -692,7 +749,6 @@ def run_bench(quick: bool = False, data_root: str | None = None, threads: int = 
     results["goals"] = {k: f"{op} {v:g}" for k, (op, v) in GOALS.items()}
     results["met"] = {k: _met(k, results.get(k)) for k in GOALS if results.get(k) is not None}
     results["details"] = details
-    del torch
     return results
 
 
@@ -702,16 +758,21 @@ def _met(key: str, value) -> bool:
 
 
 ROWS = [  # (key, what it is measured against)
-    ("trial_overhead_s", "s per trial: (run_study wall - in-trial time) / trials, runner settings (reuse_actors)"),
-    ("trial_overhead_marginal_s", "s per trial: gap between completions minus work (fixed start excluded)"),
-    ("trial_overhead_tune_default_s", "s per trial, Tune's default (reuse_actors=False), same tiny trials"),
+    ("trial_overhead_s", "(run_study wall - in-trial s) / trials, tiny serial trials, runner settings"),
+    ("trial_overhead_marginal_s", "per extra trial: completion gap minus its work (the sweep's fixed start excluded)"),
+    ("sweep_fixed_start_s", "one-off per sweep: plan, Tune start, actor start, imports in the worker; end"),
+    ("trial_overhead_tune_default_s", "the same, Tune's default (reuse_actors=False)"),
+    ("trial_overhead_tune_default_marginal_s", "marginal, Tune's default (a new worker per trial)"),
     ("sweep_efficiency", "sum(in-trial s x CPUs) / (wall x cores), short CIFAR sweep, cluster up"),
     ("sweep_efficiency_with_ray_start", "the same with ray.init's start-up in the wall"),
     ("step_speedup_vs_reference", "plain loop (NCHW, fp32, all requires_grad) / our BN-only step, fp32"),
     ("bf16_speedup_vs_fp32", "our step fp32 / our step under bf16 autocast"),
+    ("bf16_speedup_vs_reference", "plain fp32 loop / our step under bf16 autocast"),
     ("frozen_conv_skip_speedup", "BN-only step, convs requires_grad True (masked) / False"),
     ("sgemm_fraction", "our step's FlopCounterMode FLOP/s / fp32 matmul FLOP/s, same threads"),
-    ("sgemm_fraction_wrn_14_4", "the same for WRN-14-4 (width 64)"),
+    ("conv_sgemm_fraction", "the same, counting only the step's time in conv kernels (profiler)"),
+    ("step_time_share_conv", "share of our step's CPU time in conv kernels; the rest is BN, ReLU, add"),
+    ("sgemm_fraction_wrn_14_4", "sgemm_fraction for WRN-14-4 (width 64)"),
     ("data_fraction", "batch iterator time / (iterator + step time) over one epoch"),
     ("figures_seconds_1000_trials", "`sweeper figures` wall (subprocess) on 1,000 trials + 8.2M bn rows"),
     ("figures_peak_rss_mb", "peak RSS of that subprocess, MB"),

@@ -255,8 +255,11 @@ class Store:
         if not good:
             return pd.DataFrame(columns=columns or [])
         schema = pa.unify_schemas(schemas, promote_options="permissive")
-        dataset = ds.dataset(good, schema=schema, format="parquet", filesystem=self.fs)
-        return dataset.to_table(columns=columns).to_pandas()
+        table = ds.dataset(good, schema=schema, format="parquet", filesystem=self.fs).to_table(columns=columns)
+        # Column by column into pandas, freeing each Arrow column as it goes: the same frame as a
+        # plain to_pandas(), with a lower peak and no copy into consolidated 2-D blocks (the `bn`
+        # table of 1,000 trials is 8 million rows).
+        return table.to_pandas(self_destruct=True, split_blocks=True)
 
     def read_all(self, study: str) -> dict[str, pd.DataFrame]:
         return {t: self.read(study, t) for t in self.tables(study)}

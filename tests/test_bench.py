@@ -1,0 +1,162 @@
+"""`sweeper bench` at tiny sizes: every measurement runs and returns sane, well-formed numbers.
+
+No timed assertions: speed goals are shown by BENCHMARKS.md, not enforced by tests (a shared
+2-core machine makes any wall-clock threshold flaky).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sweeper import bench
+
+
+def _positive(*values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+# -- FLOP counting against an analytic count --------------------------------------------------------
+N, C_IN, C, H, CLASSES = 4, 3, 5, 6, 3
+
+
+def _tiny_net(trainable: str) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(C_IN, C, 3, padding=1, bias=False), nn.BatchNorm2d(C), nn.ReLU(),
+        nn.Conv2d(C, C, 3, padding=1, bias=False), nn.BatchNorm2d(C), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(C, CLASSES),
+    )
+    for name, p in net.named_parameters():
+        is_bn = name.split(".")[0] in ("1", "4")
+        p.requires_grad_(trainable == "all" or is_bn)
+    return net
+
+
+def _step(net):
+    x = torch.randn(N, C_IN, H, H)
+    y = torch.arange(N) % CLASSES
+
+    def fn():
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+
+    return fn
+
+
+def _conv(c_in: int, c_out: int) -> int:
+    return 2 * N * c_out * H * H * c_in * 9  # multiply-adds x 2, stride 1, 'same' padding
+
+
+FC = 2 * N * C * CLASSES
+
+
+def test_flop_count_equals_analytic_count_bn_only():
+    # Frozen convs and linear: conv1 runs forward only (nothing before it needs a gradient);
+    # conv2 and the linear layer run forward and their input-gradient kernel, no weight gradient.
+    expected = _conv(C_IN, C) + 2 * _conv(C, C) + 2 * FC
+    assert bench.count_flops(_step(_tiny_net("bn"))) == expected
+
+
+def test_flop_count_equals_analytic_count_all_trainable():
+    # Every weight trains: conv1 adds its weight gradient (no input gradient: the input needs
+    # none); conv2 and the linear layer add both gradients.
+    expected = 2 * _conv(C_IN, C) + 3 * _conv(C, C) + 3 * FC
+    assert bench.count_flops(_step(_tiny_net("all"))) == expected
+
+
+# -- the training step ---------------------------------------------------------------------------------
+def test_measure_step_tiny():
+    out = bench.measure_step(depth=8, width=4, batch=8, threads=1, repeats=1, warmup=0)
+    assert set(out["seconds"]) == {"ours", "ours_bf16", "masked", "reference", "full"}
+    assert _positive(*out["seconds"].values())
+    for key in ("speedup_vs_reference", "bf16_speedup_vs_fp32", "bf16_speedup_vs_reference",
+                "frozen_skip_speedup", "bn_only_speedup_vs_full", "ours_gflops_per_s"):
+        assert _positive(out[key]), key
+    # Frozen convs skip their weight gradients: our step counts fewer FLOPs than the reference.
+    assert 0 < out["flops"]["ours"] < out["flops"]["reference"]
+
+
+def test_bench_models_match_sweeper_training():
+    """Ours is the sweep's own network (same init, BN-only requires_grad); the reference has
+    the same weights with every requires_grad True and an optimizer over γ, β only."""
+    ours, opt, masks, _ = bench.bn_only_model(depth=8, width=4)
+    ref, ref_opt = bench.reference_model(depth=8, width=4)
+    for (n1, p1), (n2, p2) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+        assert p2.requires_grad
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert trainable == {n for n, p in ours.named_parameters() if id(p) in in_opt}
+    ref_in_opt = {id(p) for g in ref_opt.param_groups for p in g["params"]}
+    assert trainable == {n for n, p in ref.named_parameters() if id(p) in ref_in_opt}
+    assert trainable and all(".bn" in f".{n}" or ".shortcut.1." in n for n in trainable)
+    assert not masks
+
+
+def test_measure_sgemm_tiny():
+    out = bench.measure_sgemm(n=64, threads=1, repeats=1)
+    assert out["n"] == 64 and _positive(out["seconds"], out["gflops_per_s"])
+
+
+def test_data_fraction_tiny():
+    out = bench.measure_data_fraction(train_size=256, depth=8, batch=64)
+    assert out["steps"] >= 1
+    assert 0 < out["data_fraction"] < 1
+    assert _positive(out["data_s"], out["step_s"])
+
+
+# -- figures from a generated store --------------------------------------------------------------------
+def test_generate_store_and_figures(tmp_path):
+    from sweeper.store import Store
+
+    gen = bench.generate_store(tmp_path / "store", trials=5, model="resnet-8")
+    store = Store(tmp_path / "store")
+    trials = store.read(gen["study"])
+    bn = store.read(gen["study"], "bn")
+    assert len(trials) == 5 and set(trials["status"]) == {"done"}
+    assert len(bn) == gen["bn_rows"] == 5 * (16 + 2 * (16 + 32 + 64) + 32 + 64)  # resnet-8's BN channels
+    assert set(bn["trial_id"]) == set(trials["trial_id"])
+    out = bench.measure_figures(tmp_path / "store", gen["study"])
+    assert out["bn_rows"] == gen["bn_rows"]
+    assert out["figures_drawn"] >= 1
+    assert _positive(out["figures_s"], out["figures_peak_rss_mb"], out["bn_read_s"], out["bn_read_peak_rss_mb"])
+
+
+# -- Ray: overhead and sweep efficiency through the real runner ----------------------------------------
+def test_trial_overhead_and_sweep_efficiency(ray_local):
+    overhead = bench.measure_trial_overhead(trials=3)
+    assert overhead["trials"] == 3 and overhead["reuse_actors"] is True
+    assert _positive(overhead["wall_s"], overhead["work_s"])
+    assert math.isfinite(overhead["per_trial_s"])
+    n = overhead["trials"]
+    parts = overhead["start_s"] + overhead["end_s"] + (n - 1) * overhead["marginal_per_trial_s"]
+    assert parts / n == pytest.approx(overhead["per_trial_s"], abs=2e-3)  # the split adds up
+
+    sweep = bench.measure_sweep_efficiency(trials=2, epochs=1, dataset="digits")
+    assert sweep["dataset"] == "digits" and sweep["trials"] == 2
+    assert 0 < sweep["efficiency"] <= 1.0 + 1e-9
+    assert sweep["efficiency_with_ray_start"] <= sweep["efficiency"]
+
+
+# -- the command line ---------------------------------------------------------------------------------
+def test_cli_registers_bench():
+    from sweeper.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--json", "--only", "step"])
+    assert args.fn is bench.cmd_bench and args.quick and args.json and args.only == "step"
+
+
+def test_format_table_marks_goals():
+    results = {"quick": True, "date": "today", "environment": {"cpu": "cpu", "cores": 2, "torch": "t", "ray": "r",
+                                                               "python": "p"},
+               "load_average_start": [1.0], "load_average_end": [1.0], "threads_per_trial": 1, "bench_seconds": 1.0,
+               "trial_overhead_s": 0.05, "sweep_efficiency": 0.5,
+               "goals": {k: f"{op} {v:g}" for k, (op, v) in bench.GOALS.items()}}
+    results["met"] = {k: bench._met(k, results[k]) for k in ("trial_overhead_s", "sweep_efficiency")}
+    table = bench.format_table(results)
+    assert "trial_overhead_s" in table and "sweep_efficiency" in table
+    lines = {line.split()[0]: line for line in table.splitlines() if line and line.split()[0] in results}
+    assert " yes " in lines["trial_overhead_s"] and " NO " in lines["sweep_efficiency"]
