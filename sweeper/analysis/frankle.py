@@ -362,13 +362,7 @@ def gamma_distribution(tables, out: Path) -> list[Path]:
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
             ax.set_title(model_title(rows), fontsize=9)
             ax.set_yticks([])
-        for ax in axes.ravel()[len(models):]:
-            ax.set_visible(False)
-        for ax in axes.ravel():
-            ax.set_xlim(bins[0], bins[-1])
-            ax.set_xlabel("γ", labelpad=1)
-        handles = [Line2D([], [], color="#cccccc", lw=6, label="at initialisation")] + [
-            Line2D([], [], color=subset_colour(s), lw=2, label=subset_label(s)) for s in subsets]
+        handles = finish_gamma_grid(axes, len(models), bins, subsets)
         fig.suptitle(_title("Fig. 4: distribution of γ after training (density)", setting), fontsize=10)
         _legend_outside(fig, handles)
         fig.tight_layout()
@@ -605,6 +599,18 @@ def table1_params(tables, out: Path) -> list[Path]:
     md.write_text("Table 1: parameters by group (Frankle et al. 2021)\n\n" + _markdown(table))
     return [csv, md]
 
+
+
+def finish_gamma_grid(axes, used: int, bins, subsets) -> list:
+    """Shared finish of a grid of γ histograms: hide unused panels, one γ range and label for all,
+    and the legend handles (initial γ in grey, one colour per trainable subset)."""
+    for ax in axes.ravel()[used:]:
+        ax.set_visible(False)
+    for ax in axes.ravel():
+        ax.set_xlim(bins[0], bins[-1])
+        ax.set_xlabel("γ", labelpad=1)
+    return [Line2D([], [], color="#cccccc", lw=6, label="at initialisation")] + [
+        Line2D([], [], color=subset_colour(s), lw=2, label=subset_label(s)) for s in subsets]
 
 FIGURES = {
     "all_vs_all_but_bn": all_vs_all_but_bn,

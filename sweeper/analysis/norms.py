@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from sweeper.analysis.frankle import (
+    finish_gamma_grid,
     AXES,
     chance,
     ordered_subsets,
@@ -198,13 +199,7 @@ def norm_gamma_distribution(tables, out: Path) -> list[Path]:
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
             ax.set_title(norm, fontsize=9)
             ax.set_yticks([])
-        for ax in axes.ravel()[len(norms):]:
-            ax.set_visible(False)
-        for ax in axes.ravel():
-            ax.set_xlim(bins[0], bins[-1])
-            ax.set_xlabel("γ", labelpad=1)
-        handles = [Line2D([], [], color="#cccccc", lw=6, label="at initialisation")] + [
-            Line2D([], [], color=subset_colour(s), lw=2, label=subset_label(s)) for s in subsets]
+        handles = finish_gamma_grid(axes, len(norms), bins, subsets)
         title = f"γ after training by normalisation layer ({deepest})"
         fig.suptitle(f"{title}\n{setting}" if setting else title, fontsize=10)
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
