@@ -36,7 +36,6 @@ class TrialContext:
     cpus: float = 1.0
     gpus: float = 0.0
     node_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded columns (e.g. search markers)
 
 
 def execute(spec, ctx: TrialContext, **run_kwargs) -> dict[str, Any]:
@@ -79,7 +78,6 @@ def _commit(spec, ctx: TrialContext, started: str, status: str, error: str, resu
         "code_version": ctx.code_version,
         "started_at": started,
         "ended_at": now(),
-        **ctx.extra,
     }
     ctx.store.commit_trial(ctx.study, spec, row, result.tables if status == "done" else {})
     return row
