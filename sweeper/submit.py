@@ -59,7 +59,7 @@ def cmd_submit(args) -> int:
         client = JobSubmissionClient(args.address)
     except Exception as e:
         raise SweeperError(f"no Ray dashboard answers at {args.address} ({type(e).__name__})", "--address") from None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 240  # a loaded head can take minutes to start its agent
     while True:
         try:
             job_id = client.submit_job(
