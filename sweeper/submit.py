@@ -69,8 +69,12 @@ def cmd_submit(args) -> int:
             break
         except RuntimeError as e:
             # a head that has just started answers before its job agent is up: wait for it
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
-                raise SweeperError(f"the cluster refused the job: {str(e).splitlines()[0]}", "--address") from None
+            no_agent = "No available agent" in str(e)
+            if not no_agent or time.monotonic() > deadline:
+                hint = (" (the head's dashboard agent never came up: is its port, 52365 unless"
+                        " --dashboard-agent-listen-port says otherwise, held by another Ray on that host?)"
+                        if no_agent else "")
+                raise SweeperError(f"the cluster refused the job: {str(e).splitlines()[0]}{hint}", "--address") from None
             time.sleep(2)
     print(f"submitted {job_id}: {entrypoint(args, study_path.name)}")
     if args.no_wait:
