@@ -244,10 +244,14 @@ class Store:
         """A one-row file of its own (no read-modify-write of a shared file)."""
         self.write_table(self.path(study, table, f"{name}.parquet"), pa.Table.from_pylist([row]))
 
-    def read(self, study: str, table: str = TRIALS, columns: list[str] | None = None) -> pd.DataFrame:
+    def read(self, study: str, table: str = TRIALS, columns: list[str] | None = None,
+             categorical: list[str] = ()) -> pd.DataFrame:
         """One table of one study as a DataFrame. Files of older schema versions are read with
         the union of all columns (missing ones empty); corrupt files are skipped with a warning
-        that names them (their trials show up as missing in `sweeper status` and run again)."""
+        that names them (their trials show up as missing in `sweeper status` and run again).
+        `columns` keeps those of them the table has; `categorical` text columns come back as
+        pandas categoricals, read as Parquet dictionaries (a `trial_id` repeated over 8 million
+        `bn` rows then costs integer codes, not 8 million strings)."""
         paths = self.files(study, table)
         good, schemas, bad = self._readable(paths)
         for p in bad:
@@ -255,7 +259,13 @@ class Store:
         if not good:
             return pd.DataFrame(columns=columns or [])
         schema = pa.unify_schemas(schemas, promote_options="permissive")
-        table = ds.dataset(good, schema=schema, format="parquet", filesystem=self.fs).to_table(columns=columns)
+        if columns is not None:
+            columns = [c for c in columns if c in schema.names]
+        as_dict = [c for c in categorical if c in schema.names and pa.types.is_string(schema.field(c).type)]
+        for c in as_dict:
+            schema = schema.set(schema.get_field_index(c), pa.field(c, pa.dictionary(pa.int32(), pa.string())))
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=as_dict))
+        table = ds.dataset(good, schema=schema, format=fmt, filesystem=self.fs).to_table(columns=columns)
         # Column by column into pandas, freeing each Arrow column as it goes: the same frame as a
         # plain to_pandas(), with a lower peak and no copy into consolidated 2-D blocks (the `bn`
         # table of 1,000 trials is 8 million rows).

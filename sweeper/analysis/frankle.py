@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from sweeper.analysis.join import columns, per_trial_means, with_trials
 from sweeper.analysis.style import done, mean_std, plt, save
 from sweeper.train_spec import TrainSpec  # a dataclass only: importing it loads no torch
 
@@ -161,14 +162,6 @@ def chance(trials: pd.DataFrame) -> float | None:
     if "dataset" not in trials or trials["dataset"].nunique() != 1:
         return None
     return 100.0 / CLASSES.get(str(trials["dataset"].iloc[0]), 10)
-
-
-def with_trials(table: pd.DataFrame | None, trials: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
-    """`table` joined to the given trials' columns (inner join on trial_id)."""
-    if table is None or table.empty or "trial_id" not in table or trials.empty:
-        return pd.DataFrame()
-    cols = ["trial_id", *[c for c in dict.fromkeys(cols) if c in trials and c != "trial_id" and c not in table]]
-    return table.merge(trials[cols], on="trial_id", how="inner")
 
 
 def _title(base: str, setting: str) -> str:
@@ -322,10 +315,28 @@ def accuracy_vs_bn_params(tables, out: Path) -> list[Path]:
 
 
 # -- Fig. 4: γ distributions ---------------------------------------------------------------------
-def trained_gamma_subsets(bn: pd.DataFrame) -> list[str]:
-    """Subsets whose γ moved in training (the others still show their initialisation)."""
-    moved = bn.assign(moved=(bn["gamma"] != bn["gamma_init"])).groupby("trainable")["moved"].any()
-    return ordered_subsets(moved[moved].index)
+GAMMA_COLUMNS = ("trial_id", "gamma", "gamma_init")  # all that the γ figures read of the `bn` table
+
+
+def gamma_table(tables, trials: pd.DataFrame) -> pd.DataFrame:
+    """The `bn` rows (trial_id, γ, initial γ) of the given trials; empty when there are none."""
+    if trials.empty or "bn" not in tables:
+        return pd.DataFrame()
+    bn = columns(tables, "bn", GAMMA_COLUMNS)
+    if bn.empty or not set(GAMMA_COLUMNS) <= set(bn):
+        return pd.DataFrame()
+    return bn[bn["trial_id"].isin(trials["trial_id"])].reset_index(drop=True)
+
+
+def gamma_moved(bn: pd.DataFrame) -> pd.Index:
+    """The trials whose γ moved in training (the others still show their initialisation)."""
+    moved = per_trial_means(bn["trial_id"], {"moved": (bn["gamma"] != bn["gamma_init"]).to_numpy()})["moved"]
+    return moved.index[moved > 0]
+
+
+def trained_gamma_subsets(trials: pd.DataFrame, moved: pd.Index) -> list[str]:
+    """The subsets among `trials` that trained γ."""
+    return ordered_subsets(trials.loc[trials["trial_id"].isin(moved), "trainable"].astype(str))
 
 
 def gamma_distribution(tables, out: Path) -> list[Path]:
@@ -333,18 +344,20 @@ def gamma_distribution(tables, out: Path) -> list[Path]:
     subset whose γ trains, with the initial distribution in grey; channels pooled over layers
     and seeds."""
     trials = train_trials(tables)
-    if trials.empty or "bn" not in tables:
+    bn = gamma_table(tables, trials)
+    if bn.empty:
         return []
-    bn = with_trials(tables["bn"], trials, ["trainable", "model", "depth", "width"])
-    if bn.empty or not {"gamma", "gamma_init"} <= set(bn):
-        return []
+    moved = gamma_moved(bn)
+    bn = with_trials(bn, trials, ["trainable", "model"])
+    measured = bn["trial_id"].unique()
     paths = []
     for suffix, setting, frame in settings(trials):
-        part = bn[bn["trial_id"].isin(frame["trial_id"])]
-        subsets = trained_gamma_subsets(part) if not part.empty else []
+        frame = frame[frame["trial_id"].isin(measured)]
+        subsets = trained_gamma_subsets(frame, moved)
         if not subsets:
             continue
-        models = model_order(part)[:16]
+        part = bn[bn["trial_id"].isin(frame["trial_id"])]
+        models = model_order(frame)[:16]
         ncols = min(4, len(models))
         nrows = math.ceil(len(models) / ncols)
         lo, hi = np.nanpercentile(part["gamma"], [0.5, 99.5])
@@ -360,7 +373,7 @@ def gamma_distribution(tables, out: Path) -> list[Path]:
                 if len(g):
                     ax.hist(g, bins=bins, density=True, histtype="step", lw=1.6, color=subset_colour(subset))
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
-            ax.set_title(model_title(rows), fontsize=9)
+            ax.set_title(model_title(frame[frame["model"] == model]), fontsize=9)
             ax.set_yticks([])
         handles = finish_gamma_grid(axes, len(models), bins, subsets)
         fig.suptitle(_title("Fig. 4: distribution of γ after training (density)", setting), fontsize=10)
@@ -374,34 +387,38 @@ def gamma_distribution(tables, out: Path) -> list[Path]:
 def gamma_sparsity(bn: pd.DataFrame, thresholds=SPARSITY_THRESHOLDS) -> pd.DataFrame:
     """Per trial and threshold t: the fraction of γ with |γ| < t (strictly, as clamping uses),
     after training (`fraction`) and at initialisation (`fraction_init`)."""
-    rows = []
-    for trial_id, g in bn.groupby("trial_id", sort=True):
-        gamma, gamma0 = g["gamma"].abs().to_numpy(), g["gamma_init"].abs().to_numpy()
-        for t in thresholds:
-            rows.append({"trial_id": trial_id, "threshold": float(t), "channels": len(gamma),
-                         "fraction": float((gamma < t).mean()), "fraction_init": float((gamma0 < t).mean())})
-    return pd.DataFrame(rows, columns=["trial_id", "threshold", "channels", "fraction", "fraction_init"])
+    cols = ["trial_id", "threshold", "channels", "fraction", "fraction_init"]
+    if bn.empty:
+        return pd.DataFrame(columns=cols)
+    gamma, gamma0 = bn["gamma"].abs().to_numpy(), bn["gamma_init"].abs().to_numpy()
+    thresholds = [float(t) for t in thresholds]
+    after = {f"after{i}": gamma < t for i, t in enumerate(thresholds)}
+    init = {f"init{i}": gamma0 < t for i, t in enumerate(thresholds)}
+    means = per_trial_means(bn["trial_id"], {**after, **init})
+    k = len(thresholds)
+    return pd.DataFrame({
+        "trial_id": np.repeat(means.index.to_numpy(dtype=object), k),
+        "threshold": np.tile(thresholds, len(means)),
+        "channels": np.repeat(means["n"].to_numpy(), k),
+        "fraction": means[list(after)].to_numpy().ravel(),
+        "fraction_init": means[list(init)].to_numpy().ravel(),
+    }, columns=cols)
 
 
 def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
     """Fig. 5: the fraction of |γ| below thresholds against the BN parameter count, one panel
     per threshold; dotted grey: the same fraction at initialisation (U[0, 1): t)."""
     trials = train_trials(tables, need=("trainable", "depth", "width", "test_acc", "bn_params"))
-    if trials.empty or "bn" not in tables:
-        return []
-    bn = tables["bn"]
-    if bn.empty or not {"trial_id", "gamma", "gamma_init"} <= set(bn):
-        return []
-    bn = bn[bn["trial_id"].isin(trials["trial_id"])]
+    bn = gamma_table(tables, trials)
     if bn.empty:
         return []
+    moved = gamma_moved(bn)
     sparsity = with_trials(gamma_sparsity(bn), trials, ["trainable", "model", "depth", "width", "bn_params", "seed"])
     paths = []
     for suffix, setting, frame in settings(trials):
         part = sparsity[sparsity["trial_id"].isin(frame["trial_id"])]
-        moved = set(trained_gamma_subsets(bn[bn["trial_id"].isin(frame["trial_id"])].merge(
-            frame[["trial_id", "trainable"]], on="trial_id")))
-        part = part[part["trainable"].isin(moved)]
+        moved_subsets = trained_gamma_subsets(frame, moved)
+        part = part[part["trainable"].isin(moved_subsets)]
         if part.empty:
             continue
         subsets = ordered_subsets(part["trainable"])

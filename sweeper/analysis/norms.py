@@ -25,9 +25,11 @@ from sweeper.analysis.frankle import (
     subset_colour,
     subset_label,
     train_trials,
+    gamma_moved,
+    gamma_table,
     trained_gamma_subsets,
-    with_trials,
 )
+from sweeper.analysis.join import with_trials
 from sweeper.analysis.style import mean_std, plt, save
 
 NORM_ORDER = ("batch", "layer", "group", "instance", "affine", "none")
@@ -164,21 +166,23 @@ def norm_gamma_distribution(tables, out: Path) -> list[Path]:
     subset whose γ trains, the initial distribution in grey; the deepest network, channels
     pooled over layers and seeds."""
     trials = norm_trials(tables)
-    if trials.empty or "bn" not in tables:
+    bn = gamma_table(tables, trials)
+    if bn.empty:
         return []
-    bn = with_trials(tables["bn"], trials, ["trainable", "model", "depth", "width", "norm_label"])
-    if bn.empty or not {"gamma", "gamma_init"} <= set(bn):
-        return []
+    moved = gamma_moved(bn)
+    bn = with_trials(bn, trials, ["trainable", "model", "norm_label"])
+    measured = bn["trial_id"].unique()
     paths = []
     for suffix, setting, frame in settings(trials, NORM_AXES):
-        part = bn[bn["trial_id"].isin(frame["trial_id"])]
-        if part.empty:
+        frame = frame[frame["trial_id"].isin(measured)]
+        if frame.empty:
             continue
-        deepest = part.sort_values(["depth", "width"])["model"].iloc[-1]
-        part = part[part["model"] == deepest]
-        subsets = trained_gamma_subsets(part)
+        deepest = frame.sort_values(["depth", "width"])["model"].iloc[-1]
+        frame = frame[frame["model"] == deepest]
+        subsets = trained_gamma_subsets(frame, moved)
         if not subsets:
             continue
+        part = bn[bn["trial_id"].isin(frame["trial_id"])]
         norms = ordered_norms(part["norm_label"])
         ncols = min(3, len(norms))
         nrows = math.ceil(len(norms) / ncols)
