@@ -119,9 +119,9 @@ def test_generate_store_and_figures(tmp_path):
     assert len(trials) == 5 and set(trials["status"]) == {"done"}
     assert len(bn) == gen["bn_rows"] == 5 * (16 + 2 * (16 + 32 + 64) + 32 + 64)  # resnet-8's BN channels
     assert set(bn["trial_id"]) == set(trials["trial_id"])
-    out = bench.measure_figures(tmp_path / "store", gen["study"])
+    out = bench.measure_figures(tmp_path / "store", gen["study"], repeats=2)
     assert out["bn_rows"] == gen["bn_rows"]
-    assert out["figures_drawn"] >= 1
+    assert out["figures_drawn"] >= 1 and len(out["figures_runs_s"]) == 2
     assert _positive(out["figures_s"], out["figures_peak_rss_mb"], out["bn_read_s"], out["bn_read_peak_rss_mb"])
 
 

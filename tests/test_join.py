@@ -43,9 +43,9 @@ def test_with_trials_falls_back_to_merge_when_ids_repeat():
 
 def test_per_trial_means_counts_and_averages_each_trial():
     ids = pd.Series(["b", "a", "b", "b", "a"])
-    got = per_trial_means(ids, {"small": np.array([1, 0, 0, 1, 1])})
+    got = per_trial_means(ids, {"small": np.array([1, 0, 0, 1, 1]), "share": np.array([True, False, False, True, True])})
     assert got.index.tolist() == ["a", "b"] and got["n"].tolist() == [2, 3]
-    assert got["small"].tolist() == pytest.approx([0.5, 2 / 3])
+    assert got["small"].tolist() == pytest.approx([0.5, 2 / 3]) == got["share"].tolist()
 
 
 def test_figure_tables_read_only_the_columns_asked_for(tmp_path):

@@ -68,11 +68,15 @@ def per_trial_means(ids: pd.Series, values: Mapping[str, np.ndarray]) -> pd.Data
     from integer bincounts instead of a groupby over millions of string keys."""
     codes, uniques = id_codes(ids)
     valid = codes >= 0
-    codes = codes[valid]
+    every = bool(valid.all())
+    codes = codes if every else codes[valid]
     n = np.bincount(codes, minlength=len(uniques))
     seen = n > 0
     frame = pd.DataFrame({"n": n[seen]}, index=pd.Index(np.asarray(uniques, dtype=object)[seen], name="trial_id"))
     for name, v in values.items():
-        sums = np.bincount(codes, weights=np.asarray(v, dtype=float)[valid], minlength=len(uniques))
+        v = np.asarray(v) if every else np.asarray(v)[valid]
+        # a share (boolean) counts its True rows: no float weights over millions of rows
+        sums = np.bincount(codes[v], minlength=len(uniques)) if v.dtype == bool else \
+            np.bincount(codes, weights=v.astype(float, copy=False), minlength=len(uniques))
         frame[name] = sums[seen] / n[seen]
     return frame.sort_index()
