@@ -31,7 +31,8 @@ study = Study(
         "weight_decay": 1e-4,
         "milestones": [0.5, 0.75],  # lr /10 at 50% and 75% of training (80 and 120 of 160 epochs)
         "lr_drop": 0.1,
-        "precision": "fp32",
+        "precision": "fp32",  # or bf16: autocast, batch norm kept in fp32 (see the README)
+        "compile": "none",  # torch.compile backend for the steps: none, inductor (GPUs), aot_eager
     },
     measure=["bn"],  # every γ and β per channel -> table `bn`
     figures=["accuracy_vs_bn_params"],

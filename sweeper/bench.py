@@ -419,6 +419,8 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
       masked     channels_last, fp32, frozen weights requires_grad True (weight gradients computed)
       reference  plain PyTorch: NCHW, fp32, every requires_grad True, optimizer holds γ, β only
       full       every parameter trained (channels_last, fp32), for scale
+      compiled   ours under torch.compile (inductor; the recipe's `compile` field): opt-in, its
+                 first calls compile for about a minute on a CPU
     Each runs on its own copy of the same initial network and the same batch. With `sgemm_n`,
     an n x n fp32 matmul joins the round-robin, so `sgemm_fraction` compares rates measured
     under the same load."""
@@ -431,8 +433,10 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
         x_nchw, y = cifar_batch(batch)
         x_cl = x_nchw.contiguous(memory_format=torch.channels_last)
         for name in variants:
-            if name in ("ours", "ours_bf16", "masked"):
+            if name in ("ours", "ours_bf16", "masked", "compiled"):
                 model, opt, masks, spec = bn_only_model(depth, width, frozen=name != "masked")
+                if name == "compiled":
+                    model = torch.compile(model, backend="inductor")
                 step = sweeper_step(model, opt, masks, spec, "bf16" if name == "ours_bf16" else "fp32")
                 steps[name] = (lambda s: lambda: s(x_cl, y))(step)
             elif name == "reference":
@@ -447,7 +451,7 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
                 steps[name] = (lambda s: lambda: s(x_cl, y))(step)
             else:
                 raise ValueError(f"unknown step variant {name!r}")
-        for name in ("ours", "reference"):
+        for name in ("ours", "reference", "compiled"):
             if name in steps:
                 flops[name] = count_flops(steps[name])
         shares = profile_step(steps["ours"]) if profile and "ours" in steps else None
@@ -470,6 +474,8 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
         out["bf16_speedup_vs_fp32"] = round(s["ours"] / s["ours_bf16"], 3)
     if "masked" in s and "ours" in s:
         out["frozen_skip_speedup"] = round(s["masked"] / s["ours"], 3)
+    if "compiled" in s and "ours" in s:
+        out["compiled_speedup_vs_ours"] = round(s["ours"] / s["compiled"], 3)
     if "full" in s and "ours" in s:
         out["bn_only_speedup_vs_full"] = round(s["full"] / s["ours"], 3)
     if "ours" in flops:

@@ -122,6 +122,10 @@ def run_trial(
     if channels_last and spec.family != "mlp":
         model = model.to(memory_format=torch.channels_last)
     optimizer, masks = build_optimizer(model, spec, selection)
+    # Compiled after the subset set requires_grad (a graph traced with other flags would be
+    # wrong, so they are never toggled afterwards). `model` stays the plain module: state_dict,
+    # checkpoints and the measurements' hooks see it; only the steps run the compiled one.
+    step_model = model if spec.compile == "none" else torch.compile(model, backend=spec.compile)
     milestones = sorted({max(1, round(m * spec.epochs)) for m in spec.milestones})
     scheduler = (
         torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=spec.lr_drop) if optimizer else None
@@ -155,7 +159,7 @@ def run_trial(
         correct_sum = torch.zeros((), device=device, dtype=torch.long)
         for step, (x, y) in enumerate(train.epoch(g)):
             with _autocast(spec, device), torch.set_grad_enabled(optimizer is not None):
-                logits = model(x)
+                logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y)
             if optimizer:  # None when the subset selects nothing (e.g. `bn` with norm `none`)
                 optimizer.zero_grad(set_to_none=True)
@@ -177,7 +181,7 @@ def run_trial(
             "lr": lr,
             "train_loss": train_loss,
             "train_acc": correct / max(seen, 1),
-            **evaluate(model, test, spec, device),
+            **evaluate(step_model, test, spec, device),
             "epoch_seconds": time.perf_counter() - t0,
         }
         curves.append(metrics)
@@ -186,7 +190,7 @@ def run_trial(
 
     if spec.epochs == 0:
         calibrate_norm_statistics(model, train)
-    final = evaluate(model, test, spec, device)
+    final = evaluate(step_model, test, spec, device)
     train_seconds = time.perf_counter() - started
 
     ctx = Context(

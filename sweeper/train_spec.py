@@ -14,6 +14,11 @@ from sweeper.spec import Spec
 
 DEFAULT_CLAMP = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 PRECISIONS = ("fp32", "bf16")
+#: torch.compile backends for the training and evaluation steps: `none` runs eagerly (the default:
+#: on this project's CPUs compiling gained nothing, and it costs a minute per trial); `inductor`
+#: generates kernels (GPUs); `aot_eager` traces the step without generating code (a portable check
+#: that a network compiles).
+COMPILE_BACKENDS = ("none", "inductor", "aot_eager")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,7 @@ class TrainSpec(Spec):
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training at which lr drops
     lr_drop: float = 0.1
     precision: str = "fp32"
+    compile: str = "none"
     # what to measure
     measure: tuple[str, ...] = ("bn",)
     clamp_thresholds: tuple[float, ...] = DEFAULT_CLAMP
@@ -129,6 +135,11 @@ class TrainSpec(Spec):
         if self.precision not in PRECISIONS:
             raise SweeperError(
                 f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}", "precision"
+            )
+        if self.compile not in COMPILE_BACKENDS:
+            raise SweeperError(
+                f"unknown torch.compile backend {self.compile!r}; valid choices: {', '.join(COMPILE_BACKENDS)}",
+                "compile",
             )
         if self.residual_init != 1.0 and self.family != "resnet":
             raise SweeperError(

@@ -94,6 +94,20 @@ def test_frozen_convs_compute_no_weight_gradient():
     assert all(p.grad is not None for n, p in model.named_parameters() if n in subsets.norm_params(model))
 
 
+def test_compiled_steps_train_the_same_subset_as_eager():
+    # aot_eager traces the steps as torch.compile does, without generating code, so it runs
+    # anywhere; the subset's requires_grad flags are set before compiling and never toggled.
+    values = {**BASE, "trainable": "bn", "measure": ["bn"]}
+    eager = run_trial(TrainSpec.from_values(values))
+    states = []
+    compiled = run_trial(TrainSpec.from_values({**values, "compile": "aot_eager"}),
+                         on_epoch=lambda e, m, state: states.append(state()))
+    assert compiled.row["test_acc"] == pytest.approx(eager.row["test_acc"], abs=1e-6)
+    assert compiled.tables["curves"]["train_loss"].tolist() == pytest.approx(eager.tables["curves"]["train_loss"].tolist())
+    assert compiled.tables["bn"]["gamma"].tolist() == pytest.approx(eager.tables["bn"]["gamma"].tolist())
+    assert not any(k.startswith("_orig_mod") for k in states[-1]["model"])  # checkpoints hold the plain module
+
+
 def test_none_evaluates_at_initialisation_with_calibrated_statistics():
     spec = TrainSpec.from_values({**BASE, "trainable": "none"})
     result = run_trial(spec)
