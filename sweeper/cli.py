@@ -85,7 +85,7 @@ def cmd_plan(args) -> int:
 
 # -- run -----------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from sweeper.data import DATASETS, load_arrays
+    from sweeper.data import DATASETS, check_data
     from sweeper.store import Store
     from sweeper.study import load_study
 
@@ -96,8 +96,7 @@ def cmd_run(args) -> int:
     store.ensure_writable()
     names = {getattr(s, f, None) for s in study.specs() for f in ("dataset", "inputs")}
     for name in sorted(n for n in names if n in DATASETS):
-        if DATASETS[name].needs_root:
-            load_arrays(name, data_root)  # raises a one-line error naming --data-root
+        check_data(name, data_root)
     if args.address and args.address != "local":
         from sweeper.runner import check_address
 

@@ -17,7 +17,7 @@ from sweeper.data import DATASETS
 
 # Training-set and test-set sizes of the in-memory datasets (for the estimate only).
 SIZES = {"digits": (1442, 355), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
-         "imagenet": (1_281_167, 50_000)}
+         "imagenet": (1_281_167, 50_000), "imagenet224": (1_281_167, 50_000)}
 EFFICIENCY = 0.8  # share of the matmul rate a training step reaches (see BENCHMARKS.md)
 
 

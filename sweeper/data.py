@@ -30,6 +30,10 @@ class Dataset:
     shape: tuple[int, int, int]  # (channels, height, width) of one image
     needs_root: bool
     description: str
+    # (spec, root, device, channels_last, loader workers) -> (train, test) batches, for a dataset
+    # too big to hold in memory; such a dataset has no arrays (`load` refuses)
+    stream: Callable | None = None
+    check: Callable[[Path], object] | None = None  # a streamed dataset's cheap check that its root holds it
 
 
 DATASETS: Registry[Dataset] = Registry("dataset")
@@ -168,12 +172,10 @@ def _imagefolder_arrays(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _load_imagenet(root: Path | None, download: bool) -> Arrays:
+    from sweeper.imagenet_stream import imagenet_base
+
     assert root is not None
-    base = root / "imagenet" if (root / "imagenet" / "train").is_dir() else root
-    if not (base / "train").is_dir() or not (base / "val").is_dir():
-        raise SweeperError(
-            f"no ImageNet under {root}: expected train/<class>/ and val/<class>/ image folders "
-            "(ImageNet cannot be downloaded automatically)", "data_root")
+    base = imagenet_base(root)
     x_tr, y_tr, classes = _imagefolder_arrays(base / "train", IMAGENET_SIZE)
     x_te, y_te, val_classes = _imagefolder_arrays(base / "val", IMAGENET_SIZE)
     if val_classes != classes:
@@ -189,6 +191,56 @@ DATASETS.add(
 )
 
 
+def _imagenet_base(root: Path) -> Path:
+    from sweeper.imagenet_stream import imagenet_base
+
+    return imagenet_base(root)
+
+
+def _stream_imagenet(spec, root, device, channels_last, workers):
+    from sweeper.imagenet_stream import stream_imagenet
+
+    return stream_imagenet(spec, root, device, channels_last, workers)
+
+
+def _not_in_memory(root: Path | None, download: bool) -> Arrays:
+    raise SweeperError("imagenet224 is streamed from disk, never held in memory as arrays; only the "
+                       "train experiment reads it (the construction needs an in-memory dataset: imagenet, "
+                       "cifar10, cifar100 or digits)", "dataset")
+
+
+DATASETS.add(
+    "imagenet224",
+    Dataset(_not_in_memory, 1000, (3, 224, 224), True,
+            "full-resolution ImageNet from an ImageFolder root (train/, val/), streamed: "
+            "RandomResizedCrop(224) + flip, evaluation Resize(256) + CenterCrop(224)",
+            stream=_stream_imagenet, check=lambda root: _imagenet_base(root)),
+    "imagenet-full",
+)
+
+
+def require_root(name: str, data_root: str | os.PathLike | None) -> Path | None:
+    """The dataset's root (None for a bundled dataset); a clear error when it needs one and has none."""
+    root = resolve_root(data_root)
+    if DATASETS[name].needs_root and root is None:
+        raise SweeperError(
+            f"dataset {name} needs a data root: pass --data-root DIR or set {DATA_ROOT_ENV}", "data_root"
+        )
+    return root
+
+
+def check_data(name: str, data_root: str | os.PathLike | None) -> None:
+    """Before any work: the dataset is where the run says (a one-line error naming --data-root
+    otherwise). An in-memory dataset is loaded (and cached) here; a streamed one only checked."""
+    ds = DATASETS[name]
+    if not ds.needs_root:
+        return
+    if ds.check is not None:
+        ds.check(require_root(name, data_root))
+    else:
+        load_arrays(name, data_root)
+
+
 def resolve_root(data_root: str | os.PathLike | None) -> Path | None:
     root = data_root or os.environ.get(DATA_ROOT_ENV)
     return Path(root).expanduser().resolve() if root else None
@@ -202,11 +254,7 @@ def load_arrays(name: str, data_root: str | os.PathLike | None = None, download:
     per process so that trials sharing a worker load the data once."""
     name = DATASETS.canonical(name)
     ds = DATASETS[name]
-    root = resolve_root(data_root)
-    if ds.needs_root and root is None:
-        raise SweeperError(
-            f"dataset {name} needs a data root: pass --data-root DIR or set {DATA_ROOT_ENV}", "data_root"
-        )
+    root = require_root(name, data_root)
     key = (name, str(root) if ds.needs_root else None)
     if key not in _CACHE:
         _CACHE[key] = ds.load(root, download)

@@ -388,7 +388,7 @@ def run_nightly(
 
 
 def _load(paths: list[str], quick: bool, data_root: str | None) -> list:
-    from sweeper.data import DATASETS, load_arrays
+    from sweeper.data import check_data
     from sweeper.study import load_study
 
     if not paths:
@@ -405,11 +405,10 @@ def _load(paths: list[str], quick: bool, data_root: str | None) -> list:
             raise SweeperError(f"study name {study.name!r} is also {seen[study.name]}'s", path)
         seen[study.name] = path
         for dataset in {getattr(s, "dataset", None) for s in study.specs()} - {None}:
-            if DATASETS[dataset].needs_root:
-                try:
-                    load_arrays(dataset, data_root)  # a one-line error naming --data-root
-                except SweeperError as e:
-                    raise e.at(path) from None
+            try:
+                check_data(dataset, data_root)
+            except SweeperError as e:
+                raise e.at(path) from None
     return studies
 
 

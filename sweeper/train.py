@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweeper import subsets
-from sweeper.data import DATASETS, Batches, balanced_subset, channel_stats, load_arrays
+from sweeper.data import DATASETS, Batches, balanced_subset, channel_stats, load_arrays, require_root
 from sweeper.measures import MEASUREMENTS, Context, norm_layers, snapshot_norms
 from sweeper.nn.init import initialise
 from sweeper.params import build_model, count_groups
@@ -75,7 +75,11 @@ def calibrate_norm_statistics(model: nn.Module, batches: Batches) -> None:
         m.momentum = 0.1
 
 
-def prepare_data(spec: TrainSpec, data_root, device: torch.device, channels_last: bool):
+def prepare_data(spec: TrainSpec, data_root, device: torch.device, channels_last: bool, workers: int = 0):
+    dataset = DATASETS[spec.dataset]
+    if dataset.stream is not None:  # too big for memory: decoded per batch by `workers` processes
+        root = require_root(spec.dataset, data_root)
+        return dataset.stream(spec, root, device, channels_last and spec.family != "mlp", workers)
     x_tr, y_tr, x_te, y_te = load_arrays(spec.dataset, data_root)
     tr, te = balanced_subset(y_tr, spec.train_size), balanced_subset(y_te, spec.test_size)
     x_tr, y_tr, x_te, y_te = x_tr[tr], y_tr[tr], x_te[te], y_te[te]
@@ -112,7 +116,8 @@ def run_trial(
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    train, test = prepare_data(spec, data_root, device, channels_last)
+    # a streamed dataset decodes in all but one of the trial's CPUs (none: in this process)
+    train, test = prepare_data(spec, data_root, device, channels_last, workers=max(0, (threads or 1) - 1))
 
     model = build_model(spec)
     initialise(model, spec.weight_init, spec.bn_init, spec.seed)

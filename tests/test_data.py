@@ -2,7 +2,10 @@
 and the tensor-side augmentation."""
 import hashlib
 import pickle
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,16 +74,22 @@ def test_real_cifar10_root(cifar_root):
     assert torch.bincount(y_tr).tolist() == [5000] * 10
 
 
-def test_imagenet_from_an_image_folder(tmp_path):
+def image_folder(root, per_split=(("train", 4), ("val", 2)), sizes=(70, 120)):
+    """A tiny ImageNet-layout root: 3 classes of random JPEGs of random sizes."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split, per_class in (("train", 4), ("val", 2)):
+    for split, per_class in per_split:
         for c in ("n01", "n02", "n03"):
-            (tmp_path / split / c).mkdir(parents=True)
+            (root / split / c).mkdir(parents=True)
             for i in range(per_class):
-                w, h = rng.integers(70, 120, 2)
-                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{i}.JPEG")
+                w, h = rng.integers(*sizes, 2)
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i}.JPEG")
+    return root
+
+
+def test_imagenet_from_an_image_folder(tmp_path):
+    image_folder(tmp_path)
     x_tr, y_tr, x_te, y_te = data._load_imagenet(tmp_path, False)
     assert x_tr.shape == (12, 3, 64, 64) and x_te.shape == (6, 3, 64, 64)
     assert y_tr.tolist() == [0] * 4 + [1] * 4 + [2] * 4
@@ -94,6 +103,54 @@ def test_imagenet_from_an_image_folder(tmp_path):
                                   "epochs": 1, "batch_size": 6, "measure": []})
     result = run_trial(spec, str(tmp_path))
     assert 0 <= result.row["test_acc"] <= 1 and result.row["trainable_params"] == 9_600
+
+
+def test_full_resolution_imagenet_streams_and_trains(tmp_path):
+    from sweeper.imagenet_stream import stream_imagenet
+    from sweeper.train import run_trial
+    from sweeper.train_spec import TrainSpec
+
+    image_folder(tmp_path, sizes=(230, 300))
+    spec = TrainSpec.from_values({"dataset": "imagenet-full", "model": "imagenet-resnet-18", "trainable": "bn",
+                                  "epochs": 1, "batch_size": 5, "train_size": 10, "measure": ["bn"]})
+    assert spec.dataset == "imagenet224"
+    batches = {}
+    for workers in (0, 1):  # augmentation is a function of (seed, epoch, image), not of the workers
+        train, test = stream_imagenet(spec, tmp_path, "cpu", False, workers)
+        batches[workers] = list(train.epoch(torch.Generator().manual_seed(3)))
+        assert len(train) == 10 and train.labels.tolist() == [0] * 4 + [1] * 3 + [2] * 3  # class-balanced 10
+        assert [tuple(x.shape) for x, _ in batches[workers]] == [(5, 3, 224, 224)] * 2
+        assert [tuple(x.shape) for x, _ in test.ordered()] == [(6, 3, 224, 224)]
+    for (a, ya), (b, yb) in zip(batches[0], batches[1]):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    a, b = next(iter(train.ordered())), next(iter(train.ordered()))
+    assert torch.equal(a[0], b[0])  # the training set in order (norm calibration) is the same every pass
+    other = list(train.epoch(torch.Generator().manual_seed(4)))
+    assert not torch.equal(other[0][0], batches[1][0][0])  # another epoch, other crops and order
+    result = run_trial(spec, str(tmp_path))
+    assert 0 <= result.row["test_acc"] <= 1 and result.row["trainable_params"] == 9_600
+    assert len(result.tables["bn"]) == 4_800
+
+
+def test_streamed_imagenet_has_no_arrays_and_needs_a_root(tmp_path):
+    from sweeper.train import run_trial
+    from sweeper.train_spec import TrainSpec
+
+    with pytest.raises(SweeperError, match="streamed from disk"):
+        data.load_arrays("imagenet224", tmp_path)
+    spec = TrainSpec.from_values({"dataset": "imagenet224", "model": "imagenet-resnet-18", "epochs": 1})
+    with pytest.raises(SweeperError, match="needs a data root"):
+        run_trial(spec, None)
+    with pytest.raises(SweeperError, match="no ImageNet under"):
+        run_trial(spec, str(tmp_path))
+    # and `sweeper run` refuses before any trial, naming the root
+    r = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", "studies/imagenet.py", "--quick", "--store",
+                        str(tmp_path / "store"), "--data-root", str(tmp_path)], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"sweeper: error: data_root: no ImageNet under {tmp_path}: expected train/<class>/ and val/<class>/ "
+        "image folders (ImageNet cannot be downloaded automatically)"]
+    assert not (tmp_path / "store" / "imagenet-quick").exists()
 
 
 def test_augmentation_is_seeded_and_shape_preserving():

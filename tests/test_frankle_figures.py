@@ -171,6 +171,18 @@ def test_study_files_load_with_a_cpu_sized_quick_variant(path):
     assert all(name in figures() for name in full.figures)
 
 
+def test_imagenet_study_streams_full_resolution_imagenet():
+    full, quick = load_study(REPO / "studies/imagenet.py"), load_study(REPO / "studies/imagenet.py", quick=True)
+    specs = full.specs()
+    assert {s.model for s in specs} == {f"imagenet-resnet-{d}" for d in (18, 34, 50, 101, 152, 200)}
+    assert {s.dataset for s in specs} == {"imagenet224"} and {s.trainable for s in specs} == {"all", "bn"}
+    s = specs[0]
+    assert (s.epochs, s.batch_size, s.lr) == (90, 1024, 0.4)
+    assert [round(m * s.epochs) for m in s.milestones] == [30, 60, 80]
+    assert [(q.model, q.train_size, q.epochs) for q in quick.specs()] == [("imagenet-resnet-18", 1000, 2)] * 2
+    assert all(name in figures() for name in full.figures)
+
+
 def test_depth_vs_width_is_the_papers_grid():
     study = load_study(REPO / "studies/depth_vs_width.py")
     specs = study.specs()
