@@ -13,6 +13,7 @@ workers, and a trial resumed from a checkpoint sees exactly the batches of an un
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterator
 
@@ -58,10 +59,8 @@ class SeededImages(Dataset):
     """ImageFolder images at given indices; item (i, seed) applies the transform with torch's
     RNG seeded by `seed`."""
 
-    def __init__(self, folder: Path, indices: torch.Tensor, transform):
-        from torchvision.datasets import ImageFolder
-
-        self.images = ImageFolder(str(folder))
+    def __init__(self, images, indices: torch.Tensor, transform):
+        self.images = images  # a torchvision ImageFolder (its file list, scanned once)
         self.indices = indices.tolist()
         self.transform = transform
 
@@ -98,9 +97,9 @@ class StreamBatches:
     """Normalised float batches decoded from disk: the interface of sweeper.data.Batches (`epoch`,
     `ordered`, `len`), for data that does not fit in memory."""
 
-    def __init__(self, folder: Path, indices: torch.Tensor, batch_size: int, train_steps: list, device,
+    def __init__(self, images, indices: torch.Tensor, batch_size: int, steps: list, device,
                  channels_last: bool, workers: int):
-        self.data = SeededImages(folder, indices, _finish(train_steps))
+        self.data = SeededImages(images, indices, _finish(steps))
         self.labels = torch.tensor([self.data.images.targets[i] for i in self.data.indices], dtype=torch.long)
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -144,22 +143,28 @@ class StreamBatches:
         return self._batches([(i, i) for i in range(len(self.data))], drop_last=False)
 
 
+@functools.lru_cache(maxsize=4)
+def _scan(folder: str):
+    """A folder's ImageFolder file list, kept per process: trials that share a Ray worker scan
+    train/ (1.28M files) once, as in-memory datasets load once."""
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder(folder)
+
+
 def stream_imagenet(spec, root: Path, device, channels_last: bool, workers: int):
     """(train, test) StreamBatches for `spec` from an ImageFolder root, with class-balanced
     subsets when spec.train_size / spec.test_size ask for them."""
-    from torchvision.datasets import ImageFolder
-
     from sweeper.data import balanced_subset
 
     base = imagenet_base(root)
-    train_targets = torch.tensor(ImageFolder(str(base / "train")).targets)
-    test_folder = ImageFolder(str(base / "val"))
-    if test_folder.classes != ImageFolder(str(base / "train")).classes:
+    train_images, test_images = _scan(str(base / "train")), _scan(str(base / "val"))
+    if test_images.classes != train_images.classes:
         raise SweeperError(f"{base}: train/ and val/ hold different classes", "data_root")
     workers = max(0, min(MAX_WORKERS, workers))
     steps = _train_transforms()
-    train = StreamBatches(base / "train", balanced_subset(train_targets, spec.train_size), spec.batch_size,
-                          steps[spec.augment], device, channels_last, workers)
-    test = StreamBatches(base / "val", balanced_subset(torch.tensor(test_folder.targets), spec.test_size),
+    train = StreamBatches(train_images, balanced_subset(torch.tensor(train_images.targets), spec.train_size),
+                          spec.batch_size, steps[spec.augment], device, channels_last, workers)
+    test = StreamBatches(test_images, balanced_subset(torch.tensor(test_images.targets), spec.test_size),
                          max(spec.batch_size, 256), steps["none"], device, channels_last, workers)
     return train, test
