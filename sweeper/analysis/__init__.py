@@ -3,8 +3,9 @@ package never imports torch, so a notebook or a nightly job redraws without the 
 
 FIGURES is the figure registry, filled from the `FIGURES` dict of each module in FIGURE_MODULES:
 name -> draw(tables, out_dir) -> list of written files. `tables` maps table names to DataFrames
-and loads each on first access; a figure returns [] when the store has no data for it (it is then
-reported as skipped).
+and loads each on first access (`sweeper.analysis.join.columns` reads only some columns of a big
+one, such as the γ columns of `bn`); a figure returns [] when the store has no data for it (it is
+then reported as skipped).
 """
 from __future__ import annotations
 
