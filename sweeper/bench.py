@@ -410,6 +410,17 @@ def profile_step(fn: Callable[[], Any], steps: int = 3) -> dict[str, float]:
     return {k: round(v / total, 4) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
+#: speed-up ratios of measure_step: (key, slower variant, faster variant) -> seconds ratio
+SPEEDUPS = (
+    ("speedup_vs_reference", "reference", "ours"),
+    ("bf16_speedup_vs_reference", "reference", "ours_bf16"),
+    ("bf16_speedup_vs_fp32", "ours", "ours_bf16"),
+    ("frozen_skip_speedup", "masked", "ours"),
+    ("compiled_speedup_vs_ours", "ours", "compiled"),
+    ("bn_only_speedup_vs_full", "full", "ours"),
+)
+
+
 def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: int = 1, repeats: int = 10,
                  warmup: int = 2, variants: tuple[str, ...] | None = None, sgemm_n: int | None = None,
                  profile: bool = False) -> dict[str, Any]:
@@ -466,18 +477,9 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
                            "seconds": {k: round(v, 5) for k, v in seconds.items()},
                            "flops": flops}
     s = seconds
-    if "ours" in s and "reference" in s:
-        out["speedup_vs_reference"] = round(s["reference"] / s["ours"], 3)
-    if "ours_bf16" in s and "reference" in s:
-        out["bf16_speedup_vs_reference"] = round(s["reference"] / s["ours_bf16"], 3)
-    if "ours_bf16" in s and "ours" in s:
-        out["bf16_speedup_vs_fp32"] = round(s["ours"] / s["ours_bf16"], 3)
-    if "masked" in s and "ours" in s:
-        out["frozen_skip_speedup"] = round(s["masked"] / s["ours"], 3)
-    if "compiled" in s and "ours" in s:
-        out["compiled_speedup_vs_ours"] = round(s["ours"] / s["compiled"], 3)
-    if "full" in s and "ours" in s:
-        out["bn_only_speedup_vs_full"] = round(s["full"] / s["ours"], 3)
+    for key, slower, faster in SPEEDUPS:
+        if slower in s and faster in s:
+            out[key] = round(s[slower] / s[faster], 3)
     if "ours" in flops:
         out["ours_gflops_per_s"] = round(flops["ours"] / s["ours"] / 1e9, 3)
     if shares:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sweeper.errors import SweeperError
+from sweeper.imagenet_stream import imagenet_base, stream_imagenet
 from sweeper.registry import Registry
 
 DATA_ROOT_ENV = "SWEEPER_DATA_ROOT"
@@ -172,8 +173,6 @@ def _imagefolder_arrays(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _load_imagenet(root: Path | None, download: bool) -> Arrays:
-    from sweeper.imagenet_stream import imagenet_base
-
     assert root is not None
     base = imagenet_base(root)
     x_tr, y_tr, classes = _imagefolder_arrays(base / "train", IMAGENET_SIZE)
@@ -191,18 +190,6 @@ DATASETS.add(
 )
 
 
-def _imagenet_base(root: Path) -> Path:
-    from sweeper.imagenet_stream import imagenet_base
-
-    return imagenet_base(root)
-
-
-def _stream_imagenet(spec, root, device, channels_last, workers):
-    from sweeper.imagenet_stream import stream_imagenet
-
-    return stream_imagenet(spec, root, device, channels_last, workers)
-
-
 def _not_in_memory(root: Path | None, download: bool) -> Arrays:
     raise SweeperError("imagenet224 is streamed from disk, never held in memory as arrays; only the "
                        "train experiment reads it (the construction needs an in-memory dataset: imagenet, "
@@ -214,7 +201,7 @@ DATASETS.add(
     Dataset(_not_in_memory, 1000, (3, 224, 224), True,
             "full-resolution ImageNet from an ImageFolder root (train/, val/), streamed: "
             "RandomResizedCrop(224) + flip, evaluation Resize(256) + CenterCrop(224)",
-            stream=_stream_imagenet, check=lambda root: _imagenet_base(root)),
+            stream=stream_imagenet, check=imagenet_base),
     "imagenet-full",
 )
 

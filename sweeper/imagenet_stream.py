@@ -100,7 +100,6 @@ class StreamBatches:
     def __init__(self, images, indices: torch.Tensor, batch_size: int, steps: list, device,
                  channels_last: bool, workers: int):
         self.data = SeededImages(images, indices, _finish(steps))
-        self.labels = torch.tensor([self.data.images.targets[i] for i in self.data.indices], dtype=torch.long)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.channels_last = channels_last
@@ -112,6 +111,10 @@ class StreamBatches:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([self.data.images.targets[i] for i in self.data.indices], dtype=torch.long)
 
     def num_batches(self, drop_last: bool) -> int:
         n = len(self.data) // self.batch_size

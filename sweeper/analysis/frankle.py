@@ -325,7 +325,8 @@ def gamma_table(tables, trials: pd.DataFrame) -> pd.DataFrame:
     bn = columns(tables, "bn", GAMMA_COLUMNS)
     if bn.empty or not set(GAMMA_COLUMNS) <= set(bn):
         return pd.DataFrame()
-    return bn[bn["trial_id"].isin(trials["trial_id"])].reset_index(drop=True)
+    keep = bn["trial_id"].isin(trials["trial_id"])
+    return bn if keep.all() else bn[keep].reset_index(drop=True)  # no 8M-row copy when all are wanted
 
 
 def gamma_moved(bn: pd.DataFrame) -> pd.Index:
