@@ -9,6 +9,11 @@ import pytest
 # A fresh local cluster turns token auth on and writes ~/.ray/auth_token; tests need neither.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# Credentials for the S3 test server (moto accepts any). Set before any Ray cluster starts, so
+# every worker process inherits them, as nodes of a real cluster get theirs from the environment.
+for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                     ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+    os.environ.setdefault(_key, _value)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_ROOT = REPO.parent / "shared" / "data" / "cifar10"
@@ -41,3 +46,47 @@ def cifar_root() -> Path:
     if not (CIFAR_ROOT / "cifar-10-batches-py" / "data_batch_1").exists():
         pytest.skip("../shared/data/cifar10 is not beside this checkout")
     return CIFAR_ROOT
+
+
+class S3Server:
+    """moto's standalone server: a real S3-protocol endpoint on a loopback port."""
+
+    def __init__(self, server, endpoint: str):
+        self.server, self.endpoint = server, endpoint
+
+    def uri(self, bucket: str, prefix: str = "") -> str:
+        """The pyarrow URI form that carries the endpoint (no environment needed on the nodes)."""
+        path = f"{bucket}/{prefix}".rstrip("/")
+        return f"s3://{path}?endpoint_override={self.endpoint}&scheme=http"
+
+    def create_bucket(self, name: str) -> None:
+        import pyarrow.fs as pafs
+
+        fs = pafs.S3FileSystem(endpoint_override=self.endpoint, scheme="http", allow_bucket_creation=True,
+                               access_key="testing", secret_key="testing", region="us-east-1")
+        fs.create_dir(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One S3 test server per session (moto's ThreadedMotoServer on a free loopback port)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Server(server, f"{host}:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server, request) -> str:
+    """A store URI in a fresh bucket of its own: s3://BUCKET/sweeps?endpoint_override=...&scheme=http."""
+    import re
+    import uuid
+
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    s3_server.create_bucket(bucket)
+    return s3_server.uri(bucket, "sweeps")
