@@ -230,12 +230,8 @@ def render(args, study_path: Path, job_name: str, log_dir: str) -> str:
         "EXIT_NO_CLUSTER": str(EXIT_NO_CLUSTER),
         "EXIT_SIGNAL": str(EXIT_SIGNAL),
     }
-    text = TEMPLATE
-    for key, value in values.items():
-        text = text.replace("@" + key + "@", value)
-    leftover = re.findall(r"@[A-Z_]+@", text)
-    assert not leftover, leftover  # a placeholder without a value is a bug of ours
-    return text
+    # One pass: a value (a --setup line, a path) is never searched for placeholders itself.
+    return re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], TEMPLATE)
 
 
 def _version() -> str:
@@ -344,6 +340,10 @@ mkdir -p "$JOB_LOGS" "$SWEEPER_RAY_TMPDIR" || exit 2
 # -- the head ------------------------------------------------------------------------------------
 HEAD_IP=${SWEEPER_HEAD_IP:-$(python -m sweeper.slurm node-ip)}
 read -r PORT_A PORT_B PORT_C PORT_D < <(python -m sweeper.slurm free-ports 4)
+if [ -z "$HEAD_IP" ] || [ -z "$PORT_D" ]; then
+  echo "sweeper-slurm: error: 'python -m sweeper.slurm' fails on $HEAD_NODE: is the project's environment on PATH? (--setup)" >&2
+  exit 2
+fi
 RAY_PORT=${SWEEPER_RAY_PORT:-$PORT_A}
 DASHBOARD_PORT=${SWEEPER_DASHBOARD_PORT:-$PORT_B}
 CLIENT_PORT=${SWEEPER_CLIENT_PORT:-$PORT_C}
@@ -364,24 +364,25 @@ run python -m sweeper.slurm wait --address "$SWEEPER_HEAD_ADDRESS" --nodes 0 --p
   --timeout "${SWEEPER_NODE_WAIT:-300}" || exit @EXIT_NO_CLUSTER@
 
 # -- the workers: one srun step per other node -----------------------------------------------------
-sweeper_ray_worker() {  # runs on a worker node, inside its srun step
-  local agent_port pid
-  agent_port=${SWEEPER_AGENT_PORT:-$(python -m sweeper.slurm free-ports 1)}
-  mkdir -p "$SWEEPER_RAY_TMPDIR"
-  # shellcheck disable=SC2086
-  ray start --address="$SWEEPER_HEAD_ADDRESS" --block --temp-dir="$SWEEPER_RAY_TMPDIR" \
-    --num-cpus="$SWEEPER_CPUS" --num-gpus="$SWEEPER_GPUS" --dashboard-agent-listen-port="$agent_port" \
-    ${SWEEPER_RAY_START_ARGS:-} &
-  pid=$!
-  trap 'kill -TERM $pid 2>/dev/null' TERM INT
-  wait "$pid"; wait "$pid"  # the first wait returns early when the trap runs
-  rm -rf "$SWEEPER_RAY_TMPDIR"
-}
-export -f sweeper_ray_worker
+# What each worker node runs inside its srun step.  Passed as text rather than as an exported
+# bash function: srun hands every environment variable to the step, and this needs nothing else.
+WORKER_SCRIPT=$(cat <<'EOF'
+agent_port=${SWEEPER_AGENT_PORT:-$(python -m sweeper.slurm free-ports 1)}
+mkdir -p "$SWEEPER_RAY_TMPDIR"
+# shellcheck disable=SC2086  # SWEEPER_RAY_START_ARGS is a list of options
+ray start --address="$SWEEPER_HEAD_ADDRESS" --block --temp-dir="$SWEEPER_RAY_TMPDIR" \
+  --num-cpus="$SWEEPER_CPUS" --num-gpus="$SWEEPER_GPUS" --dashboard-agent-listen-port="$agent_port" \
+  ${SWEEPER_RAY_START_ARGS:-} &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null' TERM INT
+wait "$pid"; wait "$pid"  # the first wait returns early when the trap runs
+rm -rf "$SWEEPER_RAY_TMPDIR"
+EOF
+)
 for node in "${WORKER_NODES[@]}"; do
   # shellcheck disable=SC2086  # GPU_STEP is one option or none
   srun --nodes=1 --ntasks=1 --cpus-per-task="$SWEEPER_CPUS" $GPU_STEP -w "$node" \
-    bash -c sweeper_ray_worker >"$JOB_LOGS/ray-worker-$node.log" 2>&1 &
+    bash -c "$WORKER_SCRIPT" >"$JOB_LOGS/ray-worker-$node.log" 2>&1 &
   WORKER_PIDS+=($!)
 done
 run python -m sweeper.slurm wait --address "$SWEEPER_HEAD_ADDRESS" --nodes "$NNODES" --pid "$HEAD_PID" \

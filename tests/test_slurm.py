@@ -196,7 +196,7 @@ def ray_tmpdir():
             os.kill(int(line.split()[0]), signal.SIGKILL)
         except (ProcessLookupError, ValueError):
             pass
-    subprocess.run(["rm", "-rf", path])
+    subprocess.run(["rm", "-rf", path, path + "-node002"])
 
 
 def write_job(study: Path, tmp_path: Path, store: Path) -> Path:
@@ -226,10 +226,37 @@ def assert_cleaned_up(tmpdir: str, out: str):
     assert not current.exists() or current.read_text().strip() != address
 
 
+STAND_INS = {
+    # scontrol: the allocation's node names
+    "scontrol": """#!/bin/bash
+[ "$1 $2" = "show hostnames" ] && printf 'node001\\nnode002\\n'
+""",
+    # srun: runs the step here, as node -w would, with that node's own /tmp for Ray
+    "srun": """#!/bin/bash
+echo "$@" >> "$SRUN_CALLS"
+node=
+while [ $# -gt 0 ]; do
+  case $1 in -w) node=$2; shift 2 ;; --*) shift ;; *) break ;; esac
+done
+export SWEEPER_RAY_TMPDIR=$SWEEPER_RAY_TMPDIR-$node
+exec "$@"
+""",
+}
+
+
+def stand_ins(tmp_path: Path) -> Path:
+    bindir = tmp_path / "slurm-bin"
+    bindir.mkdir()
+    for name, text in STAND_INS.items():
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    return bindir
+
+
 def test_time_limit_kill_then_resubmission_runs_only_the_missing_trials(study, tmp_path, ray_tmpdir):
     store = tmp_path / "store"
     job = write_job(study, tmp_path, store)
-    # One CPU: the trials run one after another, so the kill lands between them.
+    # One node, one CPU: the trials run one after another, so the kill lands between them.
     first = subprocess.Popen(["bash", str(job)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env=slurm_env(101, 1, ray_tmpdir), cwd=tmp_path, start_new_session=True)
     deadline = time.time() + 300
@@ -244,29 +271,50 @@ def test_time_limit_kill_then_resubmission_runs_only_the_missing_trials(study, t
     assert (tmp_path / "logs" / "101" / "ray-head-node001.log").exists()  # a log per node
     committed = trial_files(store)
 
-    # Resubmitted (a new job id), it runs what the first job did not finish, to the end.
-    second = subprocess.run(["bash", str(job)], capture_output=True, text=True,
-                            env=slurm_env(102, 2, ray_tmpdir), cwd=tmp_path, timeout=400)
+    # Resubmitted (a new job id), it runs what the first job did not finish, to the end. This
+    # allocation has two nodes: the multi-node path, with stand-ins for srun and scontrol that run
+    # the worker's step on this machine (what SLURM itself does with a step, resource binding and
+    # signal forwarding, is not tested here).
+    env = {**slurm_env(102, 1, ray_tmpdir), "SLURM_NNODES": "2", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_JOB_NODELIST": "node[001-002]", "PATH": f"{stand_ins(tmp_path)}:/usr/bin:/bin",
+           "SRUN_CALLS": str(tmp_path / "srun-calls"),
+           "SWEEPER_RAY_START_ARGS": "--object-store-memory=100000000"}  # two raylets on one small host
+    second = subprocess.run(["bash", str(job)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out
-    assert "1 of 1 node(s) up" in out
+    assert "2 of 2 node(s) up" in out and "'CPU': 2.0" in out  # the worker joined with its CPU
     assert f"{2 - len(committed)} ran and done, 0 failed, 0 missing, {len(committed)} skipped" in out
     trials = pd.read_parquet(store / "tiny" / "trials")
     assert len(trials) == 2 and trials["trial_id"].is_unique and trials["status"].eq("done").all()
-    assert_cleaned_up(ray_tmpdir, out)
+    calls = (tmp_path / "srun-calls").read_text()
+    assert calls.startswith("--nodes=1 --ntasks=1 --cpus-per-task=1 -w node002 bash -c ")
+    assert calls.count(" -w ") == 1  # one step, for the one other node
+    assert (tmp_path / "logs" / "102" / "ray-worker-node002.log").exists()
     assert "job exits with status 0" in out
+    assert_cleaned_up(ray_tmpdir, out)
+    assert not os.path.exists(ray_tmpdir + "-node002")  # the worker removed its own temp dir
 
 
 def test_a_failing_sweep_fails_the_job(tmp_path, ray_tmpdir):
-    study = tmp_path / "tiny.py"
-    study.write_text(TINY % {"lr": 1e30})  # every trial diverges
-    store = tmp_path / "store"
-    job = write_job(study, tmp_path, store)
-    r = subprocess.run(["bash", str(job)], capture_output=True, text=True, env=slurm_env(103, 2, ray_tmpdir),
-                       cwd=tmp_path, timeout=400)
-    out = r.stdout + r.stderr
-    assert r.returncode == 1, out
-    assert "0 ran and done, 2 failed" in out and "job exits with status 1" in out
+    study = tmp_path / "inet.py"
+    study.write_text(textwrap.dedent("""
+        from sweeper import Study
+        study = Study(name="inet", dataset="imagenet", axes={"trainable": ["bn"]},
+                      recipe={"model": "resnet-8-4", "epochs": 1})
+    """))
+    (tmp_path / "empty").mkdir()
+    r = slurm(study, *GOOD, "--store", tmp_path / "store", "--log-dir", tmp_path / "logs",
+              "--token-file", tmp_path / "token", "--data-root", tmp_path / "empty", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job = tmp_path / "job.sbatch"
+    job.write_text(r.stdout)
+    run = subprocess.run(["bash", str(job)], capture_output=True, text=True, env=slurm_env(103, 2, ray_tmpdir),
+                         cwd=tmp_path, timeout=400)
+    out = run.stdout + run.stderr
+    # `sweeper run` refuses (no ImageNet under --data-root: status 2) after Ray came up; the job
+    # ends with that status, and the Ray it started is gone.
+    assert run.returncode == 2, out
+    assert "no ImageNet under" in out and "job exits with status 2" in out
     assert_cleaned_up(ray_tmpdir, out)
 
 
