@@ -131,6 +131,8 @@ def _check(args) -> None:
     for line in args.setup:
         if any(c in line for c in "\n\r"):
             raise SweeperError("one shell line per --setup (repeat the flag for more)", "--setup")
+    if re.search(r"\s", _absolute(args.log_dir)):  # on the #SBATCH --output line, which a space ends
+        raise SweeperError(f"must not contain spaces, got {_absolute(args.log_dir)!r}", "--log-dir")
     if args.max_failures is not None and args.max_failures < 0:
         raise SweeperError(f"must be at least 0, got {args.max_failures}", "--max-failures")
 

@@ -121,6 +121,7 @@ GOOD = ["--nodes", "1", "--gpus-per-node", "0", "--cpus-per-node", "2", "--time"
     ({"--cpus-per-trial": "4"}, "--cpus-per-trial: a trial asks for 4 CPUs but a node has 2"),
     ({"--gpus-per-trial": "0.5"}, "--gpus-per-trial: a trial asks for 0.5 GPUs but a node has 0"),
     ({"--gpu-type": "a100"}, "--gpu-type: names a GPU type but --gpus-per-node is 0"),
+    ({"--max-failures": "-1"}, "--max-failures: must be at least 0"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(study, tmp_path, capsys, change, where):
     argv = dict(zip(GOOD[::2], GOOD[1::2]))
@@ -131,6 +132,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(study, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and where in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "logs").exists() and not (tmp_path / "token").exists()
+
+
+def test_a_log_folder_with_spaces_is_refused(study, tmp_path, capsys):
+    code = cli.main(["slurm", str(study), *GOOD, "--store", str(tmp_path / "s"), "--log-dir", str(tmp_path / "my logs")])
+    assert code == 2 and "--log-dir: must not contain spaces" in capsys.readouterr().err
+    assert not (tmp_path / "my logs").exists()
 
 
 def test_bad_study_and_missing_sbatch_are_refused(tmp_path, capsys):
