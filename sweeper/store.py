@@ -361,6 +361,12 @@ class Store:
             and not i.base_name.startswith((".", "_"))
         )
 
+    def _store_failed(self, e: Exception) -> bool:
+        """Whether a failed read is the object store failing (still down after its retries), not a
+        damaged file (Parquet's own errors are ArrowInvalid). That must stop the command: calling
+        the file corrupt would rerun a done trial, or let a lost trial's failed row replace it."""
+        return not self.local and isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
+
     def _readable(self, paths: list[str]) -> tuple[list[str], list[pa.Schema], list[str]]:
         good, schemas, bad = [], [], []
         for p in paths:
@@ -368,7 +374,9 @@ class Store:
                 with self.fs.open_input_file(p) as f:
                     schemas.append(pq.read_schema(f))
                 good.append(p)
-            except Exception:  # truncated or not Parquet: its trial is rerun, never silently dropped
+            except Exception as e:  # truncated or not Parquet: its trial is rerun, never silently dropped
+                if self._store_failed(e):
+                    raise
                 bad.append(p)
         return good, schemas, bad
 
@@ -385,7 +393,9 @@ class Store:
                         stopped.add(tid)
                     else:
                         failed[tid] = error or ""
-            except Exception:
+            except Exception as e:
+                if self._store_failed(e):
+                    raise
                 corrupt.append(p)
         return TrialStatus(done, failed, corrupt, stopped)
 
@@ -395,7 +405,9 @@ class Store:
         try:
             with self.fs.open_input_file(path) as f:
                 rows = pq.read_table(f).to_pylist()
-        except Exception:
+        except Exception as e:
+            if self._store_failed(e):
+                raise
             return None
         return rows[0] if rows else None
 
