@@ -116,17 +116,25 @@ def cmd_run(args) -> int:
     )
     print(
         f"{study.name}: {summary.done} ran and done, {len(summary.failed)} failed, {summary.missing} missing, "
-        f"{summary.skipped} skipped (already done) in {summary.seconds:.1f} s; results in {store.path(study.name)}"
+        f"{summary.skipped} skipped (already done) in {summary.seconds:.1f} s; results in {store.url(study.name)}"
     )
     for tid, error in list(summary.failed.items())[:10]:
         print(f"  failed {tid}: {error.splitlines()[0] if error else ''}")
-    if not args.no_figures and store.local:
+    if not args.no_figures:
         from sweeper.analysis.draw import draw_study
 
+        # An object store's figures are drawn into a local folder (named below) and copied to it.
         drawn = draw_study(store, study.name, names=study.figures or None)
         for key, files in drawn.written.items():
             print(f"  figure {key}: {files[0]}")
+        _say_where(drawn)
     return 0 if summary.ok else 1
+
+
+def _say_where(drawn) -> None:
+    """For figures of an object store: the local folder they were drawn into, and the copy's."""
+    for study, url in sorted(drawn.copied.items()):
+        print(f"  figures of {study} drawn locally in {drawn.folders[study]} and copied to {url}")
 
 
 # -- params --------------------------------------------------------------------------------------
@@ -158,6 +166,7 @@ def cmd_figures(args) -> int:
     from sweeper.store import Store
 
     store = Store(args.store)
+    store.check_reachable()  # an object store: one line within seconds when it cannot be read
     if not store.studies():
         raise SweeperError("no study results here", args.store)
     drawn = draw_store(store, Path(args.out) if args.out else None, args.study or None)
@@ -165,6 +174,7 @@ def cmd_figures(args) -> int:
         print(f"drew    {key}: {', '.join(str(f) for f in files)}")
     for key, why in sorted(drawn.skipped.items()):
         print(f"skipped {key}: {why}")
+    _say_where(drawn)
     return 0
 
 
@@ -173,6 +183,7 @@ def cmd_status(args) -> int:
     from sweeper.store import Store
 
     store = Store(args.store)
+    store.check_reachable()
     planned: dict[str, set[str]] = {}
     for path in args.studies:
         from sweeper.study import load_study
@@ -232,7 +243,8 @@ def build_parser() -> Parser:
 
     figures = sub.add_parser("figures", help="redraw every figure a store has data for")
     figures.add_argument("store")
-    figures.add_argument("--out", default=None, help="folder (default: <store>/<study>/figures)")
+    figures.add_argument("--out", default=None, help="folder (default: <store>/<study>/figures; for an "
+                         "s3:// or gs:// store ./figures/<bucket>/<prefix>/<study>, copied to the store)")
     figures.add_argument("--study", action="append", help="only this study (repeatable)")
     figures.set_defaults(fn=cmd_figures)
 

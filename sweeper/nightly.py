@@ -41,6 +41,9 @@ from sweeper.store import Store
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_REGRESSION = 0, 1, 2, 3, 4
 LOCK = "nightly.lock"
 _GUARD_STALE_SECONDS = 60.0  # a take-over guard this old was left by a process that died mid-way
+# On an object store the lock is written, then read back now and again this much later: of two
+# nightlies that both found no lock, the later write wins and the earlier writer sees it in time.
+REMOTE_SETTLE_SECONDS = 2.0
 
 
 # -- the lock ----------------------------------------------------------------------------------
@@ -108,8 +111,11 @@ class Holder:
 
 class NightlyLock:
     """`<store>/reports/nightly.lock`, created with O_CREAT|O_EXCL on a local store (atomic: of
-    two nightlies exactly one creates it). On an object store, where no atomic create exists,
-    it is checked, written and read back: enough for a cron job that runs once a day.
+    two nightlies exactly one creates it). On an object store, where pyarrow offers no atomic
+    create, it is checked, written, and read back twice, REMOTE_SETTLE_SECONDS apart: two nightlies
+    that both found no lock both write it, the later write wins, and the earlier writer sees the
+    later one's lock on its second read and exits. Only a nightly that stalled for longer than the
+    settle time between its look and its write could slip through: enough for a daily cron job.
 
     The file holds the holder's pid, host and start time. A lock whose holder ran on this host and
     is gone (killed -9, a reboot) is stale: the next nightly takes it over, saying so."""
@@ -117,6 +123,7 @@ class NightlyLock:
     def __init__(self, store: Store, say: Callable[[str], None] = print):
         self.store, self.say = store, say
         self.path = store.path(rp.REPORTS, LOCK)
+        self.shown = store.url(rp.REPORTS, LOCK)  # the path as the user names it (s3://...)
         self.me: Holder | None = None
 
     def __enter__(self) -> "NightlyLock":
@@ -128,7 +135,7 @@ class NightlyLock:
 
     def _held(self, holder: Holder | None) -> LockHeld:
         who = holder.describe() if holder else "holder unknown (the file is empty or unreadable)"
-        return LockHeld(f"another nightly holds the lock {self.path} ({who}); exiting. "
+        return LockHeld(f"another nightly holds the lock {self.shown} ({who}); exiting. "
                         f"If no nightly runs, delete that file.", "nightly")
 
     def acquire(self) -> None:
@@ -194,12 +201,18 @@ class NightlyLock:
             holder = self._read_holder()
             if holder is None or not holder.stale():
                 raise self._held(holder)
-            self.store.fs.delete_file(self.path)
-            self.say(f"sweeper nightly: took over the stale lock {self.path} ({holder.describe()})")
+            try:
+                self.store.fs.delete_file(self.path)
+            except FileNotFoundError:  # another nightly took it over first: the read-backs decide
+                pass
+            self.say(f"sweeper nightly: took over the stale lock {self.shown} "
+                     f"({holder.describe()}: no such process on this host)")
         self.store.write_bytes(self.path, me.dumps())
-        holder = self._read_holder()
-        if holder is None or holder.token != me.token:
-            raise self._held(holder)
+        for pause in (0.0, REMOTE_SETTLE_SECONDS):
+            time.sleep(pause)
+            holder = self._read_holder()
+            if holder is None or holder.token != me.token:  # another nightly wrote after us: it holds
+                raise self._held(holder)
         self.me = me
 
     def release(self) -> None:

@@ -298,7 +298,7 @@ def run_study(
             ),
             run_config=tune.RunConfig(
                 name=f"sweep-{int(time.time())}",
-                storage_path=store.path(study.name, "_tune"),
+                **store.tune_storage(study.name),  # storage_path, and an object store's filesystem
                 verbose=0,
                 callbacks=[_progress_callback(len(todo), summary.skipped, say, metric)],
                 failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -402,7 +402,7 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
             ),
             run_config=tune.RunConfig(
                 name=f"search-{search_id}-{int(time.time())}",
-                storage_path=store.path(study.name, "_tune"),
+                **store.tune_storage(study.name),
                 verbose=0,
                 callbacks=[_progress_callback(search.num_samples, 0, say, search.metric)],
                 failure_config=tune.FailureConfig(max_failures=max_failures),

@@ -54,21 +54,40 @@ class LazyTables(Mapping):
 class Drawn:
     written: dict[str, list[Path]] = field(default_factory=dict)  # "study/figure" -> files
     skipped: dict[str, str] = field(default_factory=dict)  # "study/figure" -> why
+    folders: dict[str, Path] = field(default_factory=dict)  # study -> the local folder drawn into
+    copied: dict[str, str] = field(default_factory=dict)  # study -> the object store folder it went to
+
+
+def local_folder(store: Store, study: str) -> Path:
+    """Where a study's figures are drawn when no folder is named. A local store keeps them in
+    `<store>/<study>/figures`. matplotlib writes local files, so for an object store it is a local
+    folder named after the store, `./figures/<bucket>/<prefix>/<study>` (never a folder named after
+    the bare bucket), and `draw_study` copies the files into the store's `<study>/figures` after."""
+    if store.local:
+        return Path(store.path(study, "figures"))
+    parts = [p for p in store.root.split("/") if p not in ("", ".", "..")]
+    return Path("figures", *parts, study).resolve()
 
 
 def draw_study(store: Store, study: str, out: Path | None = None, names: list[str] | None = None) -> Drawn:
     """Draw `names` (default: every registered figure) for one study into `out` (default
-    `<store>/<study>/figures`, which needs a local store)."""
-    out = Path(out) if out else Path(store.path(study, "figures"))
+    `local_folder`; for an object store the files are then copied into `<store>/<study>/figures`)."""
+    publish = out is None and not store.local
+    out = Path(out) if out else local_folder(store, study)
     registry = figures()
     tables = LazyTables(store, study)
-    drawn = Drawn()
+    drawn = Drawn(folders={study: out})
     for name in names or registry.names():
         files = registry[name](tables, out)
         if files:
             drawn.written[f"{study}/{name}"] = files
         else:
             drawn.skipped[f"{study}/{name}"] = "no data for it in this study"
+    if publish and drawn.written:
+        for files in drawn.written.values():
+            for f in files:
+                store.write_bytes(store.path(study, "figures", *Path(f).relative_to(out).parts), Path(f).read_bytes())
+        drawn.copied[study] = store.url(study, "figures")
     return drawn
 
 
@@ -78,4 +97,6 @@ def draw_store(store: Store, out: Path | None = None, studies: list[str] | None 
         d = draw_study(store, study, Path(out) / study if out else None)
         total.written.update(d.written)
         total.skipped.update(d.skipped)
+        total.folders.update(d.folders)
+        total.copied.update(d.copied)
     return total
