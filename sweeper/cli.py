@@ -131,8 +131,8 @@ def cmd_run(args) -> int:
 
 # -- params --------------------------------------------------------------------------------------
 def cmd_params(args) -> int:
-    from sweeper.params import GROUPS, count
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.model import GROUPS, count
+    from sweeper.experiments.train.spec import TrainSpec
 
     out = {}
     for name in args.models:

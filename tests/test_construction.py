@@ -10,7 +10,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from sweeper import construction as C
+from sweeper.experiments.construction import run as C
 from sweeper.analysis import construction as AC
 from sweeper.errors import SweeperError
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweeper.analysis import decomposed as figs
-from sweeper.decomposed import (
+from sweeper.experiments.decomposed.run import (
     DecomposedMLP,
     DecomposedNorm,
     ROW_COLUMNS,

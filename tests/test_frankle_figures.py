@@ -14,7 +14,7 @@ from sweeper.analysis import frankle
 from sweeper.analysis.draw import LazyTables, draw_study
 from sweeper.store import Store
 from sweeper.study import load_study
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.spec import TrainSpec
 from sweeper.trial import TrialContext, execute
 
 from conftest import REPO

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from sweeper import subsets
+from sweeper.experiments.train import subsets
 from sweeper.nn.init import initialise
-from sweeper.params import build_model, count
-from sweeper.train import run_trial
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.model import build_model, count
+from sweeper.experiments.train.loop import run_trial
+from sweeper.experiments.train.spec import TrainSpec
 
 BASE = {"dataset": "digits", "model": "resnet-8-4", "epochs": 2, "batch_size": 128, "augment": "none",
         "momentum": 0.9, "weight_decay": 5e-3, "lr": 0.1, "measure": []}

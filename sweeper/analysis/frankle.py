@@ -28,7 +28,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sweeper.analysis.join import columns, per_trial_means, with_trials
 from sweeper.analysis.style import done, mean_std, plt, save
-from sweeper.train_spec import TrainSpec  # a dataclass only: importing it loads no torch
+from sweeper.experiments.train.spec import TrainSpec  # a dataclass only: importing it loads no torch
 
 # -- conventions shared by every figure -----------------------------------------------------------
 SUBSET_ORDER = ("all", "all-but-bn", "bn", "bn+output", "output", "random", "shortcut", "none")

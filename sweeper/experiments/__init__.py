@@ -51,8 +51,8 @@ EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 EXPERIMENTS.add(
     "train",
     Experiment(
-        "sweeper.train_spec:TrainSpec",
-        "sweeper.train:run_trial",
+        "sweeper.experiments.train.spec:TrainSpec",
+        "sweeper.experiments.train.loop:run_trial",
         {
             "model": str,
             "test_acc": float,
@@ -79,8 +79,8 @@ def _register_science() -> None:
     EXPERIMENTS.add(
         "decomposed",
         Experiment(
-            "sweeper.decomposed:DecomposedSpec",
-            "sweeper.decomposed:run",
+            "sweeper.experiments.decomposed.run:DecomposedSpec",
+            "sweeper.experiments.decomposed.run:run",
             {},  # filled from sweeper.decomposed.ROW_COLUMNS on first use
             "a deep random network with BN split into recentering, rescaling and the non-linearity, "
             "at initialisation (Nachum et al. 2024; Daneshmand et al. 2021)",
@@ -89,8 +89,8 @@ def _register_science() -> None:
     EXPERIMENTS.add(
         "construction",
         Experiment(
-            "sweeper.construction:ConstructionSpec",
-            "sweeper.construction:run",
+            "sweeper.experiments.construction.run:ConstructionSpec",
+            "sweeper.experiments.construction.run:run",
             {},  # sweeper.construction.ROW_COLUMNS
             "solve for the γ/β that make a random source network reproduce a target (Burkholz 2024), "
             "beside BN-only SGD on the same random weights",

@@ -8,12 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sweeper import subsets
+from sweeper.experiments.train import subsets
 from sweeper.data import DATASETS
 from sweeper.models import FAMILIES
 from sweeper.nn.activations import ACTIVATIONS
 from sweeper.nn.norms import norm_factory
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.spec import TrainSpec
 
 GROUPS = ("total", "batchnorm", "output", "shortcut")
 

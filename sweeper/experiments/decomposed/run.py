@@ -406,8 +406,8 @@ def inputs(spec: DecomposedSpec, data_root: str | None = None) -> torch.Tensor:
 
 
 #: the typed result columns `run` adds to the trial's `trials` row (for the experiment registry):
-#: EXPERIMENTS.add("decomposed", Experiment("sweeper.decomposed:DecomposedSpec",
-#:                                          "sweeper.decomposed:run", ROW_COLUMNS, ...))
+#: EXPERIMENTS.add("decomposed", Experiment("sweeper.experiments.decomposed.run:DecomposedSpec",
+#:                                          "sweeper.experiments.decomposed.run:run", ROW_COLUMNS, ...))
 ROW_COLUMNS: dict[str, type] = {
     **{f"final_{k}": float for k in METRIC_COLUMNS},
     "final_outlier_index": int,

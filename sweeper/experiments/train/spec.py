@@ -81,12 +81,12 @@ class TrainSpec(Spec):
 
     def resolve(self) -> "TrainSpec":
         from sweeper.data import AUGMENTATIONS, DATASETS
-        from sweeper.measures import MEASUREMENTS
+        from sweeper.experiments.train.measures import MEASUREMENTS
         from sweeper.models import FAMILIES
         from sweeper.nn.activations import ACTIVATIONS
         from sweeper.nn.init import BN_INITS, canonical_weight_init
         from sweeper.nn.norms import canonical_norm
-        from sweeper.subsets import SUBSETS
+        from sweeper.experiments.train.subsets import SUBSETS
 
         def named(field: str, fn):
             try:
@@ -161,7 +161,7 @@ class TrainSpec(Spec):
                 f"thresholds on |γ| must be non-negative, got {self.clamp_thresholds!r}", "clamp_thresholds"
             )
         if self.trainable == "random":
-            from sweeper.params import min_fan_in
+            from sweeper.experiments.train.model import min_fan_in
 
             fan_in = min_fan_in(self)
             if not 1 <= self.random_k <= fan_in:

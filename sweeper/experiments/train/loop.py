@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper import subsets
+from sweeper.experiments.train import subsets
 from sweeper.data import DATASETS, Batches, balanced_subset, channel_stats, load_arrays, require_root
-from sweeper.measures import MEASUREMENTS, Context, norm_layers, snapshot_norms
+from sweeper.experiments.train.measures import MEASUREMENTS, Context, norm_layers, snapshot_norms
 from sweeper.nn.init import initialise
-from sweeper.params import build_model, count_groups
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.model import build_model, count_groups
+from sweeper.experiments.train.spec import TrainSpec
 from sweeper.trial import TrialResult
 
 OnEpoch = Callable[[int, dict[str, float], Callable[[], dict[str, Any]]], None]
