@@ -310,7 +310,7 @@ def sweeper_step(model, optimizer, masks, spec, precision: str = "fp32") -> Call
     import torch.nn.functional as F
 
     from sweeper.experiments.train import subsets
-    from sweeper.experiments.train.loop import _autocast
+    from sweeper.experiments.train.loop import autocast as _autocast
 
     device = torch.device("cpu")
     spec = spec if precision == spec.precision else _with_precision(spec, precision)
@@ -516,7 +516,7 @@ def measure_data_fraction(data_root: str | None = None, train_size: int = 2560, 
     import torch
 
     from sweeper.data import load_arrays
-    from sweeper.experiments.train.loop import _epoch_generator, prepare_data
+    from sweeper.experiments.train.loop import epoch_generator as _epoch_generator, prepare_data
     from sweeper.experiments.train.spec import TrainSpec
 
     root = resolve_cifar_root(data_root)
@@ -566,8 +566,9 @@ def generate_store(root: str | os.PathLike, trials: int = 1000, model: str = "re
     import numpy as np
     import pandas as pd
 
-    from sweeper.experiments.train.measures import norm_layers, position
-    from sweeper.experiments.train.model import build_model, count_groups
+    from sweeper.experiments.train.model import build_model
+    from sweeper.models.params import count_groups
+    from sweeper.models.roles import norm_layers, position
     from sweeper.store import Store
     from sweeper.experiments.train.spec import TrainSpec
     from sweeper.trial import now

@@ -1,4 +1,4 @@
-"""Building a spec's model and counting its parameters by group (Frankle et al.'s Table 1).
+"""The network of a training spec, and its parameter counts by group plus the trainable count.
 
 Counting builds the model on PyTorch's meta device: shapes without storage, so even an ImageNet
 ResNet-200 is counted in milliseconds and without memory.
@@ -8,48 +8,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sweeper.experiments.train import subsets
 from sweeper.data import DATASETS
+from sweeper.experiments.train import subsets
 from sweeper.models import FAMILIES
-from sweeper.nn.activations import ACTIVATIONS
+from sweeper.models.params import count_groups
+from sweeper.models.roles import feature_weights
+from sweeper.nn.activations import activation
 from sweeper.nn.norms import norm_factory
-from sweeper.experiments.train.spec import TrainSpec
-
-GROUPS = ("total", "batchnorm", "output", "shortcut")
 
 
-def build_model(spec: TrainSpec, device: str | torch.device = "cpu", num_classes: int | None = None) -> nn.Module:
-    """The spec's network with the dataset's input channels and classes (uninitialised)."""
+def build_model(spec, device: str | torch.device = "cpu", num_classes: int | None = None) -> nn.Module:
+    """The spec's (TrainSpec) network with the dataset's input channels and classes (uninitialised)."""
     ds = DATASETS[spec.dataset]
     family = FAMILIES[spec.family]
     channels, size, _ = ds.shape
-    kwargs = dict(in_channels=channels, num_classes=num_classes or ds.num_classes)
-    if spec.family == "mlp":
-        kwargs["input_size"] = size
-    if spec.family == "resnet":
-        kwargs["residual_init"] = spec.residual_init
     with torch.device(device):
         return family.build(
             spec.depth,
             spec.width,
-            lambda: ACTIVATIONS[spec.activation](),
+            lambda: activation(spec.activation),
             norm_factory(spec.norm, family.norm_dims),
-            **kwargs,
+            in_channels=channels,
+            num_classes=num_classes or ds.num_classes,
+            input_size=size,
+            residual_init=spec.residual_init,
         )
 
 
-def count_groups(model: nn.Module) -> dict[str, int]:
-    params = dict(model.named_parameters())
-    size = lambda names: sum(params[n].numel() for n in names)  # noqa: E731
-    return {
-        "total": size(params),
-        "batchnorm": size(subsets.norm_params(model)),
-        "output": size(subsets.output_params(model)),
-        "shortcut": size(subsets.shortcut_params(model)),
-    }
-
-
-def count(spec: TrainSpec, num_classes: int | None = None) -> dict[str, int]:
+def count(spec, num_classes: int | None = None) -> dict[str, int]:
     """Parameter counts by group plus `trainable` under the spec's subset."""
     model = build_model(spec, device="meta", num_classes=num_classes)
     counts = count_groups(model)
@@ -58,7 +44,7 @@ def count(spec: TrainSpec, num_classes: int | None = None) -> dict[str, int]:
     return counts
 
 
-def min_fan_in(spec: TrainSpec) -> int:
+def min_fan_in(spec) -> int:
     model = build_model(spec, device="meta")
-    fans = [w[0].numel() for _, w in subsets.conv_params(model)]
+    fans = [w[0].numel() for _, w in feature_weights(model)]
     return min(fans) if fans else 0
