@@ -29,6 +29,7 @@ from torch import nn
 
 from sweeper import seeds
 from sweeper.experiments.construction.solve import SolveInfo, solve_linear, solve_multilinear
+from sweeper.experiments.construction.spec import ConstructionSpec
 from sweeper.nn.activations import ACTIVATIONS, activation
 from sweeper.nn.init import WEIGHT_INITS
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweeper.experiments.construction.networks import generator, logits, relative_error
+from sweeper.experiments.construction.spec import ConstructionSpec
 from sweeper.nn.norms import recalibrate
 
 
