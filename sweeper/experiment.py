@@ -37,7 +37,8 @@ class Progress:
 
     epoch: int  # epochs finished
     epochs: int  # epochs the trial trains in all (0 for a kind without epochs)
-    metrics: dict[str, Any]  # the epoch's scalars (its `curves` row); at the end, the final evaluation
+    metrics: dict[str, Any]  # the epoch's scalars (its `curves` row); at the end the final evaluation,
+    #                          or the result row of a kind without epochs
     state: Callable[[], dict[str, Any]] | None = None  # resumable state (a checkpoint); None: cannot resume
     end: bool = False
     tables: dict[str, Any] = field(default_factory=dict)  # at the end: the trial's tables; callbacks may add
