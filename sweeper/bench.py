@@ -266,11 +266,11 @@ def bn_only_model(depth: int = 14, width: int = 16, dataset: str = "cifar10", fr
     (their gradients are computed, then not applied: the masked alternative)."""
     import torch
 
-    from sweeper import subsets
+    from sweeper.experiments.train import subsets
     from sweeper.nn.init import initialise
-    from sweeper.params import build_model
-    from sweeper.train import build_optimizer
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.model import build_model
+    from sweeper.experiments.train.loop import build_optimizer
+    from sweeper.experiments.train.spec import TrainSpec
 
     spec = TrainSpec.from_values({"model": f"resnet-{depth}", "width": width, "trainable": "bn", "dataset": dataset})
     model = build_model(spec)
@@ -290,10 +290,10 @@ def reference_model(depth: int = 14, width: int = 16, dataset: str = "cifar10"):
     every parameter requires_grad), BN-only training by optimizer parameter selection alone."""
     import torch
 
-    from sweeper import subsets
+    from sweeper.experiments.train import subsets
     from sweeper.nn.init import initialise
-    from sweeper.params import build_model
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.model import build_model
+    from sweeper.experiments.train.spec import TrainSpec
 
     spec = TrainSpec.from_values({"model": f"resnet-{depth}", "width": width, "trainable": "bn", "dataset": dataset})
     model = build_model(spec)
@@ -309,8 +309,8 @@ def sweeper_step(model, optimizer, masks, spec, precision: str = "fp32") -> Call
     import torch
     import torch.nn.functional as F
 
-    from sweeper import subsets
-    from sweeper.train import _autocast
+    from sweeper.experiments.train import subsets
+    from sweeper.experiments.train.loop import autocast as _autocast
 
     device = torch.device("cpu")
     spec = spec if precision == spec.precision else _with_precision(spec, precision)
@@ -516,8 +516,8 @@ def measure_data_fraction(data_root: str | None = None, train_size: int = 2560, 
     import torch
 
     from sweeper.data import load_arrays
-    from sweeper.train import _epoch_generator, prepare_data
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.loop import epoch_generator as _epoch_generator, prepare_data
+    from sweeper.experiments.train.spec import TrainSpec
 
     root = resolve_cifar_root(data_root)
     dataset = "cifar10" if root else "digits"
@@ -566,10 +566,11 @@ def generate_store(root: str | os.PathLike, trials: int = 1000, model: str = "re
     import numpy as np
     import pandas as pd
 
-    from sweeper.measures import norm_layers, position
-    from sweeper.params import build_model, count_groups
+    from sweeper.experiments.train.model import build_model
+    from sweeper.models.params import count_groups
+    from sweeper.models.roles import norm_layers, position
     from sweeper.store import Store
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.spec import TrainSpec
     from sweeper.trial import now
 
     store = Store(root)

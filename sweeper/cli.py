@@ -139,8 +139,10 @@ def _say_where(drawn) -> None:
 
 # -- params --------------------------------------------------------------------------------------
 def cmd_params(args) -> int:
-    from sweeper.params import GROUPS, count
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.model import count
+    from sweeper.experiments.train.spec import TrainSpec
+    from sweeper.models import FAMILIES
+    from sweeper.models.params import GROUPS
 
     out = {}
     for name in args.models:
@@ -149,7 +151,7 @@ def cmd_params(args) -> int:
         except SweeperError as e:
             raise e.at(name) from None
         # ImageNet models are counted with ImageNet's 1,000 classes unless a dataset is named.
-        classes = 1000 if spec.family == "imagenet-resnet" and args.dataset is None else None
+        classes = FAMILIES[spec.family].classes if args.dataset is None else None
         out[name] = count(spec, num_classes=classes)
     if args.json:
         print(json.dumps(out, indent=1))

@@ -24,8 +24,8 @@ EFFICIENCY = 0.8  # share of the matmul rate a training step reaches (see BENCHM
 @functools.lru_cache(maxsize=256)
 def forward_flops(family: str, depth: int, width: int, dataset: str, activation: str, norm: str) -> int:
     """FLOPs of one forward pass of one image."""
-    from sweeper.params import build_model
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.model import build_model
+    from sweeper.experiments.train.spec import TrainSpec
 
     spec = TrainSpec.from_values({"family": family, "depth": depth, "width": width, "dataset": dataset,
                                   "activation": activation, "norm": norm})

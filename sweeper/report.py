@@ -43,13 +43,16 @@ SNAPSHOT = "snapshot.parquet"
 SUMMARY = "summary.json"
 _NAME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}Z(-\d+)?$")
 
-# The metric a study's nightly tracks, and which way is better (the runner's choice of metric).
-METRICS: dict[str, tuple[str, str]] = {"construction": ("relative_error", "min")}
-DEFAULT_METRIC = ("test_acc", "max")
+DEFAULT_METRIC = ("test_acc", "max")  # for an experiment kind this code does not know
 
 
 def metric_of(experiment: str) -> tuple[str, str]:
-    return METRICS.get(experiment, DEFAULT_METRIC)
+    """The metric a study's nightly tracks, and which way is better: its experiment's own."""
+    from sweeper.experiments import EXPERIMENTS
+
+    if experiment not in EXPERIMENTS:
+        return DEFAULT_METRIC
+    return EXPERIMENTS[experiment].metric, EXPERIMENTS[experiment].mode
 
 
 # -- layout ------------------------------------------------------------------------------------

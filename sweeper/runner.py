@@ -11,7 +11,6 @@ Why it looks like this:
 """
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import tempfile
@@ -87,14 +86,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
 
 
 # -- the trial function -------------------------------------------------------------------------
-def _accepts(fn: Callable, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 def tune_trial(config: dict[str, Any]) -> None:
-    """A Ray Tune function trainable: rebuild the spec, run it, checkpoint each epoch."""
-    import importlib
-
+    """A Ray Tune function trainable: rebuild the spec, run it with a callback that reports each
+    epoch to Tune and checkpoints its state, resume from Tune's checkpoint if there is one."""
     import ray
     import torch
     from ray import tune
@@ -104,11 +98,17 @@ def tune_trial(config: dict[str, Any]) -> None:
 
     experiment = EXPERIMENTS[config["experiment"]]
     spec = experiment.spec_type.from_values(dict(config["spec"]))
+
+    def result_scalars(row: dict[str, Any]) -> dict[str, float]:
+        # the float result columns of a trials row: what Tune sees of a finished trial (a search's
+        # metric is one of them)
+        return {k: row[k] for k, t in experiment.columns.items() if t is float and isinstance(row.get(k), float)}
+
     if config.get("reuse_done"):  # a search that proposes a finished trial gets its stored result
         row = Store(config["store"]).trial_row(config["study"], spec.trial_id)
         if row and row["status"] == "done":
             tune.report({"status": "done", "trial_done": 1, "reused": 1, "epoch": row.get("epochs") or 0,
-                         **{k: row[k] for k in ("test_acc", "relative_error") if isinstance(row.get(k), float)}})
+                         **result_scalars(row)})
             return
     cpus = float(config["cpus"])
     threads = max(1, int(cpus))
@@ -122,43 +122,35 @@ def tune_trial(config: dict[str, Any]) -> None:
         gpus=float(config["gpus"]),
         node_id=ray.get_runtime_context().get_node_id(),
     )
-    module, name = experiment.run_function.split(":")
-    run_fn = getattr(importlib.import_module(module), name)
-    kwargs: dict[str, Any] = {}
-    if _accepts(run_fn, "threads"):
-        kwargs["threads"] = threads
-    if _accepts(run_fn, "on_epoch"):
-        every = float(config["checkpoint_seconds"])
-        last = [time.monotonic()]
+    every = float(config["checkpoint_seconds"])
+    last = [time.monotonic()]
 
-        def on_epoch(epoch, metrics, state):
-            if epoch == getattr(spec, "epochs", None):
-                return  # the last epoch is reported after the trial commits (a scheduler may stop here)
-            report = {"epoch": epoch, "node_id": ctx.node_id,
-                      **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-            if time.monotonic() - last[0] >= every:
-                with tempfile.TemporaryDirectory() as d:
-                    torch.save(state(), os.path.join(d, "state.pt"))
-                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
-                last[0] = time.monotonic()
-            else:
-                tune.report(report)
+    def report_to_tune(progress) -> None:
+        if progress.end or progress.epoch == progress.epochs:
+            return  # the last epoch is reported after the trial commits (a scheduler may stop here)
+        report = {"epoch": progress.epoch, "node_id": ctx.node_id,
+                  **{k: v for k, v in progress.metrics.items() if isinstance(v, (int, float))}}
+        if progress.state is not None and time.monotonic() - last[0] >= every:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(progress.state(), os.path.join(d, "state.pt"))
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+            last[0] = time.monotonic()
+        else:
+            tune.report(report)
 
-        kwargs["on_epoch"] = on_epoch
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                kwargs["resume"] = torch.load(os.path.join(d, "state.pt"), weights_only=True)
-    row = execute(spec, ctx, **kwargs)
-    final = {"status": row["status"], "trial_done": 1, "epoch": getattr(spec, "epochs", 0) or 0}
-    for key in ("test_acc", "relative_error"):
-        if isinstance(row.get(key), float):
-            final[key] = row[key]
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(os.path.join(d, "state.pt"), weights_only=True)
+    row = execute(spec, ctx, threads=threads, callbacks=[report_to_tune], resume=resume)
+    final = {"status": row["status"], "trial_done": 1, "epoch": getattr(spec, "epochs", 0) or 0,
+             **result_scalars(row)}
     tune.report(final)
 
 
 # -- progress -----------------------------------------------------------------------------------
-def _progress_callback(total: int, skipped: int, say: Callable[[str], None], metric: str):
+def _progress_callback(total: int, skipped: int, say: Callable[[str], None], metric: str, mode: str):
     from ray import tune
 
     class Progress(tune.Callback):
@@ -188,7 +180,7 @@ def _progress_callback(total: int, skipped: int, say: Callable[[str], None], met
                 last = f"{label}: FAILED"
             else:
                 value = result.get(metric)
-                lower = metric == "relative_error"  # an error: lower is better
+                lower = mode == "min"
                 if isinstance(value, float) and (self.best is None or (value < self.best[0] if lower else value > self.best[0])):
                     self.best = (value, label)
                 last = f"{label}: {metric} {value:.4f}" if isinstance(value, float) else label
@@ -287,7 +279,9 @@ def run_study(
         points = [{"spec": s.to_dict(), "label": by_label[s.trial_id], "trial_id": s.trial_id} for s in todo]
         param_space = {**common, "point": tune.grid_search(points)}
         trainable = tune.with_resources(_flatten_point, {"cpu": cpus, "gpu": gpus})
-        metric = "relative_error" if study.experiment == "construction" else "test_acc"
+        from sweeper.experiments import EXPERIMENTS
+
+        experiment = EXPERIMENTS[study.experiment]
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -300,7 +294,7 @@ def run_study(
                 name=f"sweep-{int(time.time())}",
                 **store.tune_storage(study.name),  # storage_path, and an object store's filesystem
                 verbose=0,
-                callbacks=[_progress_callback(len(todo), summary.skipped, say, metric)],
+                callbacks=[_progress_callback(len(todo), summary.skipped, say, experiment.metric, experiment.mode)],
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
@@ -404,7 +398,7 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
                 name=f"search-{search_id}-{int(time.time())}",
                 **store.tune_storage(study.name),
                 verbose=0,
-                callbacks=[_progress_callback(search.num_samples, 0, say, search.metric)],
+                callbacks=[_progress_callback(search.num_samples, 0, say, search.metric, search.mode)],
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),

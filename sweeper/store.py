@@ -326,7 +326,7 @@ class Store:
             frame = frame.copy()
             frame.insert(0, "trial_id", trial_id)
             self.write_table(self.path(study, name, f"{trial_id}.parquet"), _to_arrow(frame))
-        schema = trials_schema(type(spec), EXPERIMENTS[spec.experiment].row_columns)
+        schema = trials_schema(type(spec), EXPERIMENTS[spec.experiment].columns)
         row = {**row, "schema_version": SCHEMA_VERSION}
         unknown = set(row) - set(schema.names)
         if unknown:

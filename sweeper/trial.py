@@ -9,16 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
-
-@dataclass
-class TrialResult:
-    row: dict[str, Any]  # scalar columns for the trial's `trials` row
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # table name -> rows
+from sweeper.experiment import TrialResult
+from sweeper.experiments import EXPERIMENTS
 
 
 def now() -> str:
@@ -39,9 +34,8 @@ class TrialContext:
 
 
 def execute(spec, ctx: TrialContext, **run_kwargs) -> dict[str, Any]:
-    """Run one trial and commit it to the store; returns the committed `trials` row."""
-    from sweeper.experiments import EXPERIMENTS
-
+    """Run one trial and commit it to the store; returns the committed `trials` row. `run_kwargs`
+    go to the experiment's run function (threads, callbacks, resume)."""
     experiment = EXPERIMENTS[spec.experiment]
     started = now()
     try:

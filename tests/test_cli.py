@@ -72,7 +72,7 @@ def test_debug_shows_the_traceback():
 
 def test_plan_estimates_cost_from_flops():
     from sweeper.cost import forward_flops, trial_flops
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.spec import TrainSpec
 
     # ResNet-8 width 4 on 1x8x8 digits, counted by hand: conv FLOPs are 2*k*k*c_in*c_out*h*w
     convs = 2 * 9 * (1 * 4 * 64 + 4 * 4 * 64 * 2 + 4 * 8 * 16 + 8 * 8 * 16 + 8 * 16 * 4 + 16 * 16 * 4)

@@ -10,7 +10,11 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from sweeper import construction as C
+from sweeper.experiments.construction import ROW_COLUMNS
+from sweeper.experiments.construction.networks import build_source, build_target, construct
+from sweeper.experiments.construction.run import load_data, run as run_trial
+from sweeper.experiments.construction.solve import khatri_rao, multilinear_map, scales_gram, solve_linear, solve_multilinear
+from sweeper.experiments.construction.spec import ConstructionSpec
 from sweeper.analysis import construction as AC
 from sweeper.errors import SweeperError
 
@@ -21,6 +25,12 @@ torch.set_num_threads(1)
 def _one_blas_thread():
     with threadpool_limits(1):
         yield
+
+
+def run(spec, data_root=None):
+    """(row, tables) of one construction trial."""
+    result = run_trial(spec, data_root)
+    return result.row, result.tables
 
 
 def _problem(n_out: int, n_in: int, m: int, seed: int = 0):
@@ -39,10 +49,10 @@ def _rel(a, b) -> float:
 def test_khatri_rao_matrix_and_its_gram():
     A, B, _ = _problem(3, 5, 7)
     e = np.random.default_rng(1).standard_normal(7)
-    M = C.khatri_rao(A, B)
+    M = khatri_rao(A, B)
     assert M.shape == (15, 7)
     np.testing.assert_allclose(M @ e, (B @ np.diag(e) @ A).reshape(-1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(M.T @ M, C.scales_gram(A, B), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(M.T @ M, scales_gram(A, B), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("ratio", [1.1, 1.5, 2.0])
@@ -51,7 +61,7 @@ def test_solver_reproduces_w_exactly_above_threshold(ratio, method):
     n_out, n_in = 6, 8
     P = n_out * n_in
     A, B, W = _problem(n_out, n_in, math.ceil(ratio * P))
-    e, info = C.solve_linear(A, B, W, method)
+    e, info = solve_linear(A, B, W, method)
     assert _rel(B @ np.diag(e) @ A, W) < 1e-8
     assert info.residual < 1e-8
     assert info.method == method
@@ -62,11 +72,11 @@ def test_solver_cannot_reproduce_w_below_threshold(ratio):
     n_out, n_in = 6, 8
     P = n_out * n_in
     A, B, W = _problem(n_out, n_in, int(ratio * P))
-    e, info = C.solve_linear(A, B, W, "dense")
+    e, info = solve_linear(A, B, W, "dense")
     assert _rel(B @ np.diag(e) @ A, W) > 1e-2
     assert info.residual > 1e-2
     # ... and the answer is the least-squares optimum: the residual is orthogonal to M's columns
-    M = C.khatri_rao(A, B)
+    M = khatri_rao(A, B)
     r = M @ e - W.reshape(-1)
     assert np.abs(M.T @ r).max() < 1e-9 * np.abs(M).max() * np.linalg.norm(W)
 
@@ -75,13 +85,13 @@ def test_solver_cannot_reproduce_w_below_threshold(ratio):
 def test_matrix_free_agrees_with_dense(ratio):
     n_out, n_in = 5, 9
     A, B, W = _problem(n_out, n_in, math.ceil(ratio * n_out * n_in), seed=3)
-    e_dense, info_d = C.solve_linear(A, B, W, "dense")
-    e_free, info_f = C.solve_linear(A, B, W, "lsqr", tol=1e-15)
+    e_dense, info_d = solve_linear(A, B, W, "dense")
+    e_free, info_f = solve_linear(A, B, W, "lsqr", tol=1e-15)
     assert _rel(e_free, e_dense) < 1e-7  # both the minimum-norm least-squares solution
     assert info_f.condition_method == "gram"
     assert info_f.condition_number == pytest.approx(info_d.condition_number, rel=1e-6)
     # auto picks the matrix-free path when M would be too large
-    _, info_auto = C.solve_linear(A, B, W, "auto", dense_limit=10)
+    _, info_auto = solve_linear(A, B, W, "auto", dense_limit=10)
     assert info_auto.method == "lsqr"
 
 
@@ -91,8 +101,8 @@ def test_condition_number_is_that_of_the_khatri_rao_matrix_and_peaks_at_m_equals
     conds = {}
     for m in (P // 2, P, 2 * P):
         A, B, W = _problem(n_out, n_in, m, seed=5)
-        _, info = C.solve_linear(A, B, W, "dense")
-        s = np.linalg.svd(C.khatri_rao(A, B), compute_uv=False)
+        _, info = solve_linear(A, B, W, "dense")
+        s = np.linalg.svd(khatri_rao(A, B), compute_uv=False)
         assert info.condition_number == pytest.approx(s[0] / s[min(P, m) - 1], rel=1e-8)
         conds[m] = info.condition_number
     assert conds[P] > 5 * conds[2 * P] and conds[P] > 5 * conds[P // 2]
@@ -111,21 +121,21 @@ def test_lm_depth2_exact_once_2m_minus_1_reaches_p():
     P = n_out * n_in  # 54
     m = 30  # 2m - 1 = 59 >= P, while m alone is far below P
     A, Rs, B, W = _deep_problem(n_out, n_in, m, 2)
-    es, info = C.solve_multilinear(A, Rs, B, W, iters=300)
-    assert _rel(C.multilinear_map(A, Rs, B, es), W) < 1e-8
+    es, info = solve_multilinear(A, Rs, B, W, iters=300)
+    assert _rel(multilinear_map(A, Rs, B, es), W) < 1e-8
     assert info.residual < 1e-8 and info.method == "lm-dense"
     # the matrix-free inner solver gets there too
-    es2, info2 = C.solve_multilinear(A, Rs, B, W, iters=300, dense_limit=10)
+    es2, info2 = solve_multilinear(A, Rs, B, W, iters=300, dense_limit=10)
     assert info2.method == "lm-lsqr" and info2.residual < 1e-8
     # a single BN layer of the same width cannot
-    _, lin = C.solve_linear(A, B, W, "dense")
+    _, lin = solve_linear(A, B, W, "dense")
     assert lin.residual > 0.1
 
 
 def test_lm_depth2_not_exact_below_threshold():
     n_out, n_in = 6, 9
     A, Rs, B, W = _deep_problem(n_out, n_in, 20, 2)  # 2m - 1 = 39 < 54
-    es, info = C.solve_multilinear(A, Rs, B, W, iters=300)
+    es, info = solve_multilinear(A, Rs, B, W, iters=300)
     assert info.residual > 1e-3
 
 
@@ -133,7 +143,7 @@ def test_multilinear_map_matches_explicit_product():
     A, Rs, B, W = _deep_problem(3, 4, 5, 3, seed=2)
     es = [np.random.default_rng(i).standard_normal(5) for i in range(3)]
     explicit = B @ np.diag(es[2]) @ Rs[1] @ np.diag(es[1]) @ Rs[0] @ np.diag(es[0]) @ A
-    np.testing.assert_allclose(C.multilinear_map(A, Rs, B, es), explicit, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(multilinear_map(A, Rs, B, es), explicit, rtol=1e-12, atol=1e-12)
 
 
 # -- genuine torch networks ----------------------------------------------------------------------------
@@ -141,22 +151,22 @@ FAST = dict(hidden=8, target_epochs=4, sgd_epochs=1, batch_size=128)
 
 
 def test_spec_defaults_are_plain_values_and_validated():
-    spec = C.ConstructionSpec()
+    spec = ConstructionSpec()
     for f in dataclasses.fields(spec):
         assert isinstance(getattr(spec, f.name), (int, float, str, bool))
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.seed = 1
     with pytest.raises(SweeperError, match="activation"):
-        C.ConstructionSpec(activation="relux")
+        ConstructionSpec(activation="relux")
     with pytest.raises(SweeperError, match="width_ratio"):
-        C.ConstructionSpec(width_ratio=0)
+        ConstructionSpec(width_ratio=0)
     with pytest.raises(SweeperError, match="weight_init"):
-        C.ConstructionSpec(weight_init="nope")
+        ConstructionSpec(weight_init="nope")
 
 
 def test_relu_mlp_reproduced_at_width_ratio_1_2():
-    spec = C.ConstructionSpec(width_ratio=1.2, **FAST)
-    row, tables = C.run(spec)
+    spec = ConstructionSpec(width_ratio=1.2, **FAST)
+    row, tables = run(spec)
     assert row["relative_error"] < 1e-4
     assert row["argmax_agreement"] == 1.0
     assert row["test_acc"] == row["target_test_acc"] > 0.5
@@ -166,21 +176,21 @@ def test_relu_mlp_reproduced_at_width_ratio_1_2():
     layers = tables["construction_layers"]
     assert list(layers["P"]) == [512, 80] and (layers["m"] >= 1.2 * layers["P"]).all()
     assert (layers["outside_linear_frac"] == 0).all()
-    assert list(row) == list(C.ROW_COLUMNS)
+    assert list(row) == list(ROW_COLUMNS)
     for name, value in row.items():
-        assert type(value) is C.ROW_COLUMNS[name], name
+        assert type(value) is ROW_COLUMNS[name], name
     for t in tables.values():
         assert not any(t[c].isna().all() for c in t.columns)
         assert all(t[c].dtype != object for c in t.columns if c not in ("kind", "solver_used", "condition_method"))
 
 
 def test_only_bn_parameters_are_set_by_the_construction():
-    spec = C.ConstructionSpec(width_ratio=1.2, **FAST)
-    x_tr, _, _, _ = C.load_data(spec)
-    target = C.build_target(spec, (1, 8, 8), 10)
-    source = C.build_source(target, spec)
-    fresh = C.build_source(target, spec)
-    C.construct(target, source, x_tr, spec)
+    spec = ConstructionSpec(width_ratio=1.2, **FAST)
+    x_tr, _, _, _ = load_data(spec)
+    target = build_target(spec, (1, 8, 8), 10)
+    source = build_source(target, spec)
+    fresh = build_source(target, spec)
+    construct(target, source, x_tr, spec)
     changed = set()
     for (name, a), (_, b) in zip(source.state_dict().items(), fresh.state_dict().items()):
         if not torch.equal(a.to(b.dtype), b):
@@ -189,15 +199,15 @@ def test_only_bn_parameters_are_set_by_the_construction():
 
 
 def test_relu_mlp_below_threshold_is_not_exact():
-    row, _ = C.run(C.ConstructionSpec(width_ratio=0.5, **FAST))
+    row, _ = run(ConstructionSpec(width_ratio=0.5, **FAST))
     assert row["relative_error"] > 1e-2
     assert row["weight_residual"] > 1e-2
 
 
 def test_conv_construction_on_a_tiny_cnn():
-    spec = C.ConstructionSpec(target="cnn", cnn_channels=2, width_ratio=1.2, target_epochs=2, sgd_epochs=0,
+    spec = ConstructionSpec(target="cnn", cnn_channels=2, width_ratio=1.2, target_epochs=2, sgd_epochs=0,
                               batch_size=128)
-    row, tables = C.run(spec)
+    row, tables = run(spec)
     layers = tables["construction_layers"]
     assert list(layers["kind"]) == ["conv", "conv", "linear"]
     assert list(layers["P"]) == [2 * 1 * 9, 2 * 2 * 9, 2 * 10]
@@ -206,7 +216,7 @@ def test_conv_construction_on_a_tiny_cnn():
 
 
 def test_depth2_network_reproduces_target():
-    row, tables = C.run(C.ConstructionSpec(source_depth=2, width_ratio=1.2, **FAST))
+    row, tables = run(ConstructionSpec(source_depth=2, width_ratio=1.2, **FAST))
     layers = tables["construction_layers"]
     assert (layers["dof"] >= layers["P"]).all() and (layers["m"] < layers["P"]).all()
     assert row["relative_error"] < 1e-4
@@ -215,14 +225,14 @@ def test_depth2_network_reproduces_target():
 
 @pytest.mark.parametrize("act", ["tanh", "gelu"])
 def test_other_activations_through_their_linear_region(act):
-    row, _ = C.run(C.ConstructionSpec(activation=act, width_ratio=1.5, **FAST))
+    row, _ = run(ConstructionSpec(activation=act, width_ratio=1.5, **FAST))
     assert row["relative_error"] < 1e-3
 
 
 def test_run_is_deterministic():
-    spec = C.ConstructionSpec(width_ratio=0.8, **FAST)
-    r1, t1 = C.run(spec)
-    r2, t2 = C.run(spec)
+    spec = ConstructionSpec(width_ratio=0.8, **FAST)
+    r1, t1 = run(spec)
+    r2, t2 = run(spec)
     timing = [k for k in r1 if k.endswith("_seconds")]
     assert {k: v for k, v in r1.items() if k not in timing} == {k: v for k, v in r2.items() if k not in timing}
     for name in t1:

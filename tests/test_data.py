@@ -96,8 +96,8 @@ def test_imagenet_from_an_image_folder(tmp_path):
     with pytest.raises(SweeperError, match="no ImageNet under"):
         data._load_imagenet(tmp_path / "train", False)
     # and a BN-only torchvision ResNet-18 trains on it
-    from sweeper.train import run_trial
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.loop import run_trial
+    from sweeper.experiments.train.spec import TrainSpec
 
     spec = TrainSpec.from_values({"dataset": "imagenet", "model": "imagenet-resnet-18", "trainable": "bn",
                                   "epochs": 1, "batch_size": 6, "measure": []})
@@ -107,8 +107,8 @@ def test_imagenet_from_an_image_folder(tmp_path):
 
 def test_full_resolution_imagenet_streams_and_trains(tmp_path):
     from sweeper.imagenet_stream import stream_imagenet
-    from sweeper.train import run_trial
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.loop import run_trial
+    from sweeper.experiments.train.spec import TrainSpec
 
     image_folder(tmp_path, sizes=(230, 300))
     spec = TrainSpec.from_values({"dataset": "imagenet-full", "model": "imagenet-resnet-18", "trainable": "bn",
@@ -133,8 +133,8 @@ def test_full_resolution_imagenet_streams_and_trains(tmp_path):
 
 
 def test_streamed_imagenet_has_no_arrays_and_needs_a_root(tmp_path):
-    from sweeper.train import run_trial
-    from sweeper.train_spec import TrainSpec
+    from sweeper.experiments.train.loop import run_trial
+    from sweeper.experiments.train.spec import TrainSpec
 
     with pytest.raises(SweeperError, match="streamed from disk"):
         data.load_arrays("imagenet224", tmp_path)

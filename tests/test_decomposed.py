@@ -14,21 +14,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweeper.analysis import decomposed as figs
-from sweeper.decomposed import (
-    DecomposedMLP,
-    DecomposedNorm,
-    ROW_COLUMNS,
-    DecomposedSpec,
-    cosine_matrix,
-    layer_metrics,
-    orthogonality_gap,
-    run,
-)
 from sweeper.errors import SweeperError
+from sweeper.experiments.decomposed import ROW_COLUMNS
+from sweeper.experiments.decomposed.metrics import cosine_matrix, layer_metrics, orthogonality_gap
+from sweeper.experiments.decomposed.network import DecomposedMLP, DecomposedNorm
+from sweeper.experiments.decomposed.run import run as run_trial
+from sweeper.experiments.decomposed.spec import DecomposedSpec
 
 torch.set_num_threads(1)
 
 CIFAR_ROOT = Path("/work/shared/data/cifar10")
+
+
+def run(spec, data_root=None):
+    """(row, tables) of one decomposed trial."""
+    result = run_trial(spec, data_root)
+    return result.row, result.tables
 
 
 def small(**kw) -> DecomposedSpec:

@@ -7,7 +7,7 @@ import pytest
 from sweeper.analysis.draw import LazyTables
 from sweeper.analysis.join import per_trial_means, with_trials
 from sweeper.store import Store
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.spec import TrainSpec
 
 
 def per_trial_table(rng, ids, n=500):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from sweeper.params import build_model, count
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.model import build_model, count
+from sweeper.experiments.train.spec import TrainSpec
 
 
 def resnet_counts(depth: int, width: int, classes: int = 10, in_ch: int = 3) -> dict[str, int]:
@@ -77,7 +77,7 @@ def test_forward_shapes(values, shape, activation):
 
 
 def test_activations_are_modules_hooks_can_see():
-    from sweeper.measures import activation_layers
+    from sweeper.experiments.train.measures import activation_layers
 
     model = build_model(TrainSpec.from_values({"model": "resnet-8-4", "dataset": "digits", "activation": "gelu"}))
     layers = activation_layers(model)

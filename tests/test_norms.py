@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweeper import subsets
+from sweeper.experiments.train import subsets
 from sweeper.analysis import figures, norms as norm_figures
 from sweeper.errors import SweeperError
 from sweeper.nn.init import initialise
 from sweeper.nn.norms import Affine, is_norm
-from sweeper.params import build_model, count, count_groups
+from sweeper.experiments.train.model import build_model, count, count_groups
 from sweeper.store import Store
 from sweeper.study import load_study
-from sweeper.train import run_trial
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.loop import run_trial
+from sweeper.experiments.train.spec import TrainSpec
 from sweeper.trial import TrialContext, execute
 
 from conftest import REPO

@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 
 from sweeper.store import Store
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.spec import TrainSpec
 from sweeper.trial import TrialContext, execute
 
 from conftest import REPO

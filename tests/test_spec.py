@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweeper.errors import SweeperError
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.spec import TrainSpec
 
 # Changing any of these breaks every stored result's id: only with a migration and a HASH_VERSION bump.
 PINNED = [

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweeper.store import Store, load
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.spec import TrainSpec
 from sweeper.trial import TrialContext, TrialResult, execute
 
 
@@ -109,7 +109,7 @@ def test_writer_killed_between_write_and_commit_leaves_nothing_visible(tmp_path)
     script = textwrap.dedent(f"""
         import os, signal
         from sweeper.store import Store
-        from sweeper.train_spec import TrainSpec
+        from sweeper.experiments.train.spec import TrainSpec
         import pandas as pd
         s = TrainSpec.from_values({{"dataset": "digits", "model": "resnet-8-4", "epochs": 1, "seed": 5}})
         store = Store({str(tmp_path)!r})

@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-from sweeper import subsets
+from sweeper.experiments.train import subsets
+from sweeper.models.roles import feature_weights
 from sweeper.nn.init import initialise
-from sweeper.params import build_model, count
-from sweeper.train import run_trial
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.model import build_model, count
+from sweeper.experiments.train.loop import run_trial
+from sweeper.experiments.train.spec import TrainSpec
 
 BASE = {"dataset": "digits", "model": "resnet-8-4", "epochs": 2, "batch_size": 128, "augment": "none",
         "momentum": 0.9, "weight_decay": 5e-3, "lr": 0.1, "measure": []}
@@ -21,7 +22,7 @@ def initial_and_final(values):
         pass  # bn_init is resolved to "fixed" already
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = []
-    result = run_trial(spec, channels_last=False, on_epoch=lambda e, m, state: states.append(state()))
+    result = run_trial(spec, channels_last=False, callbacks=[lambda p: p.end or states.append(p.state())])
     final = states[-1]["model"]
     return spec, model, initial, final, result
 
@@ -80,7 +81,7 @@ def test_random_k_equals_bn_count_at_k_2():
     # 2 per conv output channel; every conv (shortcuts included) feeds one BN: equal counts
     assert c["trainable"] == c["batchnorm"]
     model = build_model(spec, device="meta")
-    channels = sum(w.shape[0] for _, w in subsets.conv_params(model))
+    channels = sum(w.shape[0] for _, w in feature_weights(model))
     assert c["trainable"] == 2 * channels
 
 
@@ -101,7 +102,7 @@ def test_compiled_steps_train_the_same_subset_as_eager():
     eager = run_trial(TrainSpec.from_values(values))
     states = []
     compiled = run_trial(TrainSpec.from_values({**values, "compile": "aot_eager"}),
-                         on_epoch=lambda e, m, state: states.append(state()))
+                         callbacks=[lambda p: p.end or states.append(p.state())])
     assert compiled.row["test_acc"] == pytest.approx(eager.row["test_acc"], abs=1e-6)
     assert compiled.tables["curves"]["train_loss"].tolist() == pytest.approx(eager.tables["curves"]["train_loss"].tolist())
     assert compiled.tables["bn"]["gamma"].tolist() == pytest.approx(eager.tables["bn"]["gamma"].tolist())

@@ -1,7 +1,8 @@
-"""Figures for Burkholz's construction (sweeper.construction), read from the trials table only.
+"""Figures for Burkholz's construction (sweeper.experiments.construction), read from the trials
+table only.
 
 Every figure function takes ``tables`` (``tables["trials"]``: one row per trial with every spec
-field, ``trial_id``, ``status`` and the row columns of ``sweeper.construction.run``) and an output
+field, ``trial_id``, ``status`` and the row columns of the construction's run) and an output
 folder, writes PNG and PDF, and returns the paths it wrote ([] when its data are absent). Seeds are
 averaged: points are means, error bars one standard deviation across seeds (on log axes the lower
 bar is clipped above zero). pandas + matplotlib only; no pyplot state (Agg canvas per figure).
@@ -15,6 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from sweeper.analysis.style import save
 
 # Spec fields that can tell series apart (seed and width_ratio are the averaging and x axes).
 SERIES_FIELDS = ("target", "activation", "source_depth", "weight_init", "hidden", "hidden_layers",
@@ -91,15 +94,6 @@ def _new(ncols: int) -> tuple[Figure, list]:
     return fig, list(axes)
 
 
-def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    return paths
-
-
 def _legend(ax) -> None:
     handles, _ = ax.get_legend_handles_labels()
     if handles:
@@ -128,7 +122,7 @@ def construction_error(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[P
     ax_acc.set_ylabel("test accuracy")
     ax_err.set_title("constructed network versus target")
     ax_acc.set_title("test accuracy")
-    return _save(fig, out_dir, "construction_error")
+    return save(fig, out_dir, "construction_error", dpi=150, pdf_dpi=150, tight=False)
 
 
 def construction_condition(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
@@ -149,7 +143,7 @@ def construction_condition(tables: dict[str, pd.DataFrame], out_dir: Path) -> li
     ax.set_ylabel("condition number σ_max / σ_min")
     ax.set_title("conditioning of the BN-scale equations")
     _legend(ax)
-    return _save(fig, out_dir, "construction_condition")
+    return save(fig, out_dir, "construction_condition", dpi=150, pdf_dpi=150, tight=False)
 
 
 def construction_vs_sgd(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
@@ -179,7 +173,7 @@ def construction_vs_sgd(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[
     ax_err.set_ylabel("relative error of logits to the target")
     ax_acc.set_title("construction versus BN-only training")
     ax_err.set_title("distance to the target network")
-    return _save(fig, out_dir, "construction_vs_sgd")
+    return save(fig, out_dir, "construction_vs_sgd", dpi=150, pdf_dpi=150, tight=False)
 
 
 def depth_width_tradeoff(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
@@ -207,7 +201,7 @@ def depth_width_tradeoff(tables: dict[str, pd.DataFrame], out_dir: Path) -> list
     if has_res:
         axes[1].set_ylabel("relative residual ||F(γ) - W|| / ||W|| (worst layer)")
         axes[1].set_title("depth for width: scale equations (float64)")
-    return _save(fig, out_dir, "depth_width_tradeoff")
+    return save(fig, out_dir, "depth_width_tradeoff", dpi=150, pdf_dpi=150, tight=False)
 
 
 def fig(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:

@@ -11,6 +11,7 @@ pandas and matplotlib only (Agg backend): analysis never imports torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -24,16 +25,14 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-EXPERIMENT = "decomposed"  # the experiment name in the trials table (DecomposedSpec.experiment)
-#: DecomposedSpec's fields (kept in step with sweeper.decomposed by a test; no torch import here).
-SPEC_FIELDS = ("rc", "rs", "nl", "depth", "width", "batch", "inputs", "input_scale", "input_corr",
-               "input_noise", "dtype", "eps", "seed", "record_every", "cosine_layers", "probe")
+from sweeper.analysis.style import done, save  # noqa: E402
+from sweeper.experiments.decomposed.spec import DecomposedSpec  # noqa: E402  (a dataclass: no torch)
+
+EXPERIMENT = DecomposedSpec.experiment  # the experiment name in the trials table
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(DecomposedSpec))
 #: the components drawn as separate curves; every other varying field except these makes a setting
 COMPONENTS = ("rc", "rs", "nl")
 _NOT_SETTINGS = set(COMPONENTS) | {"seed", "record_every", "cosine_layers"}
-#: status values of trials that have no usable results
-_BAD_STATUS = {"failed", "error", "errored", "crashed", "running", "pending", "queued", "skipped",
-               "cancelled", "canceled", "timeout"}
 
 METRICS = (  # column, axis label, log scale
     ("norm_ratio", "norm ratio  ||outlier|| / ||cluster centre||", True),
@@ -49,7 +48,7 @@ Figure = Callable[[dict[str, pd.DataFrame], Path], list[Path]]
 # -- helpers --------------------------------------------------------------------------------------
 
 def _trials(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The decomposed trials with usable results (status not a failure, components present)."""
+    """The decomposed trials with results (status done, components present)."""
     trials = tables.get("trials")
     if trials is None or trials.empty or "trial_id" not in trials.columns:
         return pd.DataFrame()
@@ -60,7 +59,7 @@ def _trials(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         t = t[t["experiment"] == EXPERIMENT]
     t = t.dropna(subset=list(COMPONENTS))
     if "status" in t.columns:
-        t = t[~t["status"].astype(str).str.lower().isin(_BAD_STATUS)]
+        t = done(t)
     return t.reset_index(drop=True)
 
 
@@ -118,16 +117,6 @@ def _combos(df: pd.DataFrame) -> list[tuple]:
     keys = df[list(COMPONENTS)].drop_duplicates()
     keys = keys.assign(_rc=keys["rc"].map(_truthy)).sort_values(["_rc", "rs", "nl"], ascending=[False, True, True])
     return [tuple(r) for r in keys[list(COMPONENTS)].itertuples(index=False)]
-
-
-def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
 
 
 def _plain_log(ax, axis: str = "y") -> None:
@@ -211,7 +200,7 @@ def metrics_vs_depth(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Pat
         head = "BN decomposed at initialisation: geometry of the batch versus depth"
         fig.suptitle(head + (f"\n{title}" if title else ""), fontsize=11)
         fig.tight_layout()
-        paths += _save(fig, out_dir, "decomposed_metrics" + suffix)
+        paths += save(fig, out_dir, "decomposed_metrics" + suffix, dpi=150)
     return paths
 
 
@@ -269,7 +258,7 @@ def cosine_heatmaps(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path
             fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="cosine similarity")
         head = "Cosine similarity between the batch's representations (outlier of the last layer shown last)"
         fig.suptitle(head + (f"\n{title}" if title else ""), fontsize=10)
-        paths += _save(fig, out_dir, "decomposed_cosine" + suffix)
+        paths += save(fig, out_dir, "decomposed_cosine" + suffix, dpi=150)
     return paths
 
 
@@ -353,7 +342,7 @@ def orthogonality_floor(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[
     ax_r.grid(alpha=0.3, which="both")
     ax_r.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return _save(fig, out_dir, "orthogonality_floor")
+    return save(fig, out_dir, "orthogonality_floor", dpi=150)
 
 
 FIGURES: dict[str, Figure] = {

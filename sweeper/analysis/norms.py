@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from sweeper.analysis.frankle import (
-    finish_gamma_grid,
+from sweeper.analysis.frankle.common import (
     AXES,
     chance,
     ordered_subsets,
@@ -25,10 +24,8 @@ from sweeper.analysis.frankle import (
     subset_colour,
     subset_label,
     train_trials,
-    gamma_moved,
-    gamma_table,
-    trained_gamma_subsets,
 )
+from sweeper.analysis.frankle.gamma import finish_gamma_grid, gamma_moved, gamma_table, trained_gamma_subsets
 from sweeper.analysis.join import with_trials
 from sweeper.analysis.style import mean_std, plt, save
 

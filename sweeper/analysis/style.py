@@ -14,12 +14,18 @@ plt.rcParams.update(
 )
 
 
-def save(fig, out: Path, name: str) -> list[Path]:
+def save(fig, out: Path, name: str, *, dpi: float | None = None, pdf_dpi: float | None = None,
+         tight: bool = True) -> list[Path]:
+    """Write `name`.png and `name`.pdf into `out`, then close the figure. dpi: the PNG's
+    resolution, pdf_dpi: that of the PDF's raster parts (default: the figure's own); tight: crop
+    to what is drawn. The one way every figure is written."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ext in ("png", "pdf"):
+    for ext, resolution in (("png", dpi), ("pdf", pdf_dpi)):
         path = out / f"{name}.{ext}"
-        fig.savefig(path, bbox_inches="tight")
+        options = {"dpi": resolution} if resolution is not None else {}
+        fig.savefig(path, **options, **({"bbox_inches": "tight"} if tight else {}))
         paths.append(path)
     plt.close(fig)
     return paths

@@ -3,6 +3,9 @@
 `resnet-110` is the CIFAR ResNet family at depth 110 and width 16; `resnet-20-32` sets width 32;
 `wrn-14-8` is depth 14 at width 16·8; `imagenet-resnet-50` is torchvision's ResNet-50;
 `mlp-4-256` and `convnet-6-64` are the plain networks at depth and width.
+
+Adding a family is one module that builds its nn.Module, which declares its layer roles
+(sweeper.models.roles.LayerRoles), and one FAMILIES entry.
 """
 from __future__ import annotations
 
@@ -18,11 +21,19 @@ from sweeper.registry import Registry
 
 @dataclass(frozen=True)
 class Family:
-    build: Callable[..., nn.Module]  # (depth, width, act, norm, in_channels, num_classes, ...)
+    # (depth, width, act, norm, in_channels, num_classes, input_size, residual_init) -> the network,
+    # a LayerRoles module; a family ignores the arguments it has no use for
+    build: Callable[..., nn.Module]
     default_width: int
-    norm_dims: int  # 2 for conv nets, 1 for MLPs
+    norm_dims: int  # 2 for conv nets (images, channels_last), 1 for MLPs (flat features)
     check: Callable[[int, int], None]
     short_name: Callable[[int, int], str]
+    residual_scale: bool = False  # has a SkipInit residual-branch scale (TrainSpec.residual_init)
+    classes: int | None = None  # classes `sweeper params` counts with when no dataset is named
+
+    @property
+    def convolutional(self) -> bool:
+        return self.norm_dims == 2
 
 
 FAMILIES: Registry[Family] = Registry("model family")
@@ -71,11 +82,12 @@ def _lazy(module: str, name: str) -> Callable[..., nn.Module]:
 FAMILIES.add(
     "resnet",
     Family(
-        _lazy("sweeper.models.cifar_resnet", "CifarResNet"),
+        _lazy("sweeper.models.cifar_resnet", "cifar_resnet"),
         16,
         2,
         _cifar_resnet_check,
         _cifar_resnet_name,
+        residual_scale=True,
     ),
     "cifar_resnet",
 )
@@ -87,6 +99,7 @@ FAMILIES.add(
         2,
         _imagenet_check,
         lambda d, w: f"imagenet-resnet-{d}" if w == 64 else f"imagenet-resnet-{d}-{w}",
+        classes=1000,  # counted with ImageNet's 1,000 classes unless a dataset is named
     ),
     "imagenet_resnet",
 )

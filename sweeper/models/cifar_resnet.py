@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sweeper.errors import SweeperError
+from sweeper.models.roles import LayerRoles
 
 
 class Block(nn.Module):
@@ -43,7 +44,7 @@ class Block(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(nn.Module, LayerRoles):
     def __init__(
         self,
         depth: int,
@@ -61,10 +62,21 @@ class CifarResNet(nn.Module):
         self.bn = norm(width)
         self.act = act()
         blocks, f_in = [], width
+        # Each norm layer's (stage, block within the stage, role), for the `bn` table: the stem is
+        # stage 0, the three stages of blocks are 1-3.
+        self._positions = {"bn": (0, 0, "stem")}
+        self._shortcuts = []
         for stage, f_out in enumerate((width, 2 * width, 4 * width)):
             for i in range(n):
                 downsample = stage > 0 and i == 0
-                blocks.append(Block(f_in, f_out, downsample, act, norm, residual_init))
+                block = Block(f_in, f_out, downsample, act, norm, residual_init)
+                k = len(blocks)
+                self._positions[f"blocks.{k}.bn1"] = (stage + 1, i, "bn1")
+                self._positions[f"blocks.{k}.bn2"] = (stage + 1, i, "bn2")
+                if len(block.shortcut):  # a 1x1 conv + norm; otherwise the identity
+                    self._positions[f"blocks.{k}.shortcut.1"] = (stage + 1, i, "shortcut")
+                    self._shortcuts.append(f"blocks.{k}.shortcut.0")
+                blocks.append(block)
                 f_in = f_out
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -74,6 +86,20 @@ class CifarResNet(nn.Module):
         x = self.act(self.bn(self.conv(x)))
         x = self.blocks(x)
         return self.fc(torch.flatten(self.pool(x), 1))
+
+    # -- layer roles (sweeper.models.roles) --------------------------------------------------------
+    def output_layer_names(self) -> list[str]:
+        return ["fc"]
+
+    def shortcut_layer_names(self) -> list[str]:
+        return list(self._shortcuts)
+
+    def stage_of(self, norm_layer: str) -> tuple[int, int, str]:
+        return self._positions.get(norm_layer, (-1, -1, norm_layer))
+
+
+def cifar_resnet(depth, width, act, norm, in_channels, num_classes, input_size, residual_init) -> CifarResNet:
+    return CifarResNet(depth, width, act, norm, in_channels, num_classes, residual_init)
 
 
 def check_depth(depth: int) -> None:

@@ -6,8 +6,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from sweeper.models.roles import LayerRoles
 
-class MLP(nn.Module):
+
+class MLP(nn.Module, LayerRoles):
     """`depth` hidden layers of `width` units, each Linear (no bias) -> norm -> activation."""
 
     def __init__(self, depth, width, act, norm, in_features, num_classes):
@@ -22,8 +24,11 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.layers(torch.flatten(x, 1)))
 
+    def output_layer_names(self) -> list[str]:
+        return ["fc"]
 
-class ConvNet(nn.Module):
+
+class ConvNet(nn.Module, LayerRoles):
     """`depth` 3x3 conv (no bias) -> norm -> activation layers of `width` channels, stride 2 at
     one and two thirds of the depth, global average pooling, a linear output layer."""
 
@@ -42,10 +47,13 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.layers(x)), 1))
 
+    def output_layer_names(self) -> list[str]:
+        return ["fc"]
 
-def mlp(depth, width, act: Callable, norm: Callable, in_channels, num_classes, input_size, **_):
+
+def mlp(depth, width, act: Callable, norm: Callable, in_channels, num_classes, input_size, residual_init):
     return MLP(depth, width, act, norm, in_channels * input_size * input_size, num_classes)
 
 
-def convnet(depth, width, act: Callable, norm: Callable, in_channels, num_classes, **_):
+def convnet(depth, width, act: Callable, norm: Callable, in_channels, num_classes, input_size, residual_init):
     return ConvNet(depth, width, act, norm, in_channels, num_classes)

@@ -6,7 +6,7 @@ GroupNorm with one group and with one channel per group, which keeps a per-chann
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -79,3 +79,24 @@ def one_value_groups(text: str, channels: int) -> bool:
 
 def is_norm(module: nn.Module) -> bool:
     return isinstance(module, NORM_TYPES)
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
+    """Running statistics of every BatchNorm set to the exact average of its batch statistics over
+    `inputs` (a cumulative moving average, momentum None), then eval mode. For a network evaluated
+    with statistics it never trained with: an untrained network (subset `none`), or a source network
+    whose γ, β were changed. Momenta are restored afterwards."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for x in inputs:
+        model(x)
+    for bn, momentum in zip(norms, saved):
+        bn.momentum = momentum
+    model.eval()

@@ -1,45 +1,68 @@
-"""`run_trial`: build the spec's network, train the chosen subset, evaluate, measure.
+"""`run_trial`: build the spec's network, train the chosen subset, evaluate; everything else hangs
+on the loop as callbacks (`callbacks.py`: the measurements; the runner's: progress, checkpoints).
 
-No Ray here: the same call runs in a test, a notebook or a Ray worker. The runner hooks in through
-`on_epoch` (progress and checkpoints) and `resume` (a checkpoint's state).
+No Ray here: the same call runs in a test, a notebook or a Ray worker. `resume` takes back the
+state a callback saw as `progress.state()` (a checkpoint).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper import subsets
+from sweeper import seeds
 from sweeper.data import DATASETS, Batches, balanced_subset, channel_stats, load_arrays, require_root
-from sweeper.measures import MEASUREMENTS, Context, norm_layers, snapshot_norms
+from sweeper.experiment import Callback, Progress, TrialResult
+from sweeper.experiments.train import subsets
+from sweeper.experiments.train.callbacks import standard_callbacks
+from sweeper.experiments.train.measures import Context, snapshot_norms
+from sweeper.experiments.train.model import build_model
+from sweeper.experiments.train.spec import TrainSpec
+from sweeper.models import FAMILIES
+from sweeper.models.params import count_groups
 from sweeper.nn.init import initialise
-from sweeper.params import build_model, count_groups
-from sweeper.train_spec import TrainSpec
-from sweeper.trial import TrialResult
-
-OnEpoch = Callable[[int, dict[str, float], Callable[[], dict[str, Any]]], None]
+from sweeper.nn.norms import recalibrate
 
 
 class TrialDiverged(RuntimeError):
     """The loss became NaN or infinite: recorded as a failed trial, never retried as a fault."""
 
 
-def _autocast(spec: TrainSpec, device: torch.device):
+def autocast(spec: TrainSpec, device: torch.device):
     if spec.precision == "bf16":
         # bf16 autocast keeps batch norm in fp32 (autocast's own op lists).
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # Data order and augmentation depend on (seed, epoch) alone, so a trial resumed from a
-    # checkpoint at epoch e sees exactly the batches an uninterrupted run would have.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Data order and augmentation of one epoch (seeds.epoch: a resumed trial sees the same batches)."""
+    return torch.Generator().manual_seed(seeds.epoch(seed, epoch))
+
+
+def train_step(model: nn.Module, optimizer, masks, spec: TrainSpec, device: torch.device
+               ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """One training step, (x, y) -> (logits, loss), exactly as every trial runs it. Without an
+    optimizer (the subset selects nothing, e.g. `bn` with norm `none`) it only runs forward."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(spec, device), torch.set_grad_enabled(optimizer is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        if optimizer:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            subsets.mask_gradients(masks, spec.weight_decay)
+            optimizer.step()
+        return logits, loss
+
+    return step
 
 
 @torch.no_grad()
@@ -47,7 +70,7 @@ def evaluate(model: nn.Module, batches: Batches, spec: TrainSpec, device: torch.
     model.eval()
     loss = top1 = top5 = 0.0
     for x, y in batches.ordered():
-        with _autocast(spec, device):
+        with autocast(spec, device):
             logits = model(x)
         logits = logits.float()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
@@ -58,33 +81,16 @@ def evaluate(model: nn.Module, batches: Batches, spec: TrainSpec, device: torch.
     return {"test_loss": loss / n, "test_acc": top1 / n, "test_top5": top5 / n}
 
 
-@torch.no_grad()
-def calibrate_norm_statistics(model: nn.Module, batches: Batches) -> None:
-    """For a network that never trains (`none`): running statistics as the exact average over the
-    training set, so eval mode normalises with real statistics rather than the (0, 1) defaults."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-    model.train()
-    for x, _ in batches.ordered():
-        model(x)
-    for m in bns:
-        m.momentum = 0.1
-
-
 def prepare_data(spec: TrainSpec, data_root, device: torch.device, channels_last: bool, workers: int = 0):
     dataset = DATASETS[spec.dataset]
+    cl = channels_last and FAMILIES[spec.family].convolutional
     if dataset.stream is not None:  # too big for memory: decoded per batch by `workers` processes
         root = require_root(spec.dataset, data_root)
-        return dataset.stream(spec, root, device, channels_last and spec.family != "mlp", workers)
+        return dataset.stream(spec, root, device, cl, workers)
     x_tr, y_tr, x_te, y_te = load_arrays(spec.dataset, data_root)
     tr, te = balanced_subset(y_tr, spec.train_size), balanced_subset(y_te, spec.test_size)
     x_tr, y_tr, x_te, y_te = x_tr[tr], y_tr[tr], x_te[te], y_te[te]
     mean, std = channel_stats(x_tr)
-    cl = channels_last and spec.family != "mlp"
     train = Batches(x_tr, y_tr, spec.batch_size, mean, std, device, cl, spec.augment)
     test = Batches(x_te, y_te, max(spec.batch_size, 512), mean, std, device, cl)
     return train, test
@@ -109,7 +115,7 @@ def run_trial(
     device: str | torch.device | None = None,
     threads: int | None = None,
     channels_last: bool = True,
-    on_epoch: OnEpoch | None = None,
+    callbacks: Iterable[Callback] = (),
     resume: dict[str, Any] | None = None,
 ) -> TrialResult:
     started = time.perf_counter()
@@ -118,19 +124,21 @@ def run_trial(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # a streamed dataset decodes in all but one of the trial's CPUs (none: in this process)
     train, test = prepare_data(spec, data_root, device, channels_last, workers=max(0, (threads or 1) - 1))
+    callbacks = [*standard_callbacks(spec), *callbacks]
 
     model = build_model(spec)
-    initialise(model, spec.weight_init, spec.bn_init, spec.seed)
+    initialise(model, spec.weight_init, spec.bn_init, seeds.init(spec.seed))
     initial = snapshot_norms(model)
     selection = subsets.apply(model, spec.trainable, spec.random_k, spec.seed)
     model = model.to(device)
-    if channels_last and spec.family != "mlp":
+    if channels_last and FAMILIES[spec.family].convolutional:
         model = model.to(memory_format=torch.channels_last)
     optimizer, masks = build_optimizer(model, spec, selection)
     # Compiled after the subset set requires_grad (a graph traced with other flags would be
     # wrong, so they are never toggled afterwards). `model` stays the plain module: state_dict,
     # checkpoints and the measurements' hooks see it; only the steps run the compiled one.
     step_model = model if spec.compile == "none" else torch.compile(model, backend=spec.compile)
+    step = train_step(step_model, optimizer, masks, spec, device)
     milestones = sorted({max(1, round(m * spec.epochs)) for m in spec.milestones})
     scheduler = (
         torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=spec.lr_drop) if optimizer else None
@@ -158,19 +166,11 @@ def run_trial(
     for epoch in range(first_epoch, spec.epochs):
         t0 = time.perf_counter()
         model.train()
-        g = _epoch_generator(spec.seed, epoch)
-        seen = correct = 0
+        seen = 0
         loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device, dtype=torch.long)
-        for step, (x, y) in enumerate(train.epoch(g)):
-            with _autocast(spec, device), torch.set_grad_enabled(optimizer is not None):
-                logits = step_model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            if optimizer:  # None when the subset selects nothing (e.g. `bn` with norm `none`)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                subsets.mask_gradients(masks, spec.weight_decay)
-                optimizer.step()
+        for x, y in train.epoch(epoch_generator(spec.seed, epoch)):
+            logits, loss = step(x, y)
             loss_sum += loss.detach() * len(y)
             correct_sum += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -190,28 +190,28 @@ def run_trial(
             "epoch_seconds": time.perf_counter() - t0,
         }
         curves.append(metrics)
-        if on_epoch:
-            on_epoch(epoch + 1, metrics, state)
+        for callback in callbacks:
+            callback(Progress(epoch=epoch + 1, epochs=spec.epochs, metrics=metrics, state=state))
 
     if spec.epochs == 0:
-        calibrate_norm_statistics(model, train)
+        # Never trained (`none`): running statistics as the exact average over the training set, so
+        # eval mode normalises with real statistics rather than the (0, 1) defaults.
+        recalibrate(model, (x for x, _ in train.ordered()))
     final = evaluate(step_model, test, spec, device)
     train_seconds = time.perf_counter() - started
 
-    ctx = Context(
+    context = Context(
         model=model,
         spec=spec,
         evaluate=lambda: evaluate(model, test, spec, device),
         test_batches=test.ordered,
         initial=initial,
     )
-    tables = {}
-    import pandas as pd
-
-    if curves:
-        tables["curves"] = pd.DataFrame(curves)
-    for name in spec.measure:
-        tables.update(MEASUREMENTS[name](ctx))
+    tables = {"curves": pd.DataFrame(curves)} if curves else {}
+    end = Progress(epoch=len(curves), epochs=spec.epochs, metrics=final, state=state, end=True, tables=tables,
+                   context=context)
+    for callback in callbacks:
+        callback(end)
 
     groups = count_groups(model)
     row = {

@@ -3,6 +3,7 @@
 Defaults are open_lth's CIFAR recipe (SGD, momentum 0.9, lr 0.1 dropped 10x at 50% and 75% of
 160 epochs, batch 128, weight decay 1e-4, crop+flip) and the paper's initialisation (kaiming-normal
 weights, γ ~ U[0, 1), β = 0). Changing a default here changes trial ids: don't (see spec.py).
+This module imports no torch: the registries it checks names against are imported on resolve.
 """
 from __future__ import annotations
 
@@ -81,12 +82,12 @@ class TrainSpec(Spec):
 
     def resolve(self) -> "TrainSpec":
         from sweeper.data import AUGMENTATIONS, DATASETS
-        from sweeper.measures import MEASUREMENTS
+        from sweeper.experiments.train.measures import MEASUREMENTS
+        from sweeper.experiments.train.subsets import SUBSETS
         from sweeper.models import FAMILIES
         from sweeper.nn.activations import ACTIVATIONS
         from sweeper.nn.init import BN_INITS, canonical_weight_init
         from sweeper.nn.norms import canonical_norm
-        from sweeper.subsets import SUBSETS
 
         def named(field: str, fn):
             try:
@@ -141,13 +142,15 @@ class TrainSpec(Spec):
                 f"unknown torch.compile backend {self.compile!r}; valid choices: {', '.join(COMPILE_BACKENDS)}",
                 "compile",
             )
-        if self.residual_init != 1.0 and self.family != "resnet":
+        family = FAMILIES[self.family]
+        if self.residual_init != 1.0 and not family.residual_scale:
+            scaled = ", ".join(f for f in FAMILIES.names() if FAMILIES[f].residual_scale)
             raise SweeperError(
-                f"the residual-branch scale exists only in CIFAR ResNets (family resnet); "
+                f"the residual-branch scale exists only in CIFAR ResNets (family {scaled}); "
                 f"{self.model} would ignore it",
                 "residual_init",
             )
-        if self.family == "mlp":
+        if not family.convolutional:  # an MLP's norms see (N, C) features
             from sweeper.nn.norms import one_value_groups
 
             if one_value_groups(self.norm, self.width):
@@ -161,7 +164,7 @@ class TrainSpec(Spec):
                 f"thresholds on |γ| must be non-negative, got {self.clamp_thresholds!r}", "clamp_thresholds"
             )
         if self.trainable == "random":
-            from sweeper.params import min_fan_in
+            from sweeper.experiments.train.model import min_fan_in
 
             fan_in = min_fan_in(self)
             if not 1 <= self.random_k <= fan_in:

@@ -4,6 +4,9 @@ Frozen means frozen: a fully frozen tensor gets requires_grad=False (so its conv
 gradient kernel and neither momentum nor weight decay can touch it); a partly trainable tensor
 (`random`) gets a 0/1 mask that `mask_gradients` applies to the gradient *after* adding weight
 decay, so its momentum buffer stays zero on frozen entries and they stay bitwise unchanged.
+
+Which parameters are the output layer, the shortcuts and the norms, the model says itself
+(sweeper.models.roles).
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from sweeper.nn.norms import is_norm
+from sweeper import seeds
+from sweeper.models.roles import feature_weights, norm_params, output_params, shortcut_params
 from sweeper.registry import Registry
 
 # A selection maps parameter name -> True (train all of it) or a 0/1 mask (train these entries).
@@ -30,40 +34,6 @@ class Subset:
 SUBSETS: Registry[Subset] = Registry("trainable subset")
 
 
-def norm_params(model: nn.Module) -> list[str]:
-    return [
-        f"{mod_name}.{p_name}" if mod_name else p_name
-        for mod_name, module in model.named_modules()
-        if is_norm(module)
-        for p_name, _ in module.named_parameters(recurse=False)
-    ]
-
-
-def output_params(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters() if n.startswith("fc.")]
-
-
-def shortcut_params(model: nn.Module) -> list[str]:
-    """The 1x1 shortcut conv weights (CIFAR ResNets' `shortcut.0`, torchvision's `downsample.0`)."""
-    return [
-        f"{mod_name}.weight"
-        for mod_name, module in model.named_modules()
-        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
-        and (".shortcut." in f".{mod_name}." or ".downsample." in f".{mod_name}.")
-    ]
-
-
-def conv_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The random features' weights: every conv, and every hidden linear layer (an MLP's; the
-    output layer `fc` is not a feature), each feeding one norm channel per output unit."""
-    output = set(output_params(model))
-    return [
-        (f"{mod_name}.weight", module.weight)
-        for mod_name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and f"{mod_name}.weight" not in output
-    ]
-
-
 def _names(*groups: Callable[[nn.Module], list[str]]) -> Callable[[nn.Module, int, int], Selection]:
     return lambda model, k, seed: {n: True for g in groups for n in g(model)}
 
@@ -71,9 +41,9 @@ def _names(*groups: Callable[[nn.Module], list[str]]) -> Callable[[nn.Module, in
 def _random_k(model: nn.Module, k: int, seed: int) -> Selection:
     """k randomly chosen weights per conv output channel or hidden unit (2 each = the BN count):
     the baseline that trains as many parameters as BN-only, but of the wrong kind."""
-    g = torch.Generator().manual_seed(seed + 7919)  # independent of the init draws
+    g = torch.Generator().manual_seed(seeds.subset(seed))
     selection: Selection = {}
-    for name, weight in conv_params(model):
+    for name, weight in feature_weights(model):
         out, fan_in = weight.shape[0], weight[0].numel()
         scores = torch.rand(out, fan_in, generator=g)
         chosen = scores.topk(min(k, fan_in), dim=1).indices

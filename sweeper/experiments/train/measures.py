@@ -6,10 +6,13 @@ A study lists the names under `measure`; accuracy and per-epoch curves are alway
   dead_relu fraction of activation units that output exactly 0 on > 99% of test inputs,
             per spatial unit and per channel, per layer                       -> table `dead_relu`
 γ sparsity (fraction of |γ| below thresholds) is derived in analysis from `bn`.
+
+A measurement is one function `(Context) -> {table: DataFrame}` registered here; the training loop
+runs the study's measurements at the end of training as callbacks (`callbacks.py`). Which layers
+are norms, and the stage and block of each, the model declares (sweeper.models.roles).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +20,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sweeper.nn.norms import is_norm
+from sweeper.models.roles import norm_layers, position
+from sweeper.nn.activations import ACTIVATIONS
 from sweeper.registry import Registry
 
 DEAD_FRACTION = 0.99  # "dead": exactly zero on more than 99% of test inputs (Frankle et al.)
@@ -33,27 +37,6 @@ class Context:
 
 
 MEASUREMENTS: Registry[Callable[[Context], dict[str, pd.DataFrame]]] = Registry("measurement")
-
-
-def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if is_norm(m) and getattr(m, "weight", None) is not None]
-
-
-_BLOCK = re.compile(r"^blocks\.(\d+)\.(bn1|bn2|shortcut\.1)$")
-
-
-def position(model: nn.Module, layer: str) -> tuple[int, int, str]:
-    """(stage, block, role) of a norm layer: stage 1-3 and block index within the stage for CIFAR
-    ResNets, stage 0 for the stem; -1 where a family has no stages."""
-    match = _BLOCK.match(layer)
-    if match and hasattr(model, "blocks"):
-        per_stage = len(model.blocks) // 3
-        i = int(match.group(1))
-        role = {"bn1": "bn1", "bn2": "bn2", "shortcut.1": "shortcut"}[match.group(2)]
-        return i // per_stage + 1, i % per_stage, role
-    if layer == "bn":
-        return 0, 0, "stem"
-    return -1, -1, layer
 
 
 def snapshot_norms(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -114,9 +97,7 @@ def measure_clamp(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def activation_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from sweeper.nn.activations import ACTIVATIONS
-
-    kinds = tuple({type(ACTIVATIONS[name]()) for name in ACTIVATIONS} - {nn.Identity})
+    kinds = tuple({type(ACTIVATIONS[name].build()) for name in ACTIVATIONS} - {nn.Identity})
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
