@@ -85,13 +85,13 @@ def cmd_plan(args) -> int:
 
 # -- run -----------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from sweeper.data import DATASETS, check_data
+    from sweeper.data import DATASETS, check_data, normalize_root
     from sweeper.store import Store
     from sweeper.study import load_study
 
     study = load_study(args.study, quick=args.quick)
     store = Store(args.store)
-    data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else os.environ.get("SWEEPER_DATA_ROOT")
+    data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
     # Check the environment before any work: the store takes writes, the data are there.
     store.ensure_writable()
     names = {getattr(s, f, None) for s in study.specs() for f in ("dataset", "inputs")}
