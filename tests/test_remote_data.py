@@ -197,6 +197,41 @@ def test_a_half_finished_copy_is_redone(tmp_path, remote_cifar, monkeypatch):
     assert len(log_lines(tmp_path / "cache")) == 1
 
 
+KILLED = textwrap.dedent('''
+    import sys, time
+    import pyarrow.fs as pafs
+    from sweeper.data import require_root
+
+    real = pafs.copy_files
+
+    def slow(*args, **kwargs):  # the copier gets one file across, then is killed in the middle
+        real(*args, **kwargs)
+        print("one file copied", flush=True)
+        time.sleep(600)
+
+    pafs.copy_files = slow
+    require_root("cifar10", sys.argv[1])
+''')
+
+
+def test_a_copier_killed_mid_copy_leaves_nothing_that_looks_complete(tmp_path, remote_cifar, monkeypatch):
+    uri, local = remote_cifar
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(remote_data.CACHE_ENV, str(cache))
+    victim = subprocess.Popen([sys.executable, "-c", KILLED, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert victim.stdout.readline().strip() == "one file copied", victim.stderr.read()
+    finally:
+        victim.kill()
+        victim.wait()
+    target = remote_data.cache_dir(uri) / remote_data.unit_name(data.DATASETS["cifar10"].remote[0])
+    assert not target.exists() and len(list(target.parent.glob(".partial-*"))) == 1  # its scratch folder
+    root = data.require_root("cifar10", uri)  # the lock died with it: copied again, whole
+    assert root == target and same_files(root, local) and (root / remote_data.MARKER).is_file()
+    assert not list(target.parent.glob(".partial-*")) and len(log_lines(cache)) == 1
+
+
 def test_copy_needs_room_on_disk(tmp_path, remote_cifar, monkeypatch):
     import shutil
 
