@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from sweeper.imagenet_stream import stream_imagenet
-from sweeper.train_spec import TrainSpec
+from sweeper.experiments.train.spec import TrainSpec
 
 p = argparse.ArgumentParser()
 p.add_argument("--images", type=int, default=384)

@@ -58,10 +58,10 @@ def cmd_plan(args) -> int:
     for s in specs:
         rows.append({"trial_id": s.trial_id, **({"model": s.model} if hasattr(s, "model") else {}),
                      **s.to_row(), "done": s.trial_id in done})
-    from sweeper.cost import estimate, human
-
-    cpus = float(study.resources.get("cpu", 1))
-    cost = estimate([s for s in specs if s.trial_id not in done], cpus)
+    cpus = float(args.cpus_per_trial if args.cpus_per_trial is not None else study.resources.get("cpu", 1))
+    gpus = float(args.gpus_per_trial if args.gpus_per_trial is not None else study.resources.get("gpu", 0))
+    remaining = [s for s in specs if s.trial_id not in done]
+    cost, notes = _plan_cost(args, remaining, cpus, gpus)
     if args.json:
         print(json.dumps({"study": study.name, "experiment": study.experiment, "count": len(rows),
                           "done": len(done & {s.trial_id for s in specs}), "trials": rows,
@@ -73,25 +73,87 @@ def cmd_plan(args) -> int:
     shown += ["done"]
     print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
     print(_table(rows, shown))
-    if cost["total_flops"]:
-        total = cost["total_trial_seconds"]
-        print(f"estimated cost of the remaining trials: {cost['total_flops']:.3g} FLOPs, about {human(total)} of "
-              f"trial time at {cost['flops_per_second'] / 1e9:.0f} GFLOP/s per trial ({cpus:g} CPU, measured here); "
-              f"spread over N parallel trials, about 1/N of that")
+    for line in notes:
+        print(line)
     if cost["unknown_trials"]:
         print(f"({cost['unknown_trials']} trials of experiment '{study.experiment}' have no cost model)")
     return 0
 
 
+def _plan_cost(args, specs, cpus: float, gpus: float) -> tuple[dict, list[str]]:
+    """The estimate of `specs` and the lines that state it with its assumptions."""
+    from sweeper import cost as c
+
+    if gpus <= 0:  # CPU trials: this machine's measured rate (measured only here)
+        est = c.estimate(specs, cpus)
+        if not est["total_flops"]:
+            return est, []
+        return est, [
+            f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
+            f"{c.human(est['total_trial_seconds'])} of trial time at {est['flops_per_second'] / 1e9:.0f} GFLOP/s "
+            f"per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"]
+    if args.efficiency is not None and not 0 < args.efficiency <= 1:
+        raise SweeperError(f"must be in (0, 1], got {args.efficiency:g}", "--efficiency")
+    cluster_file = args.cluster or ("cluster.yaml" if Path("cluster.yaml").is_file() else None)
+    cluster = c.read_cluster(cluster_file) if cluster_file else None
+    if args.gpu:
+        try:
+            gpu, why = c.GPUS.canonical(args.gpu), "--gpu"
+        except SweeperError as e:
+            raise e.at("--gpu") from None
+    elif cluster is not None and cluster.gpu:
+        gpu, why = cluster.gpu, cluster.source
+    else:
+        gpu, why = c.DEFAULT_GPU, (f"the default, as {cluster.source} names no card in the table" if cluster
+                                   else "the default, with no cluster file naming one: --cluster FILE")
+    if args.workers is not None and args.workers < 1:
+        raise SweeperError(f"must be at least 1, got {args.workers}", "--workers")
+    if cluster is None:
+        cluster = c.Cluster(1, source="the default, with no cluster file: --cluster FILE, --workers N")
+    if args.workers is not None:
+        from dataclasses import replace
+
+        cluster = replace(cluster, workers=args.workers)
+    efficiency = c.GPU_EFFICIENCY if args.efficiency is None else args.efficiency
+    card = c.GPUS[gpu]
+    est = c.estimate_gpu(specs, card, cluster, gpus, cpus, efficiency)
+    est.update(gpu_source=why, cluster_source=cluster.source)
+    if not est["total_flops"]:
+        return est, []
+    worker = f"{cluster.gpus_per_worker:g} GPU" + ("" if cluster.cpus_per_worker is None
+                                                   else f" and {cluster.cpus_per_worker:g} CPU")
+    at_once = est["trials_per_worker"]
+    source = "--workers" if args.workers is not None else cluster.source
+    if est["fits"]:
+        wall = (f", about {c.human(est['wall_seconds'])} of wall time on {cluster.workers} "
+                f"worker{'s' * (cluster.workers != 1)}")
+        fit = (f"so {at_once} trial{'s' * (at_once != 1)} at a time on each (a trial asks for {gpus:g} GPU and "
+               f"{cpus:g} CPU; trials on a worker share its GPUs)")
+    else:
+        wall = "; no wall time: the trials do not fit on these workers"
+        fit = f"too small: {est['problem'].replace(f' (workers from {cluster.source})', '')}; `run` would wait forever"
+    lines = [
+        f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs: about {est['gpu_hours']:.4g} "
+        f"GPU-hours{wall}",
+        f"  card: {card.name}, from {why} (--gpu NAME for another: {c.GPUS.choices()})",
+        f"  workers: {cluster.workers}, from {source}; {worker} each, {fit}",
+    ]
+    for precision, r in est["rates"].items():
+        lines.append(f"  {precision} trials: {r['rate']}, {r['stated_flops_per_second'] / 1e12:.4g} TFLOP/s stated "
+                     f"x {efficiency:g} efficiency (assumed; --efficiency) = {r['flops_per_second'] / 1e12:.3g} "
+                     f"TFLOP/s per trial with a card to itself")
+    return est, lines
+
+
 # -- run -----------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from sweeper.data import DATASETS, check_data
+    from sweeper.data import DATASETS, check_data, normalize_root
     from sweeper.store import Store
     from sweeper.study import load_study
 
     study = load_study(args.study, quick=args.quick)
     store = Store(args.store)
-    data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else os.environ.get("SWEEPER_DATA_ROOT")
+    data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
     # Check the environment before any work: the store takes writes, the data are there.
     store.ensure_writable()
     names = {getattr(s, f, None) for s in study.specs() for f in ("dataset", "inputs")}
@@ -221,6 +283,15 @@ def build_parser() -> Parser:
     plan.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--store", default=None, help="mark trials this store already has")
+    plan.add_argument("--cpus-per-trial", type=float, default=None, help="as `run` would ask (default: the study's)")
+    plan.add_argument("--gpus-per-trial", type=float, default=None, help="as `run` would ask (default: the study's)")
+    plan.add_argument("--cluster", default=None, metavar="FILE",
+                      help="Ray cluster file whose GPU workers the estimate assumes (default: ./cluster.yaml if present)")
+    plan.add_argument("--gpu", default=None, metavar="NAME", help="the card GPU trials are estimated on "
+                      "(default: the cluster file's, else A10G): A10, A10G, H100, L4, T4, V100, A100")
+    plan.add_argument("--workers", type=int, default=None, help="GPU workers (default: the cluster file's max_workers, else 1)")
+    plan.add_argument("--efficiency", type=float, default=None,
+                      help="share of a card's stated rate a training step reaches (default: 0.3, an assumption)")
     plan.set_defaults(fn=cmd_plan)
 
     run = sub.add_parser("run", help="run a study's missing trials on Ray")

@@ -1,41 +1,125 @@
 """What a sweep will cost before it starts: trials x epochs x images x FLOPs per image, over the
-machine's measured matrix-multiply rate.
+rate of the hardware the trials ask for.
 
-FLOPs are counted with torch's own counter on the meta device (no memory, no compute). A training
-step costs about 3 forward passes when weights train (forward, input gradients, weight gradients)
-and about 2 when every conv is frozen (no weight-gradient kernels: the BN-only case).
+FLOPs are those of the convolutions and linear layers, the ones torch's FLOP counter counts. A
+training step costs about 3 forward passes when weights train (forward, input gradients, weight
+gradients) and about 2 when every conv is frozen (no weight-gradient kernels: the BN-only case).
+
+Rates:
+- CPU trials: this machine's measured matrix-multiply rate with the trial's threads (measured only
+  when some trial runs on CPUs).
+- GPU trials: a card's stated dense rate for the trial's precision (`GPUS`), times an efficiency
+  factor: the share of that rate a conv net's training step reaches. No GPU was at hand to measure
+  either, so both are stated assumptions, printed with every estimate and changeable (--gpu,
+  --efficiency).
+
+A cluster's wall time comes from a small simulation of the trials in the order Tune starts them,
+each worker holding as many at a time as its GPUs and CPUs allow, the trials on a worker sharing its
+GPUs' rate equally (one trial never uses more than one GPU: a trial trains on one device).
 """
 from __future__ import annotations
 
+import copy
 import functools
+import math
+import os
 import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch import nn
 
 from sweeper.data import DATASETS
+from sweeper.errors import SweeperError
+from sweeper.registry import Registry
 
 # Training-set and test-set sizes of the in-memory datasets (for the estimate only).
 SIZES = {"digits": (1442, 355), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
          "imagenet": (1_281_167, 50_000), "imagenet224": (1_281_167, 50_000)}
-EFFICIENCY = 0.8  # share of the matmul rate a training step reaches (see BENCHMARKS.md)
+EFFICIENCY = 0.8  # share of the CPU matmul rate a training step reaches (see BENCHMARKS.md)
+
+
+# -- FLOPs ---------------------------------------------------------------------------------------
+class _Shaped(nn.Module):
+    """Stands in for a conv or linear layer: adds the layer's FLOPs to a tally and returns zeros of
+    its output shape, so that one forward pass gives every layer's shape without doing its work."""
+
+    def __init__(self, layer: nn.Module, tally: list[int]):
+        super().__init__()
+        self.__dict__["layer"] = layer  # not registered: its (meta) parameters stay out of the pass
+        self.tally = tally
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if isinstance(layer, nn.Linear):
+            out = (*x.shape[:-1], layer.out_features)
+            self.tally[0] += 2 * layer.in_features * math.prod(out)
+        else:
+            n, _, *size = x.shape
+            pad = layer.padding if not isinstance(layer.padding, str) else (
+                (0,) * len(size) if layer.padding == "valid" else None)
+            if pad is None:  # "same": stride 1, output as big as the input
+                spatial = tuple(size)
+            else:
+                spatial = tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
+                                zip(size, pad, layer.dilation, layer.kernel_size, layer.stride))
+            out = (n, layer.out_channels, *spatial)
+            self.tally[0] += 2 * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size) * math.prod(out)
+        return x.new_zeros(out)
+
+
+def _shape_only(module: nn.Module, tally: list[int]) -> nn.Module:
+    """A copy of the module tree (parameters shared, nothing copied) whose conv and linear layers
+    only count and shape, and whose norm layers are identities (they keep shapes, and are not counted)."""
+    from sweeper.nn.norms import is_norm
+
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        return _Shaped(module, tally)
+    if is_norm(module):
+        return nn.Identity()
+    clone = copy.copy(module)  # shallow: the same parameters, a children mapping of its own
+    clone._modules = {name: None if child is None else _shape_only(child, tally)
+                      for name, child in module._modules.items()}
+    return clone
 
 
 @functools.lru_cache(maxsize=256)
 def forward_flops(family: str, depth: int, width: int, dataset: str, activation: str, norm: str) -> int:
-    """FLOPs of one forward pass of one image."""
-    from sweeper.experiments.train.model import build_model
+    """FLOPs of one forward pass of one image: what torch's FlopCounterMode counts (convolutions
+    and matrix products), from one pass of zeros through the network's shapes on the CPU (the
+    counter itself on the meta device took seconds per deep network: every op dispatched through
+    Python)."""
+    from sweeper.experiments.train.model import meta_model
     from sweeper.experiments.train.spec import TrainSpec
 
     spec = TrainSpec.from_values({"family": family, "depth": depth, "width": width, "dataset": dataset,
                                   "activation": activation, "norm": norm})
-    model = build_model(spec, device="meta")
+    tally = [0]
+    model = _shape_only(meta_model(spec), tally)
+    if any(True for _ in model.parameters()):  # a layer with parameters of its own: not in today's families
+        raise SweeperError(f"cannot count the FLOPs of {spec.model}: {type(model).__name__} has layers "
+                           "the shape-only pass does not know", "family")
     c, h, w = DATASETS[dataset].shape
-    with FlopCounterMode(display=False) as counter:
-        model(torch.empty(1, c, h, w, device="meta"))
-    return int(counter.get_total_flops())
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, c, h, w))
+    return tally[0]
 
 
+def trial_flops(spec) -> int | None:
+    """Estimated FLOPs of one trial, or None for experiments without a model of their cost."""
+    if getattr(spec, "experiment", None) != "train":
+        return None
+    train, test = SIZES[spec.dataset]
+    train = min(spec.train_size, train) if spec.train_size else train
+    test = min(spec.test_size, test) if spec.test_size else test
+    f = forward_flops(spec.family, spec.depth, spec.width, spec.dataset, spec.activation, spec.norm)
+    step = 2 if spec.trainable in ("bn", "output", "bn+output", "none") else 3
+    return f * (spec.epochs * (train * step + test) + test)
+
+
+# -- CPU rate --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def matmul_rate(threads: int = 1) -> float:
     """FLOP/s of a large fp32 matrix product on this machine, with `threads` threads."""
@@ -53,31 +137,214 @@ def matmul_rate(threads: int = 1) -> float:
         torch.set_num_threads(saved)
 
 
-def trial_flops(spec) -> int | None:
-    """Estimated FLOPs of one trial, or None for experiments without a model of their cost."""
-    if getattr(spec, "experiment", None) != "train":
-        return None
-    train, test = SIZES[spec.dataset]
-    train = min(spec.train_size, train) if spec.train_size else train
-    test = min(spec.test_size, test) if spec.test_size else test
-    f = forward_flops(spec.family, spec.depth, spec.width, spec.dataset, spec.activation, spec.norm)
-    step = 2 if spec.trainable in ("bn", "output", "bn+output", "none") else 3
-    return f * (spec.epochs * (train * step + test) + test)
-
-
 def estimate(specs, cpus_per_trial: float = 1.0) -> dict:
     """Seconds of compute per trial and in all, at this machine's measured rate per trial."""
-    import os
-
-    rate = matmul_rate(max(1, min(int(cpus_per_trial), os.cpu_count() or 1))) * EFFICIENCY
     flops = [trial_flops(s) for s in specs]
     known = [f for f in flops if f is not None]
+    if not known:  # nothing to time: no need to measure the rate
+        return {"flops_per_second": None, "trial_seconds": [None] * len(flops), "total_flops": 0,
+                "total_trial_seconds": 0.0, "unknown_trials": len(flops), "device": "cpu"}
+    rate = matmul_rate(max(1, min(int(cpus_per_trial), os.cpu_count() or 1))) * EFFICIENCY
     return {
         "flops_per_second": rate,
         "trial_seconds": [None if f is None else f / rate for f in flops],
         "total_flops": sum(known),
         "total_trial_seconds": sum(known) / rate,
         "unknown_trials": len(flops) - len(known),
+        "device": "cpu",
+    }
+
+
+# -- GPU rates -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Card:
+    """A GPU's stated dense peak rates (FLOP/s, no structured sparsity); None where the card has
+    no tensor-core support for the format."""
+
+    name: str
+    fp32: float
+    tf32: float | None
+    bf16: float | None
+    source: str
+
+
+T = 1e12
+GPUS: Registry[Card] = Registry("GPU")
+# NVIDIA's datasheets (SXM parts for A100/H100/V100). NVIDIA publishes no datasheet for AWS's A10G;
+# its figures are the ones AWS and NVIDIA quote for g5 instances (half the A10's tensor rates).
+GPUS.add("A10G", Card("NVIDIA A10G", 31.2 * T, 35 * T, 70 * T, "AWS g5"), "a10g")
+GPUS.add("A10", Card("NVIDIA A10", 31.2 * T, 62.5 * T, 125 * T, "NVIDIA A10 datasheet"), "a10")
+GPUS.add("T4", Card("NVIDIA T4", 8.1 * T, None, None, "NVIDIA T4 datasheet"), "t4")
+GPUS.add("L4", Card("NVIDIA L4", 30.3 * T, 60 * T, 121 * T, "NVIDIA L4 datasheet"), "l4")
+GPUS.add("V100", Card("NVIDIA V100 SXM2", 15.7 * T, None, None, "NVIDIA V100 datasheet"), "v100")
+GPUS.add("A100", Card("NVIDIA A100 SXM", 19.5 * T, 156 * T, 312 * T, "NVIDIA A100 datasheet"), "a100")
+GPUS.add("H100", Card("NVIDIA H100 SXM", 67 * T, 494 * T, 989 * T, "NVIDIA H100 datasheet"), "h100")
+DEFAULT_GPU = "A10G"  # cluster.yaml's g5 workers
+#: Assumed, not measured (no GPU here): the share of the stated rate a training step of a conv net
+#: reaches. Small networks (CIFAR ResNets of width 16: many small kernels) reach less, wide ones more.
+GPU_EFFICIENCY = 0.3
+#: PyTorch runs fp32 convolutions in TF32 on cards that have it (torch.backends.cudnn.conv.fp32_precision
+#: is "tf32" by default) and sweeper leaves that default alone; set False if it ever pins them to IEEE fp32.
+FP32_CONVS_IN_TF32 = True
+
+
+def card_rate(card: Card, precision: str) -> tuple[float, str]:
+    """(stated FLOP/s, which rate that is) for a trial of `precision` on `card`."""
+    if precision == "bf16":
+        if card.bf16 is None:
+            return card.fp32, f"the fp32 rate ({card.name} has no bf16 tensor cores)"
+        return card.bf16, "the bf16 tensor-core rate"
+    if FP32_CONVS_IN_TF32 and card.tf32 is not None:
+        return card.tf32, "the TF32 tensor-core rate (PyTorch runs fp32 convolutions in TF32 on this card)"
+    return card.fp32, "the fp32 rate"
+
+
+# -- the cluster ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cluster:
+    """The shape of the workers trials run on."""
+
+    workers: int
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: not known, CPUs do not limit
+    gpu: str | None = None  # the card its GPU workers carry, when the file says
+    source: str = ""  # where this came from, for the printed assumption
+
+
+# Instance types (AWS, by family) and accelerator names (GCP) -> the card they carry.
+AWS_FAMILIES = {"g5": "A10G", "g4dn": "T4", "g6": "L4", "p3": "V100", "p3dn": "V100", "p4d": "A100",
+                "p4de": "A100", "p5": "H100"}
+ACCELERATOR_TOKENS = {"a10g": "A10G", "a10": "A10", "t4": "T4", "l4": "L4", "v100": "V100", "a100": "A100",
+                      "h100": "H100"}
+
+
+def _card_of(node_config: dict) -> str | None:
+    instance = str(node_config.get("InstanceType") or node_config.get("machineType") or "")
+    family = instance.split(".")[0]
+    if family in AWS_FAMILIES:
+        return AWS_FAMILIES[family]
+    for accel in node_config.get("guestAccelerators") or []:
+        for token in str(accel.get("acceleratorType", "")).lower().split("-"):
+            if token in ACCELERATOR_TOKENS:
+                return ACCELERATOR_TOKENS[token]
+    return None
+
+
+def read_cluster(path: str | Path) -> Cluster:
+    """The GPU worker type of a Ray cluster-launcher file: how many workers at most, their GPUs,
+    CPUs and card (by instance type or accelerator name)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SweeperError("no such cluster file", str(path))
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SweeperError(f"does not parse: {str(e).splitlines()[0]}", str(path)) from None
+    types = (config or {}).get("available_node_types") if isinstance(config, dict) else None
+    if not isinstance(types, dict) or not types:
+        raise SweeperError("no available_node_types: not a Ray cluster file", str(path))
+    head = config.get("head_node_type")
+    gpu_types = []
+    for name, node in types.items():
+        if name == head or not isinstance(node, dict):
+            continue
+        resources = node.get("resources") or {}
+        card = _card_of(node.get("node_config") or {})
+        gpus = resources.get("GPU")
+        if gpus is None:  # not declared: the accelerators GCP names, else one for a known GPU instance
+            accels = (node.get("node_config") or {}).get("guestAccelerators") or []
+            gpus = sum(int(a.get("acceleratorCount", 1)) for a in accels) or (1 if card else 0)
+        if gpus > 0:
+            gpu_types.append((name, node, float(gpus), resources.get("CPU"), card))
+    if not gpu_types:
+        raise SweeperError("available_node_types: no worker type has a GPU", str(path))
+    name, node, gpus, cpus, card = max(gpu_types, key=lambda t: t[1].get("max_workers", 0))  # the main one
+    workers = node.get("max_workers", config.get("max_workers", 1))
+    if "max_workers" in config:
+        workers = min(workers, config["max_workers"])
+    instance = (node.get("node_config") or {}).get("InstanceType") or (node.get("node_config") or {}).get("machineType")
+    return Cluster(int(workers), gpus, None if cpus is None else float(cpus), card,
+                   f"{path.name}'s worker type {name}" + (f" ({instance})" if instance else ""))
+
+
+# -- wall time -----------------------------------------------------------------------------------
+def wall_time(alone: list[float], workers: int, per_worker: int, gpus_per_worker: float) -> float:
+    """Seconds until the last trial ends. alone[i]: seconds trial i takes with a GPU to itself.
+    Trials start in order, each on the worker running the fewest (up to per_worker at a time); the
+    k trials on a worker share its GPUs, each progressing at min(1, gpus/k) of its own pace."""
+    queue = deque(alone)
+    running: list[list[float]] = [[] for _ in range(workers)]
+    eps = 1e-9 * max(alone, default=0.0)
+    now = 0.0
+
+    def fill():
+        while queue:
+            w = min(range(workers), key=lambda i: len(running[i]))
+            if len(running[w]) >= per_worker:
+                return
+            running[w].append(queue.popleft())
+
+    fill()
+    while any(running):
+        pace = [min(1.0, gpus_per_worker / len(r)) if r else 0.0 for r in running]
+        step = min(min(r) / p for r, p in zip(running, pace) if r)
+        now += step
+        running = [[x - step * p for x in r if x - step * p > eps] for r, p in zip(running, pace)]
+        fill()
+    return now
+
+
+def trials_per_worker(cluster: Cluster, gpus_per_trial: float, cpus_per_trial: float) -> int:
+    """How many trials one worker holds at a time (Ray places a trial where its whole request fits)."""
+    if gpus_per_trial > cluster.gpus_per_worker:
+        raise SweeperError(f"each trial asks for {gpus_per_trial:g} GPUs, but a worker has {cluster.gpus_per_worker:g} "
+                           f"(workers from {cluster.source})", "--gpus-per-trial")
+    slots = math.floor(cluster.gpus_per_worker / gpus_per_trial + 1e-9)
+    if cluster.cpus_per_worker is not None and cpus_per_trial > 0:
+        slots = min(slots, math.floor(cluster.cpus_per_worker / cpus_per_trial + 1e-9))
+        if slots == 0:
+            raise SweeperError(f"each trial asks for {cpus_per_trial:g} CPUs, but a worker has "
+                               f"{cluster.cpus_per_worker:g} (workers from {cluster.source})", "--cpus-per-trial")
+    return slots
+
+
+def estimate_gpu(specs, card: Card, cluster: Cluster, gpus_per_trial: float, cpus_per_trial: float,
+                 efficiency: float = GPU_EFFICIENCY) -> dict:
+    """GPU-hours and wall time of `specs` on `cluster`'s workers, each trial at the card's stated
+    rate for its precision times `efficiency` while it has a GPU to itself."""
+    flops = [trial_flops(s) for s in specs]
+    known = [(f, getattr(s, "precision", "fp32")) for f, s in zip(flops, specs) if f is not None]
+    rates = {p: card_rate(card, p) for p in sorted({p for _, p in known})}
+    alone = [f / (rates[p][0] * efficiency) for f, p in known]
+    try:
+        per_worker, problem = trials_per_worker(cluster, gpus_per_trial, cpus_per_trial), None
+    except SweeperError as e:  # a finding to report, not bad input: the trials need other workers
+        per_worker, problem = 0, e.message
+    total = sum(alone)
+    return {
+        "device": "gpu",
+        # the keys CPU estimates have: here the rate of one trial alone on a card
+        "flops_per_second": sum(f for f, _ in known) / total if total else None,
+        "trial_seconds": [None if f is None else f / (rates[s.precision][0] * efficiency)
+                          for f, s in zip(flops, specs)],
+        "total_flops": sum(f for f, _ in known),
+        "total_trial_seconds": total,
+        "unknown_trials": len(flops) - len(known),
+        "gpu": card.name,
+        "efficiency": efficiency,
+        "rates": {p: {"stated_flops_per_second": r, "rate": what, "flops_per_second": r * efficiency}
+                  for p, (r, what) in rates.items()},
+        "gpus_per_trial": gpus_per_trial,
+        "cpus_per_trial": cpus_per_trial,
+        "workers": cluster.workers,
+        "gpus_per_worker": cluster.gpus_per_worker,
+        "trials_per_worker": per_worker,
+        "gpu_hours": total / 3600,
+        "wall_seconds": wall_time(alone, cluster.workers, per_worker, cluster.gpus_per_worker) if per_worker else None,
+        "fits": problem is None,  # False: no worker can hold a trial (`problem` says why); `run` would wait forever
+        "problem": problem,
     }
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from sweeper import remote_data
 from sweeper.errors import SweeperError
 from sweeper.imagenet_stream import imagenet_base, stream_imagenet
 from sweeper.registry import Registry
@@ -35,6 +38,9 @@ class Dataset:
     # too big to hold in memory; such a dataset has no arrays (`load` refuses)
     stream: Callable | None = None
     check: Callable[[Path], object] | None = None  # a streamed dataset's cheap check that its root holds it
+    # what a trial reads under a root, for copying it from an object-store prefix (sweeper.remote_data):
+    # alternative layouts, each a tuple of paths relative to the root ("dir/" a folder, else a file)
+    remote: tuple[tuple[str, ...], ...] = ()
 
 
 DATASETS: Registry[Dataset] = Registry("dataset")
@@ -101,11 +107,29 @@ def find_cifar(root: Path, layout: CifarLayout) -> Path | None:
 
 
 def download_cifar(root: Path, layout: CifarLayout, url: str | None = None, md5: str | None = None):
-    """Fetch and unpack the archive with torchvision's downloader (users with a network)."""
+    """Fetch and unpack the archive with torchvision's downloader (users with a network), once per
+    node: concurrent trials wait on a lock beside the root and find the first one's result, and the
+    archive unpacks into a scratch folder whose files are renamed into place, so a killed download
+    never leaves a folder that looks complete."""
+    from filelock import FileLock
     from torchvision.datasets.utils import download_and_extract_archive
 
     root.mkdir(parents=True, exist_ok=True)
-    download_and_extract_archive(url or layout.url, str(root), filename=layout.archive, md5=md5 or layout.md5)
+    with FileLock(str(root / f".{layout.folder}.lock")):
+        if find_cifar(root, layout) is not None:  # another process fetched it while this one waited
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=f".{layout.folder}.partial-", dir=root))
+        try:
+            download_and_extract_archive(url or layout.url, str(scratch), filename=layout.archive,
+                                         md5=md5 or layout.md5)
+            unpacked, target = scratch / layout.folder, root / layout.folder
+            if not target.exists():
+                os.replace(unpacked, target)
+            else:  # an incomplete folder of the user's: completed file by file, each rename atomic
+                for f in (*layout.train_files, layout.test_file):
+                    os.replace(unpacked / f, target / f)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -142,14 +166,20 @@ def _cifar_loader(layout: CifarLayout) -> Callable[[Path | None, bool], Arrays]:
     return load
 
 
-DATASETS.add("cifar10", Dataset(_cifar_loader(CIFAR10), 10, (3, 32, 32), True, "CIFAR-10, python batches"), "cifar-10")
-DATASETS.add(
-    "cifar100", Dataset(_cifar_loader(CIFAR100), 100, (3, 32, 32), True, "CIFAR-100, python batches"), "cifar-100"
-)
+def _cifar_remote(layout: CifarLayout) -> tuple[tuple[str, ...], ...]:
+    return (tuple(f"{layout.folder}/{f}" for f in (*layout.train_files, layout.test_file)),)
+
+
+DATASETS.add("cifar10", Dataset(_cifar_loader(CIFAR10), 10, (3, 32, 32), True, "CIFAR-10, python batches",
+                                remote=_cifar_remote(CIFAR10)), "cifar-10")
+DATASETS.add("cifar100", Dataset(_cifar_loader(CIFAR100), 100, (3, 32, 32), True, "CIFAR-100, python batches",
+                                 remote=_cifar_remote(CIFAR100)), "cifar-100")
 
 
 # -- ImageNet from an ImageFolder root, held in memory at 64x64 ---------------------------------
 IMAGENET_SIZE = 64  # the downsampled-ImageNet resolution (Chrabaszcz et al. 2017): 1.28M images fit in 16 GB
+# the ImageFolder root's layouts under an object-store prefix (imagenet_base accepts both locally)
+IMAGENET_REMOTE = (("train/", "val/"), ("imagenet/train/", "imagenet/val/"))
 
 
 def _imagefolder_arrays(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -186,7 +216,7 @@ def _load_imagenet(root: Path | None, download: bool) -> Arrays:
 DATASETS.add(
     "imagenet",
     Dataset(_load_imagenet, 1000, (3, IMAGENET_SIZE, IMAGENET_SIZE), True,
-            "ImageNet from an ImageFolder root (train/, val/), held at 64x64"),
+            "ImageNet from an ImageFolder root (train/, val/), held at 64x64", remote=IMAGENET_REMOTE),
 )
 
 
@@ -201,36 +231,61 @@ DATASETS.add(
     Dataset(_not_in_memory, 1000, (3, 224, 224), True,
             "full-resolution ImageNet from an ImageFolder root (train/, val/), streamed: "
             "RandomResizedCrop(224) + flip, evaluation Resize(256) + CenterCrop(224)",
-            stream=stream_imagenet, check=imagenet_base),
+            stream=stream_imagenet, check=imagenet_base, remote=IMAGENET_REMOTE),
     "imagenet-full",
 )
 
 
+def root_value(data_root: str | os.PathLike | None) -> str | None:
+    """The data root a run names: --data-root, else $SWEEPER_DATA_ROOT (a path or a URI)."""
+    value = data_root or os.environ.get(DATA_ROOT_ENV)
+    return str(value) if value else None
+
+
+def normalize_root(data_root: str | os.PathLike | None) -> str | None:
+    """The root as the driver hands it to trials: a local path made absolute (a trial runs in its
+    own working directory), an s3:// or gs:// URI unchanged."""
+    value = root_value(data_root)
+    if value is None or remote_data.is_remote(value):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def resolve_root(data_root: str | os.PathLike | None) -> Path | None:
+    """A local root as a path (None when none is named or the root is a URI)."""
+    value = root_value(data_root)
+    return None if value is None or remote_data.is_remote(value) else Path(value).expanduser().resolve()
+
+
 def require_root(name: str, data_root: str | os.PathLike | None) -> Path | None:
-    """The dataset's root (None for a bundled dataset); a clear error when it needs one and has none."""
-    root = resolve_root(data_root)
-    if DATASETS[name].needs_root and root is None:
+    """The dataset's local root (None for a bundled dataset); a clear error when it needs one and
+    has none. Under an s3:// or gs:// root, this node's copy of what the dataset reads (made by
+    the first trial on the node that asks; see sweeper.remote_data)."""
+    ds = DATASETS[name]
+    value = root_value(data_root)
+    if ds.needs_root and value is None:
         raise SweeperError(
-            f"dataset {name} needs a data root: pass --data-root DIR or set {DATA_ROOT_ENV}", "data_root"
+            f"dataset {name} needs a data root: pass --data-root DIR or URI, or set {DATA_ROOT_ENV}", "data_root"
         )
-    return root
+    if ds.needs_root and remote_data.is_remote(value):
+        return remote_data.fetch(value, ds.remote, f"{name} data")
+    return resolve_root(value)
 
 
 def check_data(name: str, data_root: str | os.PathLike | None) -> None:
     """Before any work: the dataset is where the run says (a one-line error naming --data-root
-    otherwise). An in-memory dataset is loaded (and cached) here; a streamed one only checked."""
+    otherwise). An in-memory dataset is loaded (and cached) here; a streamed one only checked;
+    one under an s3:// or gs:// prefix only looked up (the nodes copy it, not the driver)."""
     ds = DATASETS[name]
     if not ds.needs_root:
         return
-    if ds.check is not None:
+    value = root_value(data_root)
+    if value is not None and remote_data.is_remote(value):
+        remote_data.check(value, ds.remote, f"{name} data")
+    elif ds.check is not None:
         ds.check(require_root(name, data_root))
     else:
         load_arrays(name, data_root)
-
-
-def resolve_root(data_root: str | os.PathLike | None) -> Path | None:
-    root = data_root or os.environ.get(DATA_ROOT_ENV)
-    return Path(root).expanduser().resolve() if root else None
 
 
 _CACHE: dict[tuple, Arrays] = {}
@@ -244,7 +299,8 @@ def load_arrays(name: str, data_root: str | os.PathLike | None = None, download:
     root = require_root(name, data_root)
     key = (name, str(root) if ds.needs_root else None)
     if key not in _CACHE:
-        _CACHE[key] = ds.load(root, download)
+        # a copy from an object store is complete by construction: never "downloaded into"
+        _CACHE[key] = ds.load(root, download and not remote_data.is_remote(root_value(data_root)))
     return _CACHE[key]
 
 

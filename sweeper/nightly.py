@@ -457,8 +457,9 @@ def _on_sigterm(signum, frame):  # cron or systemd stopping us: unwind, so the l
 
 
 def cmd_nightly(args) -> int:
-    data_root = (str(Path(args.data_root).expanduser().resolve()) if args.data_root
-                 else os.environ.get("SWEEPER_DATA_ROOT"))
+    from sweeper.data import normalize_root
+
+    data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
     try:
         previous, handled = signal.signal(signal.SIGTERM, _on_sigterm), True
     except ValueError:  # not the main thread (a notebook, a test runner's worker)

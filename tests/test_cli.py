@@ -85,3 +85,153 @@ def test_plan_estimates_cost_from_flops():
     r = sweeper("plan", "studies/quickstart.py", "--json")
     est = json.loads(r.stdout)["estimate"]
     assert est["total_flops"] > 0 and est["total_trial_seconds"] > 0 and est["unknown_trials"] == 0
+
+
+# -- plan: GPU trials estimated at a card's rate on the cluster's workers ----------------------------
+TINY_GPU_STUDY = """from sweeper import Study
+study = Study(name="tiny_gpu", dataset="digits", axes={"seed": [0, 1, 2, 3]},
+              recipe={"model": "resnet-8-4", "epochs": 1, "precision": "PRECISION"}, resources={"cpu": 1, "gpu": 0.25})
+"""
+
+
+def tiny_gpu_study(tmp_path, precision="fp32"):
+    path = tmp_path / "tiny_gpu.py"
+    path.write_text(TINY_GPU_STUDY.replace("PRECISION", precision))
+    return path
+
+
+def one_trial_flops(path):
+    from sweeper.cost import trial_flops
+    from sweeper.study import load_study
+
+    flops = {trial_flops(s) for s in load_study(path).specs()}
+    assert len(flops) == 1  # the seed changes no FLOP
+    return flops.pop()
+
+
+def test_plan_gpu_estimate_arithmetic(tmp_path):
+    """4 trials at 0.25 GPU on 2 one-GPU workers: 2 trials share each card, so the sweep takes twice
+    one trial's time alone on a card, and 4 trials' worth of GPU-hours."""
+    study = tiny_gpu_study(tmp_path)
+    r = sweeper("plan", study, "--json", "--workers", "2", "--gpu", "a100", cwd=tmp_path)  # no cluster.yaml here
+    assert r.returncode == 0, r.stderr
+    est = json.loads(r.stdout)["estimate"]
+    assert {"flops_per_second", "total_flops", "total_trial_seconds", "unknown_trials"} <= set(est)  # kept
+    alone = one_trial_flops(study) / (156e12 * 0.3)  # A100: fp32 convolutions run in TF32, 156 TFLOP/s stated
+    assert est["device"] == "gpu" and est["gpu"] == "NVIDIA A100 SXM" and est["efficiency"] == 0.3
+    assert est["workers"] == 2 and est["gpus_per_worker"] == 1 and est["trials_per_worker"] == 4
+    assert est["total_flops"] == 4 * one_trial_flops(study)
+    assert est["gpu_hours"] == pytest.approx(4 * alone / 3600)
+    assert est["wall_seconds"] == pytest.approx(2 * alone)
+    assert est["flops_per_second"] == pytest.approx(156e12 * 0.3)
+    assert est["rates"]["fp32"]["stated_flops_per_second"] == 156e12
+    # one worker: all four share its card; a worker of a bigger cluster file is limited by its CPUs
+    r = sweeper("plan", study, "--json", "--workers", "1", "--gpu", "A100", "--efficiency", "0.5", cwd=tmp_path)
+    est = json.loads(r.stdout)["estimate"]
+    assert est["wall_seconds"] == pytest.approx(4 * one_trial_flops(study) / (156e12 * 0.5))
+
+
+def test_plan_reads_the_cluster_file_and_prints_its_assumptions(tmp_path):
+    study = tiny_gpu_study(tmp_path, precision="bf16")
+    (tmp_path / "gpus.yaml").write_text(
+        "cluster_name: t\nmax_workers: 3\nhead_node_type: head\navailable_node_types:\n"
+        "  head: {resources: {CPU: 0}, node_config: {InstanceType: m5.large}}\n"
+        "  gpu: {min_workers: 0, max_workers: 5, resources: {CPU: 2, GPU: 1}, node_config: {InstanceType: g4dn.xlarge}}\n")
+    r = sweeper("plan", study, "--cluster", "gpus.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()[-4:]
+    # T4 has no bf16: estimated at its fp32 rate; 3 workers (the file's cap), 2 CPUs each -> 2 trials each
+    alone = one_trial_flops(study) / (8.1e12 * 0.3)
+    assert lines[0].startswith(f"estimated cost of the remaining trials: {4 * one_trial_flops(study):.3g} FLOPs: "
+                               f"about {4 * alone / 3600:.4g} GPU-hours, about ")
+    assert lines[0].endswith(" of wall time on 3 workers")
+    assert lines[1] == ("  card: NVIDIA T4, from gpus.yaml's worker type gpu (g4dn.xlarge) "
+                        "(--gpu NAME for another: A10, A100, A10G, H100, L4, T4, V100)")
+    assert lines[2] == ("  workers: 3, from gpus.yaml's worker type gpu (g4dn.xlarge); 1 GPU and 2 CPU each, so 2 trials "
+                        "at a time on each (a trial asks for 0.25 GPU and 1 CPU; trials on a worker share its GPUs)")
+    assert lines[3] == ("  bf16 trials: the fp32 rate (NVIDIA T4 has no bf16 tensor cores), 8.1 TFLOP/s stated x 0.3 "
+                        "efficiency (assumed; --efficiency) = 2.43 TFLOP/s per trial with a card to itself")
+    # no cluster file anywhere: A10G and one worker, and it says so
+    r = sweeper("plan", study, cwd=tmp_path)
+    assert "  card: NVIDIA A10G, from the default, with no cluster file naming one: --cluster FILE" in r.stdout
+    assert "  workers: 1, from the default, with no cluster file: --cluster FILE, --workers N; 1 GPU each" in r.stdout
+    assert "  bf16 trials: the bf16 tensor-core rate, 70 TFLOP/s stated" in r.stdout
+
+
+def test_the_repository_cluster_file_is_read():
+    from sweeper.cost import Cluster, read_cluster
+
+    assert read_cluster(REPO / "cluster.yaml") == Cluster(8, 1.0, 4.0, "A10G", "cluster.yaml's worker type gpu_worker (g5.xlarge)")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--efficiency", "0"], "--efficiency: must be in (0, 1], got 0"),
+    (["--workers", "0"], "--workers: must be at least 1, got 0"),
+    (["--gpu", "Z100"], "--gpu: unknown GPU 'Z100'; valid choices: A10, A100, A10G, H100, L4, T4, V100"),
+    (["--cluster", "cpu.yaml"], "cpu.yaml: available_node_types: no worker type has a GPU"),
+])
+def test_plan_refuses_bad_gpu_options(tmp_path, args, needle):
+    study = tiny_gpu_study(tmp_path)
+    (tmp_path / "cpu.yaml").write_text("head_node_type: h\navailable_node_types:\n  h: {resources: {CPU: 0}}\n"
+                                       "  w: {resources: {CPU: 8}, node_config: {InstanceType: m5.2xlarge}}\n")
+    r = sweeper("plan", study, *args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"sweeper: error: {needle}"], r.stderr
+
+
+def test_plan_says_when_trials_do_not_fit_the_workers(tmp_path):
+    """Trials that ask for more than a worker has are a finding (listed, GPU-hours, no wall time),
+    not a refusal: `run` on that cluster would wait forever for a worker that never comes."""
+    study = tiny_gpu_study(tmp_path)
+    (tmp_path / "gpu.yaml").write_text("head_node_type: h\navailable_node_types:\n  h: {resources: {CPU: 0}}\n"
+                                       "  w: {resources: {CPU: 2, GPU: 1}, node_config: {InstanceType: g5.xlarge}}\n")
+    r = sweeper("plan", study, "--cluster", "gpu.yaml", "--cpus-per-trial", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-4].endswith(" GPU-hours; no wall time: the trials do not fit on these workers")
+    assert lines[-2] == ("  workers: 1, from gpu.yaml's worker type w (g5.xlarge); 1 GPU and 2 CPU each, too small: "
+                         "each trial asks for 4 CPUs, but a worker has 2; `run` would wait forever")
+    r = sweeper("plan", study, "--gpus-per-trial", "2", "--json", cwd=tmp_path)
+    est = json.loads(r.stdout)["estimate"]
+    assert est["fits"] is False and est["wall_seconds"] is None and est["gpu_hours"] > 0
+    assert est["problem"] == ("each trial asks for 2 GPUs, but a worker has 1 (workers from the default, with no "
+                              "cluster file: --cluster FILE, --workers N)")
+
+
+def test_wall_time_shares_gpus_among_a_workers_trials():
+    from sweeper.cost import wall_time
+
+    assert wall_time([10.0] * 5, workers=2, per_worker=1, gpus_per_worker=1) == pytest.approx(30)  # 3 rounds
+    assert wall_time([10.0] * 5, workers=2, per_worker=4, gpus_per_worker=1) == pytest.approx(30)  # 3 share one card
+    assert wall_time([10.0] * 4, workers=1, per_worker=4, gpus_per_worker=2) == pytest.approx(20)  # 2 cards, 4 trials
+    assert wall_time([10.0] * 2, workers=1, per_worker=4, gpus_per_worker=2) == pytest.approx(10)  # a card each
+    # a long trial beside short ones: it speeds up as they end; work is conserved
+    assert wall_time([30.0, 10.0], workers=1, per_worker=2, gpus_per_worker=1) == pytest.approx(40)
+    assert wall_time([], workers=3, per_worker=1, gpus_per_worker=1) == 0
+
+
+def test_shape_only_flops_equal_torch_flop_counter():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sweeper.cost import DATASETS, forward_flops
+    from sweeper.experiments.train.model import build_model
+    from sweeper.experiments.train.spec import TrainSpec
+
+    for model, dataset, norm, act in [("resnet-56", "cifar10", "batch", "relu"), ("wrn-14-2", "cifar100", "layer", "gelu"),
+                                      ("mlp-4-64", "digits", "batch", "tanh"), ("convnet-4-16", "cifar10", "affine", "relu"),
+                                      ("resnet-20", "digits", "group(groups=4)", "relu"), ("resnet-14", "cifar10", "none", "elu"),
+                                      ("imagenet-resnet-18", "imagenet", "batch", "relu")]:
+        spec = TrainSpec.from_values({"model": model, "dataset": dataset, "norm": norm, "activation": act})
+        with FlopCounterMode(display=False) as counter:
+            build_model(spec, device="meta").eval()(torch.empty(1, *DATASETS[dataset].shape, device="meta"))
+        ours = forward_flops(spec.family, spec.depth, spec.width, spec.dataset, spec.activation, spec.norm)
+        assert ours == counter.get_total_flops() > 0, model
+
+
+def test_fp32_convolutions_run_in_tf32_as_the_estimate_assumes():
+    import torch
+
+    from sweeper.cost import FP32_CONVS_IN_TF32
+
+    # sweeper leaves PyTorch's default alone; if a torch upgrade (or sweeper) changes it, so must the estimate
+    assert FP32_CONVS_IN_TF32 == (torch.backends.cudnn.conv.fp32_precision == "tf32")
