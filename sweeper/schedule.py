@@ -96,6 +96,8 @@ def cron_line(args) -> str:
     if args.rerun_stale:
         cmd.append("--rerun-stale")
     cmd += ["--tolerance", f"{args.tolerance:g}", "--keep-reports", str(args.keep_reports)]
+    if args.wait_for_resources is not None:
+        cmd += ["--wait-for-resources", f"{args.wait_for_resources:g}"]
 
     env = {"PATH": f"{Path(_executable()[0]).parent}:{CRON_PATH}"}
     if os.environ.get("SWEEPER_DATA_ROOT"):
