@@ -346,6 +346,7 @@ def tune_trial(config: dict[str, Any]) -> None:
 
     from sweeper.experiments import EXPERIMENTS
     from sweeper.trial import TrialContext, execute
+    from sweeper.version import code_version
 
     experiment = EXPERIMENTS[config["experiment"]]
     spec = experiment.spec_type.from_values(dict(config["spec"]))
@@ -368,7 +369,7 @@ def tune_trial(config: dict[str, Any]) -> None:
         study=config["study"],
         store=Store(config["store"]),
         data_root=config["data_root"],
-        code_version=config["code_version"],
+        code_version=code_version(),  # of the code this node runs, which the driver's may not be
         cpus=cpus,
         gpus=float(config["gpus"]),
         node_id=ray.get_runtime_context().get_node_id(),
