@@ -100,6 +100,20 @@ def _quiet_stderr():
         os.close(saved)
 
 
+def token_refused(address: str) -> SweeperError:
+    """The one line for a cluster that refused this client's token (or its lack of one)."""
+    mode, source = os.environ.get("RAY_AUTH_MODE", ""), token_source()
+    if mode and mode != "token":
+        why = f"RAY_AUTH_MODE is {mode} here (unset it, or set it to token)"
+    elif mode != "token" or source is None:
+        why = "this client has no token"
+    else:
+        why = f"the token in {source} is not the cluster's"
+    return SweeperError(
+        f"the Ray cluster at {address} requires its authentication token, and {why}; put the cluster's "
+        "token in ~/.ray/auth_token or name its file in RAY_AUTH_TOKEN_PATH (docs/cluster.md)", "--address")
+
+
 def _check_token(address: str) -> None:
     """Ask the cluster's GCS one question, to turn a refused token into one line within seconds
     (ray.init retries for 20 s, then says only that it failed to connect)."""
@@ -110,17 +124,7 @@ def _check_token(address: str) -> None:
         with _quiet_stderr():
             InnerGcsClient.standalone(address, None, 5000)
     except AuthenticationError:
-        mode, source = os.environ.get("RAY_AUTH_MODE", ""), token_source()
-        if mode and mode != "token":
-            why = f"RAY_AUTH_MODE is {mode} here (unset it, or set it to token)"
-        elif mode != "token" or source is None:
-            why = "this client has no token"
-        else:
-            why = f"the token in {source} is not the cluster's"
-        raise SweeperError(
-            f"the Ray cluster at {address} requires its authentication token, and {why}; put the "
-            "cluster's token in ~/.ray/auth_token or name its file in RAY_AUTH_TOKEN_PATH (docs/cluster.md)",
-            "--address") from None
+        raise token_refused(address) from None
     except Exception:  # anything else: ray.init reports it in its own words
         return
 

@@ -58,11 +58,15 @@ def cmd_submit(args) -> int:
         from ray.job_submission import JobSubmissionClient
     except ImportError:
         raise SweeperError("needs ray[default]: pip install 'ray[default]'", "submit") from None
-    from sweeper.runner import use_auth_token
+    from ray.exceptions import AuthenticationError
+
+    from sweeper.runner import token_refused, use_auth_token
 
     use_auth_token()  # the dashboard of a cluster with token authentication wants it too
     try:
         client = JobSubmissionClient(args.address)
+    except AuthenticationError:
+        raise token_refused(args.address) from None
     except Exception as e:
         raise SweeperError(f"no Ray dashboard answers at {args.address} ({type(e).__name__})", "--address") from None
     deadline = time.monotonic() + 240  # a loaded head can take minutes to start its agent
