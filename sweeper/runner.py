@@ -265,8 +265,8 @@ def _node_types_from_bootstrap() -> dict[str, dict[str, float]] | None:
         head = config.get("head_node_type")
         types = {}
         for name, node_type in config["available_node_types"].items():
-            if name != head and (node_type.get("max_workers", 0) == 0 or config.get("max_workers") == 0):
-                continue  # a worker type the autoscaler may never start
+            if name == head or node_type.get("max_workers", 0) == 0 or config.get("max_workers") == 0:
+                continue  # the head is among the alive nodes; a type the autoscaler never starts
             if "resources" not in node_type:
                 return None  # left for the cloud to fill in: unknown
             types[name] = {k: float(v) for k, v in node_type["resources"].items()}

@@ -231,14 +231,16 @@ def test_a_trial_bigger_than_every_node_type_is_refused_at_once(empty_cluster, s
         types = "gpu_worker: 4 CPU, 1 GPU"
     else:  # on the head of a `ray up` cluster: the autoscaler's ~/ray_bootstrap_config.yaml
         empty_cluster.ask("config {}", "CONFIGURED")
+        import yaml
+        from ray.autoscaler._private.util import prepare_config
+
+        # what `ray up` writes there: cluster.yaml after Ray's prepare_config
+        config = prepare_config(yaml.safe_load((REPO / "cluster.yaml").read_text()))
         home = tmp_path / "home"
         home.mkdir()
-        (home / "ray_bootstrap_config.yaml").write_text((REPO / "cluster.yaml").read_text())
-        import yaml
-
-        workers = {k: v["resources"] for k, v in yaml.safe_load((REPO / "cluster.yaml").read_text())[
-            "available_node_types"].items()}
-        types = "; ".join(f"{k}: {r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for k, r in workers.items())
+        (home / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(config))
+        types = "; ".join(f"{k}: {t['resources'].get('CPU', 0):g} CPU, {t['resources'].get('GPU', 0):g} GPU"
+                          for k, t in config["available_node_types"].items() if k != config["head_node_type"])
     store = tmp_path / "store"
     try:
         started = time.time()
