@@ -532,7 +532,7 @@ def run_study(
     cpus, gpus = _resources(study, cpus_per_trial, gpus_per_trial)
     started_ray = connect(address)
     try:
-        _await_then_mark(store, cpus, gpus, address, wait_for_resources, len(todo), say)
+        _await_then_mark(store, study.name, cpus, gpus, address, wait_for_resources, len(todo), say)
         say(f"{study.name}: running {len(todo)} trials ({cpus:g} CPU, {gpus:g} GPU each) -> {store.uri}")
         by_label = {s.trial_id: _label(s) for s in todo}
         common = _common_config(study, store, data_root, cpus, gpus, checkpoint_seconds)
@@ -589,13 +589,14 @@ def _resources(study: Study, cpus_per_trial, gpus_per_trial) -> tuple[float, flo
     return cpus, gpus
 
 
-def _await_then_mark(store: Store, cpus: float, gpus: float, address: str | None, wait_s: float | None,
-                     demand: int, say: Callable[[str], None]) -> None:
+def _await_then_mark(store: Store, name: str, cpus: float, gpus: float, address: str | None,
+                     wait_s: float | None, demand: int, say: Callable[[str], None]) -> None:
     """Wait for a node that holds one trial, then make the store's first write (its version
     file): a sweep that gives up waiting leaves the store as it found it."""
     if wait_s is None:
         wait_s = 0.0 if is_local(address) else REMOTE_WAIT_S
-    await_resources(cpus, gpus, wait_s=wait_s, local=is_local(address), demand=demand, say=say)
+    await_resources(cpus, gpus, wait_s=wait_s, local=is_local(address), demand=demand,
+                    say=lambda line: say(f"{name}: {line}"))
     store.write_marker()
 
 
@@ -635,7 +636,7 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
     started_ray = connect(address)
     try:
         # a searcher proposes one trial at a time: Tune keeps one pending, so shall the wait
-        _await_then_mark(store, cpus, gpus, address, wait_for_resources, 1, say)
+        _await_then_mark(store, study.name, cpus, gpus, address, wait_for_resources, 1, say)
         say(f"{study.name}: Optuna search {search_id}: {search.num_samples} trials over "
             f"{', '.join(search.space)} ({search.mode} {search.metric}) -> {store.uri}")
         scheduler = None

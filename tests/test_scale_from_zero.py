@@ -175,7 +175,7 @@ def test_gives_up_after_the_wait_limit_having_written_nothing(empty_cluster, stu
     assert len(lines) == 1, err
     assert lines[0].startswith("sweeper: error: --wait-for-resources: no node with 1 CPU, 0 GPU joined the "
                                "cluster within 15 s, so nothing ran"), err
-    assert "waiting up to 15 s for a node with 1 CPU, 0 GPU" in out
+    assert "zero: waiting up to 15 s for a node with 1 CPU, 0 GPU" in out
     assert waited >= 15
     assert files_under(store) == []  # no study folder, no _tune, not even _sweeper.json
 
@@ -265,13 +265,13 @@ def test_runs_every_trial_once_when_a_worker_joins(empty_cluster, study, tmp_pat
     started = time.time()
     p = sweeper_run(study, "--store", store, "--address", empty_cluster.address)
     out = Lines(p.stdout)
-    waiting = out.wait_for("waiting up to 900 s for a node with 1 CPU, 0 GPU", 180, alive=lambda: p.poll() is None)
+    waiting = out.wait_for("zero: waiting up to 900 s for a node with 1 CPU, 0 GPU", 180, alive=lambda: p.poll() is None)
     assert "autoscaler" in waiting
     time.sleep(max(3.0, 20 - (time.time() - started)))  # the sweep keeps waiting: nothing refuses it
     assert p.poll() is None and files_under(store) == []
     worker = empty_cluster.ask("add 2", "ADDED").split()[1]
     assert p.wait(timeout=600) == 0, "\n".join(out.lines) + p.stderr.read()
-    joined = out.wait_for("a node with 1 CPU, 0 GPU joined after", 5)
+    joined = out.wait_for("zero: a node with 1 CPU, 0 GPU joined after", 5)
     assert int(joined.split("after ")[1].split()[0]) >= 2  # it waited for the node, at least the 3 s above
     trials = pd.read_parquet(store / "zero" / "trials")
     assert len(trials) == 3 and trials["trial_id"].nunique() == 3 and set(trials["status"]) == {"done"}
