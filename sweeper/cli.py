@@ -154,8 +154,9 @@ def cmd_run(args) -> int:
     study = load_study(args.study, quick=args.quick)
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
-    # Check the environment before any work: the store takes writes, the data are there.
-    store.ensure_writable()
+    # Check the environment before any work: the store takes writes, the data are there. Its
+    # first file waits until the sweep starts (a sweep that waits for nodes in vain leaves none).
+    store.ensure_writable(marker=False)
     names = {getattr(s, f, None) for s in study.specs() for f in ("dataset", "inputs")}
     for name in sorted(n for n in names if n in DATASETS):
         check_data(name, data_root)
@@ -175,6 +176,7 @@ def cmd_run(args) -> int:
         gpus_per_trial=args.gpus_per_trial,
         max_failures=args.max_failures,
         checkpoint_seconds=args.checkpoint_seconds,
+        wait_for_resources=args.wait_for_resources,
     )
     print(
         f"{study.name}: {summary.done} ran and done, {len(summary.failed)} failed, {summary.missing} missing, "
@@ -273,6 +275,26 @@ def cmd_status(args) -> int:
     return 0
 
 
+def seconds(text: str) -> float:
+    """A non-negative number of seconds (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def add_wait_option(p) -> None:
+    """`--wait-for-resources`, shared by run, nightly, schedule and submit."""
+    p.add_argument("--wait-for-resources", type=seconds, default=None, metavar="SECONDS",
+                   help="how long to wait for a node that can hold one trial, on a cluster that starts "
+                        "without workers (cluster.yaml's) and adds them as trials ask; then give up, "
+                        "having run and written nothing (exit 2). Default: 900 on a cluster joined "
+                        "with --address, 0 on the local one, which never grows")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="sweeper", description="Sweeps of BatchNorm-only training on Ray Tune.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -305,6 +327,7 @@ def build_parser() -> Parser:
     run.add_argument("--max-failures", type=int, default=2, help="retries of a trial lost to a node fault")
     run.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint at most this often")
     run.add_argument("--no-figures", action="store_true", help="do not redraw figures at the end")
+    add_wait_option(run)
     run.set_defaults(fn=cmd_run)
 
     params = sub.add_parser("params", help="parameter counts by group (Table 1)")

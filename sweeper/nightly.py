@@ -236,7 +236,7 @@ def _code_versions(store: Store, study: str) -> dict[str, Any]:
 
 
 def _run_study(study, path: str, store: Store, current: str, *, address, data_root, rerun_stale: bool,
-               say) -> rp.StudyNight:
+               say, wait_for_resources: float | None = None) -> rp.StudyNight:
     from sweeper.runner import run_study
 
     night = rp.StudyNight(study=study.name, file=path, experiment=study.experiment, stale_rerun=rerun_stale)
@@ -255,7 +255,8 @@ def _run_study(study, path: str, store: Store, current: str, *, address, data_ro
             verb = "rerunning" if rerun_stale else "keeping"
             say(f"{study.name}: {len(night.stale)} trials done under another code version; {verb} them "
                 f"(current {current})")
-        summary = run_study(study, store, address=address, data_root=data_root, rerun=rerun, say=say)
+        summary = run_study(study, store, address=address, data_root=data_root, rerun=rerun, say=say,
+                            wait_for_resources=wait_for_resources)
         night.skipped, night.ran, night.done = summary.skipped, summary.ran, summary.done
         night.failed, night.missing = dict(summary.failed), summary.missing
     except KeyboardInterrupt:
@@ -338,6 +339,7 @@ def run_nightly(
     tolerance: float = 0.02,
     keep_reports: int = 30,
     say: Callable[[str], None] = print,
+    wait_for_resources: float | None = None,
 ) -> NightResult:
     """One nightly: run, redraw, compare, report. Raises LockHeld when another nightly runs and
     SweeperError for bad input; trial failures and regressions are in the result's exit code."""
@@ -357,7 +359,8 @@ def run_nightly(
         nights = []
         for path, study in zip(study_paths, studies):
             night = _run_study(study, str(Path(path).resolve()), store, current, address=address,
-                               data_root=data_root, rerun_stale=rerun_stale, say=say)
+                               data_root=data_root, rerun_stale=rerun_stale, say=say,
+                               wait_for_resources=wait_for_resources)
             nights.append(night)
         name = rp.new_report_name(store, started)
         previous = rp.previous_snapshots(store, [s.name for s in studies], before=name)
@@ -439,6 +442,9 @@ def add_nightly_options(p, studies_required: bool = True) -> None:
     p.add_argument("--tolerance", type=float, default=0.02,
                    help="flag a configuration whose mean test_acc fell by more than this (default: %(default)s)")
     p.add_argument("--keep-reports", type=int, default=30, help="reports to keep; older ones are deleted; 0 keeps all (default: %(default)s)")
+    from sweeper.cli import add_wait_option
+
+    add_wait_option(p)  # a study that gets no node in time is reported as not run; the night goes on
 
 
 def add_parser(subparsers) -> None:
@@ -468,7 +474,7 @@ def cmd_nightly(args) -> int:
         result = run_nightly(
             args.studies, args.store, address=args.address, data_root=data_root, quick=args.quick,
             rerun_stale=args.rerun_stale, tolerance=args.tolerance, keep_reports=args.keep_reports,
-            say=lambda line: print(line, flush=True),
+            say=lambda line: print(line, flush=True), wait_for_resources=args.wait_for_resources,
         )
     except LockHeld as e:
         print(f"sweeper: {e}", file=sys.stderr, flush=True)

@@ -11,8 +11,10 @@ Why it looks like this:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,16 +46,109 @@ class RunSummary:
 
 
 # -- connecting ------------------------------------------------------------------------------
+def token_source() -> str | None:
+    """Where Ray would find this user's authentication token, in Ray 2.60's order: RAY_AUTH_TOKEN,
+    then the file RAY_AUTH_TOKEN_PATH names, then ~/.ray/auth_token. None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file() or not path.read_text().strip():
+            # Ray aborts the process on an unreadable token file: say so in one line first
+            raise SweeperError(f"names {named}, which is missing or empty", "RAY_AUTH_TOKEN_PATH")
+        return named
+    default = Path.home() / ".ray" / "auth_token"
+    return "~/.ray/auth_token" if default.is_file() else None
+
+
+def use_auth_token() -> str | None:
+    """Send this user's Ray token to the cluster when they have one; returns where it was found.
+
+    A cluster started with RAY_AUTH_MODE=token (cluster.yaml's) refuses every client without its
+    token, but Ray 2.60's client sends the token to an address it is given only when RAY_AUTH_MODE
+    is `token` in the client's own environment (it guesses only for `auto`). So: when the mode is
+    unset and a token is at hand, turn token mode on for this process and the processes it starts
+    (`sweeper submit`'s HTTP client reads the same setting). A cluster without authentication
+    ignores the token (tests/test_auth.py checks both), and an explicit RAY_AUTH_MODE is left as
+    the user set it."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return None
+    source = token_source()
+    if source is None:
+        return None
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:  # Ray caches its config: make this process see the new mode too
+        from ray._raylet import Config
+
+        Config.initialize("")
+    return source
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (Ray's C++ client logs there) for a probe whose failure we report
+    ourselves in one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def token_refused(address: str) -> SweeperError:
+    """The one line for a cluster that refused this client's token (or its lack of one)."""
+    mode, source = os.environ.get("RAY_AUTH_MODE", ""), token_source()
+    if mode and mode != "token":
+        why = f"RAY_AUTH_MODE is {mode} here (unset it, or set it to token)"
+    elif mode != "token" or source is None:
+        why = "this client has no token"
+    else:
+        why = f"the token in {source} is not the cluster's"
+    return SweeperError(
+        f"the Ray cluster at {address} requires its authentication token, and {why}; put the cluster's "
+        "token in ~/.ray/auth_token or name its file in RAY_AUTH_TOKEN_PATH (docs/cluster.md)", "--address")
+
+
+def _check_token(address: str) -> None:
+    """Ask the cluster's GCS one question, to turn a refused token into one line within seconds
+    (ray.init retries for 20 s, then says only that it failed to connect)."""
+    from ray._raylet import InnerGcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        with _quiet_stderr():
+            InnerGcsClient.standalone(address, None, 5000)
+    except AuthenticationError:
+        raise token_refused(address) from None
+    except Exception:  # anything else: ray.init reports it in its own words
+        return
+
+
 def check_address(address: str, timeout: float = 3.0) -> None:
-    """Fail within seconds, not minutes, when no Ray cluster answers at `address`."""
-    if address in ("auto",):
+    """Fail within seconds, not minutes, when no Ray cluster answers at `address` or it refuses
+    this client's token."""
+    if address == "local":
+        return
+    target = address
+    if address == "auto":  # the cluster this host runs, or RAY_ADDRESS
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if not os.environ.get("RAY_ADDRESS") and not current.exists():
             raise SweeperError("no Ray cluster is running on this host (start one with `ray start --head`)", "--address")
-        return
-    if address == "local":
-        return
-    hostport = address.split("://", 1)[-1]
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto") or ""
+        except Exception:
+            target = ""
+        if not target:  # let ray.init say what it finds
+            use_auth_token()
+            return
+    scheme, _, hostport = target.rpartition("://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise SweeperError(f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}", "--address")
@@ -61,7 +156,16 @@ def check_address(address: str, timeout: float = 3.0) -> None:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as e:
-        raise SweeperError(f"no Ray cluster answers at {address} ({e.strerror or e})", "--address") from None
+        where = address if target == address else f"{target} (from {address})"
+        raise SweeperError(f"no Ray cluster answers at {where} ({e.strerror or e})", "--address") from None
+    use_auth_token()
+    if not scheme:  # a GCS address (ray:// is Ray Client's own server)
+        _check_token(hostport)
+
+
+def is_local(address: str | None) -> bool:
+    """The embedded cluster on this machine, which this process starts and which never grows."""
+    return address in (None, "local")
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -71,7 +175,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    if address is None:
+    if is_local(address):
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -81,8 +185,159 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         )
     else:
         check_address(address)
-        ray.init(address=address, log_to_driver=False)
+        # configure_logging=False: Ray's INFO lines on stderr would break the one-line error rule
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
     return True
+
+
+# -- resources: a cluster that starts with no workers ----------------------------------------------
+# How long a sweep on a cluster it joins waits for the first node that can hold one trial. A
+# cluster from `ray up cluster.yaml` starts as a head with CPU 0 and adds GPU workers only for
+# demand it sees: launching a g5 instance, pulling the ~10 GB CUDA image and installing the project
+# takes 5 to 10 minutes from zero, spot capacity can add a few more. 15 minutes covers a cold start
+# with room to spare; a sweep that has no node by then is stuck (no capacity in the region, an
+# instance quota, a broken setup command) and says so, instead of sitting all night on an idle head.
+# The embedded local cluster never grows: it waits 0 s.
+REMOTE_WAIT_S = 900.0
+# Placement groups pending at once while waiting: the demand Tune itself keeps for a grid
+# (TUNE_MAX_PENDING_TRIALS_PG's "auto" is at least 200), so the autoscaler starts as many nodes now
+# as it will for the sweep.
+MAX_DEMAND = 200
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+
+
+def _fits(bundle: dict[str, float], resources: dict[str, float]) -> bool:
+    return all(resources.get(k, 0) >= v for k, v in bundle.items())
+
+
+def _shape(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def cluster_node_types() -> dict[str, dict[str, float]] | None:
+    """The node types the cluster's autoscaler may add (name -> resources of one node), or None
+    when that cannot be known. Ray 2.60 offers two sources:
+    - the cluster config in the GCS (`ray._private.state.state.get_cluster_config()`, which Ray
+      Train and Data read), reported by KubeRay and autoscaler-v2 deployments;
+    - `~/ray_bootstrap_config.yaml`, the config `ray up` leaves on the head for its autoscaler
+      (Tune reads the same file to tell an autoscaling cluster), when this driver runs on that
+      head, as under `sweeper submit` or `ray exec cluster.yaml`.
+    A cluster of `ray start` nodes without an autoscaler has neither: only the wait limit applies."""
+    from_gcs = _node_types_from_gcs()
+    return from_gcs if from_gcs is not None else _node_types_from_bootstrap()
+
+
+def _node_types_from_gcs() -> dict[str, dict[str, float]] | None:
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # an older or partial GCS: unknown, not an error
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return {g.name or f"group{i}": {k: float(v) for k, v in g.resources.items()}
+            for i, g in enumerate(config.node_group_configs) if g.max_count != 0}
+
+
+def _node_types_from_bootstrap() -> dict[str, dict[str, float]] | None:
+    import ray
+
+    path = Path("~/ray_bootstrap_config.yaml").expanduser()
+    if not path.is_file():
+        return None
+    heads = [n for n in _alive_nodes() if "node:__internal_head__" in n.get("Resources", {})]
+    if not heads or heads[0].get("NodeManagerAddress") != ray.util.get_node_ip_address():
+        return None  # a file left by another cluster: this driver is not on this cluster's head
+    try:
+        import yaml
+
+        config = yaml.safe_load(path.read_text())
+        head = config.get("head_node_type")
+        types = {}
+        for name, node_type in config["available_node_types"].items():
+            if name == head or node_type.get("max_workers", 0) == 0 or config.get("max_workers") == 0:
+                continue  # the head is among the alive nodes; a type the autoscaler never starts
+            if "resources" not in node_type:
+                return None  # left for the cloud to fill in: unknown
+            types[name] = {k: float(v) for k, v in node_type["resources"].items()}
+        return types
+    except Exception:  # not a cluster config we can read: unknown
+        return None
+
+
+def await_resources(cpus: float, gpus: float, *, wait_s: float, local: bool, demand: int = 1,
+                    say: Callable[[str], None] = print) -> None:
+    """Return once some node of the cluster can hold one trial; raise SweeperError when none ever
+    can (no node type of the autoscaler's is big enough) or none joined within `wait_s` seconds.
+
+    While it waits, one pending placement group per trial (up to `demand`) shows the autoscaler
+    the sweep's demand, as Tune's pending trials will once the sweep starts. Placement groups
+    rather than `ray.autoscaler.sdk.request_resources`: both reach the v1 and v2 autoscalers and
+    do nothing where there is none, but a resource request stays in the GCS after its driver dies
+    (a killed sweep would keep GPU nodes up until someone clears it), while a placement group is
+    the job's and goes with it. They are removed before Tune starts."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = _bundle(cpus, gpus)
+    if not bundle:
+        return
+    nodes = [n.get("Resources", {}) for n in _alive_nodes()]
+    if any(_fits(bundle, r) for r in nodes):
+        return
+    asked = f"each trial asks for {_shape(bundle)}"
+    types = None if local else cluster_node_types()
+    if types is not None and not any(_fits(bundle, r) for r in types.values()):
+        offers = "; ".join(f"{name}: {_shape(r)}" for name, r in types.items()) or "no worker types"
+        raise SweeperError(f"{asked}, more than any node this cluster can add ({offers}); ask for less "
+                           "(--cpus-per-trial, --gpus-per-trial) or add a node type that big to the cluster "
+                           "config", "resources")
+    largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    if local:
+        raise SweeperError(f"{asked}, but this machine's cluster has {_shape(largest)}; ask for less "
+                           "(--cpus-per-trial, --gpus-per-trial), or run on a cluster (--address)", "resources")
+    if wait_s <= 0:
+        raise SweeperError(f"{asked}, but no node of the cluster at hand has that (the largest: "
+                           f"{_shape(largest)}) and --wait-for-resources is 0", "resources")
+    fitting = ""
+    if types:
+        fitting = "; node types that fit: " + ", ".join(n for n, r in types.items() if _fits(bundle, r))
+    say(f"waiting up to {wait_s:g} s for a node with {_shape(bundle)}: the cluster has none yet, and its "
+        f"autoscaler (if it has one) adds workers for the pending trials{fitting}")
+    started = time.monotonic()
+    groups = [placement_group([bundle]) for _ in range(max(1, min(demand, MAX_DEMAND)))]
+    try:
+        next_note = started + 60
+        while True:
+            if any(_fits(bundle, n.get("Resources", {})) for n in _alive_nodes()):
+                say(f"a node with {_shape(bundle)} joined after {time.monotonic() - started:.0f} s")
+                return
+            now = time.monotonic()
+            if now - started >= wait_s:
+                raise SweeperError(
+                    f"no node with {_shape(bundle)} joined the cluster within {wait_s:g} s, so nothing ran "
+                    "(is its autoscaler adding workers? `ray status` on the head, `ray monitor cluster.yaml`); "
+                    "wait longer with a larger --wait-for-resources", "--wait-for-resources")
+            if now >= next_note:
+                say(f"still waiting for a node with {_shape(bundle)} ({now - started:.0f} of {wait_s:g} s)")
+                next_note += 60
+            time.sleep(1.0)
+    finally:
+        for group in groups:
+            try:
+                remove_placement_group(group)
+            except Exception:  # the job's groups go with the driver anyway
+                pass
 
 
 # -- the trial function -------------------------------------------------------------------------
@@ -95,6 +350,7 @@ def tune_trial(config: dict[str, Any]) -> None:
 
     from sweeper.experiments import EXPERIMENTS
     from sweeper.trial import TrialContext, execute
+    from sweeper.version import code_version
 
     experiment = EXPERIMENTS[config["experiment"]]
     spec = experiment.spec_type.from_values(dict(config["spec"]))
@@ -117,7 +373,7 @@ def tune_trial(config: dict[str, Any]) -> None:
         study=config["study"],
         store=Store(config["store"]),
         data_root=config["data_root"],
-        code_version=config["code_version"],
+        code_version=code_version(),  # of the code this node runs, which the driver's may not be
         cpus=cpus,
         gpus=float(config["gpus"]),
         node_id=ray.get_runtime_context().get_node_id(),
@@ -244,16 +500,20 @@ def run_study(
     rerun: set[str] | None = None,
     say: Callable[[str], None] = print,
     reuse_actors: bool = True,
+    wait_for_resources: float | None = None,
 ) -> RunSummary:
     """Run every trial of `study` that the store does not have as done. Failed trials are
     retried; trials in `rerun` run again even when done. `reuse_actors=False` is Tune's default
-    (a fresh worker per trial), kept for `sweeper bench` to compare against."""
+    (a fresh worker per trial), kept for `sweeper bench` to compare against.
+    `wait_for_resources`: seconds to wait for a node that can hold one trial (see
+    `await_resources`); None: REMOTE_WAIT_S on a cluster joined by address, 0 on the local one."""
     started = time.perf_counter()
     specs = study.specs()
     if study.search is not None:
         return run_search(study, store, specs[0], address=address, data_root=data_root,
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                          max_failures=max_failures, checkpoint_seconds=checkpoint_seconds, say=say)
+                          max_failures=max_failures, checkpoint_seconds=checkpoint_seconds, say=say,
+                          wait_for_resources=wait_for_resources)
     status = store.trial_status(study.name)
     for path in status.corrupt:
         say(f"warning: {path}: unreadable trials file; its trial runs again")
@@ -272,7 +532,7 @@ def run_study(
     cpus, gpus = _resources(study, cpus_per_trial, gpus_per_trial)
     started_ray = connect(address)
     try:
-        _check_resources(cpus, gpus)
+        _await_then_mark(store, study.name, cpus, gpus, address, wait_for_resources, len(todo), say)
         say(f"{study.name}: running {len(todo)} trials ({cpus:g} CPU, {gpus:g} GPU each) -> {store.uri}")
         by_label = {s.trial_id: _label(s) for s in todo}
         common = _common_config(study, store, data_root, cpus, gpus, checkpoint_seconds)
@@ -329,16 +589,15 @@ def _resources(study: Study, cpus_per_trial, gpus_per_trial) -> tuple[float, flo
     return cpus, gpus
 
 
-def _check_resources(cpus: float, gpus: float) -> None:
-    import ray
-
-    available = ray.cluster_resources()
-    if cpus > available.get("CPU", 0) or gpus > available.get("GPU", 0):
-        raise SweeperError(
-            f"each trial asks for {cpus:g} CPU and {gpus:g} GPU, but the cluster has "
-            f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU",
-            "resources",
-        )
+def _await_then_mark(store: Store, name: str, cpus: float, gpus: float, address: str | None,
+                     wait_s: float | None, demand: int, say: Callable[[str], None]) -> None:
+    """Wait for a node that holds one trial, then make the store's first write (its version
+    file): a sweep that gives up waiting leaves the store as it found it."""
+    if wait_s is None:
+        wait_s = 0.0 if is_local(address) else REMOTE_WAIT_S
+    await_resources(cpus, gpus, wait_s=wait_s, local=is_local(address), demand=demand,
+                    say=lambda line: say(f"{name}: {line}"))
+    store.write_marker()
 
 
 def _common_config(study, store, data_root, cpus, gpus, checkpoint_seconds) -> dict[str, Any]:
@@ -357,7 +616,8 @@ def _common_config(study, store, data_root, cpus, gpus, checkpoint_seconds) -> d
 
 
 def run_search(study: Study, store: Store, base, *, address=None, data_root=None, cpus_per_trial=None,
-               gpus_per_trial=None, max_failures=2, checkpoint_seconds=30.0, say=print) -> RunSummary:
+               gpus_per_trial=None, max_failures=2, checkpoint_seconds=30.0, say=print,
+               wait_for_resources=None) -> RunSummary:
     """An Optuna search (Ray Tune's OptunaSearch, optionally with ASHA) over `study.search.space`
     around the study's one base trial. Sampled trials are ordinary trials in the store; a one-row
     file in table `search` names the chosen one."""
@@ -375,7 +635,8 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
     before = store.trial_status(study.name)
     started_ray = connect(address)
     try:
-        _check_resources(cpus, gpus)
+        # a searcher proposes one trial at a time: Tune keeps one pending, so shall the wait
+        _await_then_mark(store, study.name, cpus, gpus, address, wait_for_resources, 1, say)
         say(f"{study.name}: Optuna search {search_id}: {search.num_samples} trials over "
             f"{', '.join(search.space)} ({search.mode} {search.metric}) -> {store.uri}")
         scheduler = None

@@ -84,22 +84,26 @@ def cron_line(args) -> str:
         if not path.is_file():
             raise SweeperError("no such study file", s)
         studies.append(path)
+    from sweeper.data import normalize_root
+
     store = Store(args.store)
     log = log_path(args, store)
     cmd = [*_executable(), "nightly", *map(str, studies), "--store", store.uri]
     if args.address:
         cmd += ["--address", args.address]
     if args.data_root:
-        cmd += ["--data-root", str(Path(args.data_root).expanduser().resolve())]
+        cmd += ["--data-root", normalize_root(args.data_root)]  # a folder made absolute; a URI as given
     if args.quick:
         cmd.append("--quick")
     if args.rerun_stale:
         cmd.append("--rerun-stale")
     cmd += ["--tolerance", f"{args.tolerance:g}", "--keep-reports", str(args.keep_reports)]
+    if args.wait_for_resources is not None:
+        cmd += ["--wait-for-resources", f"{args.wait_for_resources:g}"]
 
     env = {"PATH": f"{Path(_executable()[0]).parent}:{CRON_PATH}"}
     if os.environ.get("SWEEPER_DATA_ROOT"):
-        env["SWEEPER_DATA_ROOT"] = str(Path(os.environ["SWEEPER_DATA_ROOT"]).expanduser().resolve())
+        env["SWEEPER_DATA_ROOT"] = normalize_root(os.environ["SWEEPER_DATA_ROOT"])
     q = shlex.quote
     line = (
         f"{minute} {hour} * * * cd {q(str(_repo_root(studies[0])))} && mkdir -p {q(str(log.parent))} && "

@@ -216,16 +216,17 @@ class Store:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     # -- set-up --------------------------------------------------------------------------------
-    def ensure_writable(self) -> None:
-        """Create the store (and its version file) or fail with one line before any work."""
+    def ensure_writable(self, marker: bool = True) -> None:
+        """Create the store (and its version file) or fail with one line before any work.
+        `marker=False` leaves the version file to `write_marker`, for a caller that may still give
+        up without writing anything (a sweep waiting for its cluster's first node)."""
         self.check_reachable()
         fs = self.fs if self.local else self._checking_fs()
         try:
             if self.local:
                 fs.create_dir(self.root, recursive=True)
-            marker = self.path("_sweeper.json")
-            if fs.get_file_info(marker).type == pafs.FileType.NotFound:
-                self._write_bytes(marker, json.dumps({"schema_version": SCHEMA_VERSION}).encode(), fs)
+            if marker:
+                self.write_marker(fs)
             probe = self.path(f".probe-{uuid.uuid4().hex}")
             self._write_bytes(probe, b"", fs)
             fs.delete_file(probe)
@@ -283,6 +284,12 @@ class Store:
         if isinstance(self.fs, pafs.GcsFileSystem):
             return pafs.GcsFileSystem(**{**_options(self.fs), "retry_time_limit": dt.timedelta(seconds=CHECK_SECONDS)})
         return self.fs
+
+    def write_marker(self, fs: pafs.FileSystem | None = None) -> None:
+        """The store's version file, written once."""
+        marker = self.path("_sweeper.json")
+        if (fs or self.fs).get_file_info(marker).type == pafs.FileType.NotFound:
+            self._write_bytes(marker, json.dumps({"schema_version": SCHEMA_VERSION}).encode(), fs)
 
     def schema_version(self) -> int:
         marker = self.path("_sweeper.json")

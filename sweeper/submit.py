@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=None)
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    from sweeper.cli import add_wait_option
+
+    add_wait_option(p)  # passed on to the job's `sweeper run` (default there: 900 s)
     p.set_defaults(fn=cmd_submit)
 
 
@@ -37,7 +40,7 @@ def entrypoint(args, study_name: str) -> str:
         parts += ["--data-root", args.data_root]
     if args.quick:
         parts.append("--quick")
-    for flag in ("cpus_per_trial", "gpus_per_trial"):
+    for flag in ("cpus_per_trial", "gpus_per_trial", "wait_for_resources"):
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
@@ -55,8 +58,15 @@ def cmd_submit(args) -> int:
         from ray.job_submission import JobSubmissionClient
     except ImportError:
         raise SweeperError("needs ray[default]: pip install 'ray[default]'", "submit") from None
+    from ray.exceptions import AuthenticationError
+
+    from sweeper.runner import token_refused, use_auth_token
+
+    use_auth_token()  # the dashboard of a cluster with token authentication wants it too
     try:
         client = JobSubmissionClient(args.address)
+    except AuthenticationError:
+        raise token_refused(args.address) from None
     except Exception as e:
         raise SweeperError(f"no Ray dashboard answers at {args.address} ({type(e).__name__})", "--address") from None
     deadline = time.monotonic() + 240  # a loaded head can take minutes to start its agent

@@ -46,10 +46,14 @@ SECRET_WORDS = (
     "aws_access_key",
     "aws_session",
     "aws_credentials",  # provider.aws_credentials is a real Ray option: keys in the file
-    "token",
     "password",
     "private key",
 )
+# Ray's own token: a value in RAY_AUTH_TOKEN, or a long hex run like `ray get-auth-token` prints.
+RAY_TOKEN_VALUE_RE = re.compile(r"RAY_AUTH_TOKEN\s*[=:]\s*\S|(?<![0-9a-fA-F])[0-9a-fA-F]{32,}(?![0-9a-fA-F])")
+# Ray reads the token from ~/.ray/auth_token; HOME is /home/ray in rayproject/ray images.
+NODE_TOKEN_PATH = "/home/ray/.ray/auth_token"
+PROJECT_MOUNT = "/home/ray/sweeper"
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +133,7 @@ def test_no_secrets_in_file(raw_text, raw):
     for word in SECRET_WORDS:
         assert word not in lowered, f"{word!r} appears in cluster.yaml"
     assert "ssh_private_key" not in raw.get("auth", {})
+    assert not RAY_TOKEN_VALUE_RE.search(raw_text), "a Ray token value in cluster.yaml"
 
 
 def test_gpu_workers_scale_from_zero_and_declare_gpus(raw):
@@ -167,8 +172,8 @@ def test_image_matches_installed_ray_and_python(raw):
 
 
 def test_project_mount_is_the_repo_root_only_from_the_repo_root(raw, tmp_path):
-    (remote, local), = raw["file_mounts"].items()
-    assert remote == "/home/ray/sweeper"
+    local = raw["file_mounts"][PROJECT_MOUNT]
+    remote = PROJECT_MOUNT
     assert (REPO_ROOT / local).resolve() == REPO_ROOT
     # Run from anywhere else, the path does not exist and `ray up` stops
     # instead of uploading that directory.
@@ -189,3 +194,96 @@ def test_validator_rejects_fractional_resources(raw):
     bad["available_node_types"][name]["resources"]["GPU"] = 0.5
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(bad))
+
+
+# -- token authentication -------------------------------------------------------------------------
+def test_every_node_runs_ray_with_token_authentication(raw, prepared):
+    for config in (raw, prepared):
+        docker = config["docker"]
+        # the container's environment: `ray start`, the autoscaler, the dashboard, job drivers and
+        # `ray exec`/`ray attach` shells on head and workers alike (worker_run_options add to it)
+        assert "-e RAY_AUTH_MODE=token" in docker["run_options"]
+        assert docker["container_name"], "commands must run inside the container to see its environment"
+        for key in ("head_run_options", "worker_run_options"):
+            assert not any("RAY_AUTH_MODE" in o for o in docker.get(key, [])), key
+        for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+            assert "RAY_AUTH_MODE" not in command  # one place sets it; nothing turns it off
+
+
+def test_the_token_travels_as_a_file_never_as_a_value(raw, prepared, raw_text):
+    for config in (raw, prepared):
+        # the user's token file, from `ray get-auth-token --generate`, to Ray's default path on
+        # the nodes; the autoscaler copies head -> workers from the head's copy
+        assert config["file_mounts"][NODE_TOKEN_PATH] == "~/.ray/auth_token"
+    assert "RAY_AUTH_TOKEN" not in raw_text  # neither a value nor a path in the environment
+
+
+# -- the shipped studies and the cluster fit each other -------------------------------------------
+def shipped_studies() -> list[tuple[str, object]]:
+    from sweeper.study import load_study
+
+    out = []
+    for path in sorted((REPO_ROOT / "studies").glob("*.py")):
+        study = load_study(path)
+        out.append((path.name, study))
+        if study.quick is not None:
+            out.append((f"{path.name} --quick", load_study(path, quick=True)))
+    return out
+
+
+def test_every_shipped_study_fits_a_worker_type(raw):
+    from sweeper.runner import _bundle, _fits
+
+    workers = {name: t["resources"] for name, t in worker_types(raw).items() if t.get("max_workers", 0) > 0}
+    studies = shipped_studies()
+    assert len(studies) >= 7
+    for name, study in studies:
+        bundle = _bundle(float(study.resources.get("cpu", 1)), float(study.resources.get("gpu", 0)))
+        fitting = [w for w, r in workers.items() if _fits(bundle, r)]
+        assert fitting, f"{name}: a trial asks for {bundle}; no worker type of cluster.yaml has that: {workers}"
+
+
+def test_imagenet_trials_get_their_eight_cpus_and_the_rest_the_smaller_node(raw):
+    """The autoscaler adds, for each trial, the node type it fits best: the 4-CPU studies must not
+    need the 8-CPU type, so their nodes stay the cheaper g5.xlarge."""
+    from sweeper.runner import _bundle, _fits
+
+    workers = {name: t["resources"] for name, t in worker_types(raw).items()}
+    smallest_gpu = min((r for r in workers.values() if r.get("GPU", 0) >= 1), key=lambda r: r["CPU"])
+    for name, study in shipped_studies():
+        bundle = _bundle(float(study.resources.get("cpu", 1)), float(study.resources.get("gpu", 0)))
+        if not name.startswith("imagenet.py") or "--quick" in name:
+            assert _fits(bundle, smallest_gpu), name
+    imagenet = dict(shipped_studies())["imagenet.py"]
+    assert imagenet.resources == {"cpu": 8, "gpu": 1}
+    assert sum(_fits(_bundle(8, 1), r) for r in workers.values()) == 1
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def test_nodes_install_the_project_with_what_trials_need(raw):
+    installs = [c for c in raw["setup_commands"] if "pip install" in c]
+    assert installs, "setup_commands do not install the project"
+    project = _pyproject()
+    extras_known = set(project["project"].get("optional-dependencies", {}))
+    for command in installs:
+        match = re.search(r"cd (\S+) && pip install -e \.(?:\[([\w,-]+)\])?(?:\s|$)", command)
+        assert match, command
+        assert match[1] == PROJECT_MOUNT  # the synced checkout, editable: a re-sync updates the code
+        extras = set(filter(None, (match[2] or "").split(",")))
+        assert extras <= extras_known, f"unknown extras {extras - extras_known}"
+        assert "test" not in extras  # nodes run trials, not the test suite
+    # What a worker imports to run a trial comes with the project itself, not with an extra: Tune
+    # (the trial function), torch, the Parquet/S3 store. And the Ray pin is the image's Ray: pip
+    # would otherwise replace the image's Ray on every node, or fail.
+    deps = {re.split(r"[\[=<>~! ;]", d, maxsplit=1)[0].lower(): d for d in project["project"]["dependencies"]}
+    for needed in ("ray", "torch", "torchvision", "pyarrow", "pandas", "numpy", "scikit-learn"):
+        assert needed in deps, needed
+    ray_pin = re.fullmatch(r"ray\[([\w,]+)\]==([\d.]+)", deps["ray"])
+    assert ray_pin and {"tune", "default"} <= set(ray_pin[1].split(",")), deps["ray"]
+    image_ray = IMAGE_RE.match(raw["docker"]["image"])["ray"]
+    assert ray_pin[2] == image_ray == ray.__version__
