@@ -17,7 +17,8 @@ from sweeper.errors import SweeperError
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
-COMMAND_MODULES: list[str] = ["sweeper.nightly", "sweeper.schedule", "sweeper.bench", "sweeper.submit", "sweeper.slurm"]
+COMMAND_MODULES: list[str] = ["sweeper.nightly", "sweeper.schedule", "sweeper.bench.cli", "sweeper.orchestration.submit",
+                              "sweeper.slurm.cli"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -161,11 +162,11 @@ def cmd_run(args) -> int:
     for name in sorted(n for n in names if n in DATASETS):
         check_data(name, data_root)
     if args.address and args.address != "local":
-        from sweeper.runner import check_address
+        from sweeper.orchestration.connect import check_address
 
         check_address(args.address)
 
-    from sweeper.runner import run_study
+    from sweeper.orchestration.sweep import run_study
 
     summary = run_study(
         study,
