@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from sweeper import remote_data
+from sweeper.data import remote as remote_data
 from sweeper.errors import SweeperError
-from sweeper.imagenet_stream import imagenet_base, stream_imagenet
+from sweeper.data.imagenet_stream import imagenet_base, stream_imagenet
 from sweeper.registry import Registry
 
 DATA_ROOT_ENV = "SWEEPER_DATA_ROOT"
