@@ -46,10 +46,12 @@ def cmd_plan(args) -> int:
     study = load_study(args.study, quick=args.quick)
     specs = study.specs()
     done = set()
-    if args.store and Path(args.store).exists():
+    if args.store:  # a folder or an s3:// / gs:// URI: a missing folder or prefix has no trials yet
         from sweeper.store import Store
 
-        done = Store(args.store).trial_status(study.name).done
+        store = Store(args.store)
+        store.check_reachable()  # an object store: one line within seconds when it cannot be read
+        done = store.trial_status(study.name).done
     axes: list[str] = []
     for grid in study.grids():
         for name, values in grid.items():

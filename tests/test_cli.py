@@ -269,3 +269,36 @@ def test_plan_reads_each_kinds_cost_hook(monkeypatch):
     r = sweeper("plan", "studies/bn_decomposed.py", "--quick")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == f"({len(specs)} trials of experiment 'decomposed' have no cost model)"
+
+
+# -- plan --store: a folder or an object store -----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_plan_marks_the_trials_a_store_has(kind, tmp_path, request):
+    """`plan --store` marks done trials and estimates only the rest, for an s3:// store as for a folder."""
+    from sweeper.plan import trial_cost
+    from sweeper.store import Store
+    from sweeper.study import load_study
+
+    uri = str(tmp_path / "store") if kind == "folder" else request.getfixturevalue("s3_store")
+    specs = load_study(REPO / "studies" / "quickstart.py").specs()
+    before = json.loads(sweeper("plan", "studies/quickstart.py", "--json", "--store", uri).stdout)
+    assert before["done"] == 0 and not any(t["done"] for t in before["trials"])
+    store = Store(uri)
+    store.ensure_writable()
+    s = specs[3]
+    store.commit_trial("quickstart", s, {"trial_id": s.trial_id, "study": "quickstart", "experiment": "train",
+                                         "status": "done", "error": "", **s.to_row(), "test_acc": 0.5}, {})
+    r = sweeper("plan", "studies/quickstart.py", "--json", "--store", uri)
+    assert r.returncode == 0, r.stderr
+    after = json.loads(r.stdout)
+    assert after["done"] == 1 and [t["trial_id"] for t in after["trials"] if t["done"]] == [s.trial_id]
+    assert after["estimate"]["total_flops"] == before["estimate"]["total_flops"] - trial_cost(s).flops
+    r = sweeper("plan", "studies/quickstart.py", "--store", uri)
+    assert r.stdout.splitlines()[0] == f"study quickstart: {len(specs)} trials (1 already done)"
+
+
+def test_plan_refuses_an_object_store_it_cannot_read(s3_server):
+    r = sweeper("plan", "studies/quickstart.py", "--store",
+                f"s3://no-such-bucket/sweeps?endpoint_override={s3_server.endpoint}&scheme=http")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"sweeper: error: --store: bucket 'no-such-bucket' does not exist at http://{s3_server.endpoint}"], r.stderr
