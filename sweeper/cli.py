@@ -17,7 +17,7 @@ from sweeper.errors import SweeperError
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
-COMMAND_MODULES: list[str] = ["sweeper.nightly", "sweeper.schedule", "sweeper.bench", "sweeper.submit", "sweeper.slurm"]
+COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench", "sweeper.submit", "sweeper.slurm"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from sweeper.cli import main
-from sweeper.nightly import EXIT_LOCKED, EXIT_OK, EXIT_REGRESSION, Holder, LockHeld, NightlyLock
-from sweeper.report import REPORTS, list_reports
+from sweeper.nightly.lock import Holder, LockHeld, NightlyLock
+from sweeper.nightly.run import EXIT_LOCKED, EXIT_OK, EXIT_REGRESSION
+from sweeper.report.layout import REPORTS, list_reports
 from sweeper.store import Store
 
 STUDY = """\
@@ -207,7 +208,8 @@ def test_cron_line_install_and_remove(tmp_path, capsys, fake_crontab, monkeypatc
 
 
 def test_compare_flags_only_moves_beyond_tolerance():
-    from sweeper.report import compare, config_key, snapshot_rows
+    from sweeper.report.compare import compare
+    from sweeper.report.snapshot import config_key, snapshot_rows
     import pandas as pd
 
     def snap(accs: dict[str, list[float]], lr: float = 0.1):
@@ -234,3 +236,26 @@ def test_compare_flags_only_moves_beyond_tolerance():
     c = compare(("prev", before), snap({"all": [0.1], "bn": [0.5]}, lr=1e-5), tolerance=0.02)
     assert [(m.label, m.changed) for m in c.regressions] == [("all", {"lr": (0.1, 1e-05)})]
     assert sorted(c.retired_configs) == ["none", "output"] and len(c.new_trials) == 2
+
+
+def test_a_studys_results_render_on_their_own_to_markdown_and_html():
+    """The rendering knows no nights: a study's snapshot becomes a results table in both formats
+    (what a report on one study reuses), the same facts in each."""
+    import pandas as pd
+
+    from sweeper.report.render import results_blocks, to_html, to_markdown
+    from sweeper.report.snapshot import config_key, snapshot_rows
+
+    configs = {config_key({"trainable": t}): {"trainable": t} for t in ("all", "bn", "b<n|x")}
+    members = {k: [f"{c['trainable']}-0", f"{c['trainable']}-1"] for k, c in configs.items()}
+    trials = pd.DataFrame([{"trial_id": f"{t}-{i}", "status": "done", "test_acc": 0.5 + i / 10, "code_version": "v1"}
+                           for t in ("all", "bn") for i in (0, 1)])
+    snap = snapshot_rows("s", "test_acc", configs, {k: c["trainable"] for k, c in configs.items()}, members, trials)
+    blocks = results_blocks(snap, limit=2, rest_in="snapshot.parquet")
+    md, page = to_markdown(blocks), to_html(blocks, "s")
+    assert "### Results (test_acc, mean over seeds)" in md
+    assert "| all | 0.5500 | 0.0500 | 2 | v1 |" in md and "| bn | 0.5500 | 0.0500 | 2 | v1 |" in md
+    assert "... and 1 more configurations (see snapshot.parquet)." in md
+    assert "<td>all</td><td>0.5500</td><td>0.0500</td><td>2</td><td>v1</td>" in page
+    assert "b&lt;n" in to_html(results_blocks(snap), "s") and "b<n\\|x | — | — | 0 |" in to_markdown(results_blocks(snap))
+    assert results_blocks(snap.iloc[:0]) == []
