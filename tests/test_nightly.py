@@ -153,6 +153,43 @@ def test_stale_lock_is_taken_over_and_foreign_one_is_not(tmp_path):
         NightlyLock(store).acquire()
     assert Holder.parse(lock.read_bytes()).token == "x"  # left alone
 
+    # A live holder on this host that took no flock (an older sweeper's nightly) holds it too.
+    me = Holder.me()
+    lock.write_bytes(me.dumps())
+    with pytest.raises(LockHeld, match=f"pid {os.getpid()} on"):
+        NightlyLock(store).acquire()
+    assert Holder.parse(lock.read_bytes()).token == me.token
+
+
+HOLD = """\
+import sys, time
+from sweeper.nightly.lock import NightlyLock
+from sweeper.store import Store
+
+NightlyLock(Store(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_local_lock_is_held_across_processes_and_freed_by_kill_9(tmp_path):
+    """The local lock is an flock: another process is refused while its holder lives, and a holder
+    killed with -9 (no release, no cleanup) leaves a lock the next nightly takes over at once."""
+    store = Store(tmp_path / "store")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, store.root], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeld, match=f"pid {holder.pid} on {socket.gethostname()}"):
+            NightlyLock(store).acquire()
+    finally:
+        holder.kill()  # SIGKILL
+        holder.wait()
+    said: list[str] = []
+    with NightlyLock(store, say=said.append) as taken:
+        assert Holder.parse(Path(taken.path).read_bytes()).token == taken.me.token
+    assert len(said) == 1 and "took over the stale lock" in said[0] and f"pid {holder.pid} on" in said[0]
+    assert sorted(p.name for p in Path(store.path(REPORTS)).iterdir()) == ["nightly.flock"]
+
 
 @pytest.fixture
 def fake_crontab(tmp_path, monkeypatch) -> Path:

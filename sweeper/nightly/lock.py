@@ -1,5 +1,20 @@
-"""One nightly per store at a time: the lock `<store>/reports/nightly.lock`, which names its holder
-(pid, host, start time) so that a second nightly can say who holds it, and exit with status 3."""
+"""One nightly per store at a time: the lock `<store>/reports/nightly.lock`.
+
+The lock file names its holder (pid, host, start time), so that a second nightly can say who holds
+it, and exit with status 3. A lock whose holder ran on this host and is gone (killed -9, a reboot)
+is stale: the next nightly takes it over, saying so. A holder on another host is never judged stale
+(its pid means nothing here).
+
+On a local store, mutual exclusion is `filelock`'s: an flock on `reports/nightly.flock`, which the
+kernel releases when its process dies, however it dies. That file stays, empty; `nightly.lock`,
+written under the flock, only says who holds it, and goes on release.
+
+On an object store, where pyarrow offers no atomic create and no flock, the lock is checked,
+written, and read back twice, REMOTE_SETTLE_SECONDS apart: two nightlies that both found no lock
+both write it, the later write wins, and the earlier writer sees the later one's lock on its second
+read and exits. Only a nightly that stalled for longer than the settle time between its look and
+its write could slip through: enough for a daily cron job.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -17,10 +32,13 @@ from sweeper.report.layout import REPORTS, now_utc, read_bytes
 from sweeper.store import Store
 
 LOCK = "nightly.lock"
-_GUARD_STALE_SECONDS = 60.0  # a take-over guard this old was left by a process that died mid-way
+FLOCK = "nightly.flock"
 # On an object store the lock is written, then read back now and again this much later: of two
 # nightlies that both found no lock, the later write wins and the earlier writer sees it in time.
 REMOTE_SETTLE_SECONDS = 2.0
+# A nightly that has the flock writes its holder file right after: a second one that finds the
+# flock taken waits this long for that file, to name the holder.
+HOLDER_WAIT_SECONDS = 2.0
 
 
 class LockHeld(SweeperError):
@@ -86,21 +104,15 @@ class Holder:
 
 
 class NightlyLock:
-    """`<store>/reports/nightly.lock`, created with O_CREAT|O_EXCL on a local store (atomic: of
-    two nightlies exactly one creates it). On an object store, where pyarrow offers no atomic
-    create, it is checked, written, and read back twice, REMOTE_SETTLE_SECONDS apart: two nightlies
-    that both found no lock both write it, the later write wins, and the earlier writer sees the
-    later one's lock on its second read and exits. Only a nightly that stalled for longer than the
-    settle time between its look and its write could slip through: enough for a daily cron job.
-
-    The file holds the holder's pid, host and start time. A lock whose holder ran on this host and
-    is gone (killed -9, a reboot) is stale: the next nightly takes it over, saying so."""
+    """`<store>/reports/nightly.lock`, held from `acquire` (or `with`) to `release`; LockHeld when
+    another nightly holds it."""
 
     def __init__(self, store: Store, say: Callable[[str], None] = print):
         self.store, self.say = store, say
         self.path = store.path(REPORTS, LOCK)
         self.shown = store.url(REPORTS, LOCK)  # the path as the user names it (s3://...)
         self.me: Holder | None = None
+        self._flock = None  # filelock.FileLock while a local store's lock is held
 
     def __enter__(self) -> "NightlyLock":
         self.acquire()
@@ -114,63 +126,51 @@ class NightlyLock:
         return LockHeld(f"another nightly holds the lock {self.shown} ({who}); exiting. "
                         f"If no nightly runs, delete that file.", "nightly")
 
-    def acquire(self) -> None:
-        me = Holder.me()
-        if not self.store.local:
-            return self._acquire_remote(me)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._read_holder()
-                if holder is None:
-                    if not self._old(self.path):  # being written right now: look again
-                        time.sleep(0.05)
-                        continue
-                    raise self._held(None)
-                if not holder.stale():
-                    raise self._held(holder)
-                self._take_over(holder)
-                continue
-            with os.fdopen(fd, "wb") as f:
-                f.write(me.dumps())
-                f.flush()
-                os.fsync(f.fileno())
-            self.me = me
-            return
-        raise self._held(self._read_holder())
-
     def _read_holder(self) -> Holder | None:
         return Holder.parse(read_bytes(self.store, self.path))
 
-    @staticmethod
-    def _old(path: str, seconds: float = 2.0) -> bool:
-        try:
-            return time.time() - os.stat(path).st_mtime > seconds
-        except FileNotFoundError:
-            return False
+    def _took_over(self, stale: Holder) -> None:
+        self.say(f"sweeper nightly: took over the stale lock {self.shown} "
+                 f"({stale.describe()}: no such process on this host)")
 
-    def _take_over(self, stale: Holder) -> None:
-        """Remove a stale lock, under a guard file so that of two nightlies seeing the same stale
-        lock only one removes it (the other would otherwise remove the winner's new lock)."""
-        guard = self.path + ".takeover"
+    def acquire(self) -> None:
+        me = Holder.me()
+        if self.store.local:
+            self._acquire_local(me)
+        else:
+            self._acquire_remote(me)
+        self.me = me
+
+    def _acquire_local(self, me: Holder) -> None:
+        from filelock import FileLock, Timeout
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        flock = FileLock(self.store.path(REPORTS, FLOCK), timeout=0)
         try:
-            fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if self._old(guard, _GUARD_STALE_SECONDS):
-                os.unlink(guard)
-                return
-            raise self._held(stale) from None
-        os.close(fd)
+            flock.acquire()
+        except Timeout:
+            raise self._held(self._holder_of_flock()) from None
         try:
-            current = self._read_holder()
-            if current is not None and current.token == stale.token:
-                os.unlink(self.path)
-                self.say(f"sweeper nightly: took over the stale lock {self.path} "
-                         f"({stale.describe()}: no such process on this host)")
-        finally:
-            os.unlink(guard)
+            # Under the flock no other nightly of this code writes here. A holder file left is a
+            # dead nightly's (stale: taken over), or one that takes no flock (an older version of
+            # this code, a holder on another host sharing the folder): that one holds the lock.
+            if os.path.lexists(self.path):
+                holder = self._read_holder()
+                if holder is None or not holder.stale():
+                    raise self._held(holder)
+                self._took_over(holder)
+            self.store.write_bytes(self.path, me.dumps())  # aside, then renamed: read whole or not at all
+        except BaseException:
+            flock.release()
+            raise
+        self._flock = flock
+
+    def _holder_of_flock(self) -> Holder | None:
+        """Who holds the flock, from the file it writes right after taking it."""
+        deadline = time.monotonic() + HOLDER_WAIT_SECONDS
+        while (holder := self._read_holder()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return holder
 
     def _acquire_remote(self, me: Holder) -> None:
         if self.store.exists(self.path):
@@ -181,15 +181,13 @@ class NightlyLock:
                 self.store.fs.delete_file(self.path)
             except FileNotFoundError:  # another nightly took it over first: the read-backs decide
                 pass
-            self.say(f"sweeper nightly: took over the stale lock {self.shown} "
-                     f"({holder.describe()}: no such process on this host)")
+            self._took_over(holder)
         self.store.write_bytes(self.path, me.dumps())
         for pause in (0.0, REMOTE_SETTLE_SECONDS):
             time.sleep(pause)
             holder = self._read_holder()
             if holder is None or holder.token != me.token:  # another nightly wrote after us: it holds
                 raise self._held(holder)
-        self.me = me
 
     def release(self) -> None:
         if self.me is None:
@@ -200,4 +198,7 @@ class NightlyLock:
                 self.store.fs.delete_file(self.path)
             except (FileNotFoundError, OSError):
                 pass
+        if self._flock is not None:  # after the holder file went: the next nightly finds none
+            self._flock.release()
+            self._flock = None
         self.me = None

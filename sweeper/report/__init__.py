@@ -16,7 +16,8 @@ Layout (one folder per night, named by its UTC start time so that names sort by 
     <store>/reports/<YYYY-MM-DDTHHMMSSZ>/figures/<study>/<figure>.png   tonight's figures, kept
     <store>/reports/<YYYY-MM-DDTHHMMSSZ>/snapshot.parquet per-configuration means, written last
     <store>/reports/logs/nightly.log                      the cron job's log (appended)
-    <store>/reports/nightly.lock                          held while a nightly runs
+    <store>/reports/nightly.lock                          held while a nightly runs: who holds it
+    <store>/reports/nightly.flock                         a local store's lock file (flock; kept, empty)
 
 A configuration is a trial spec without its seed: the snapshot holds, per configuration of each
 study's current plan, the mean (over seeds) of the study's metric and the trial ids behind it. The
