@@ -147,23 +147,17 @@ def _plan_cost(args, specs, cpus: float, gpus: float) -> tuple[dict, list[str]]:
 
 # -- run -----------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from sweeper.data import DATASETS, check_data, normalize_root
+    from sweeper.data import normalize_root
+    from sweeper.preflight import check_environment
     from sweeper.store import Store
     from sweeper.study import load_study
 
     study = load_study(args.study, quick=args.quick)
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
-    # Check the environment before any work: the store takes writes, the data are there. Its
+    # Before any work: the store takes writes, the data are there, the cluster answers. The store's
     # first file waits until the sweep starts (a sweep that waits for nodes in vain leaves none).
-    store.ensure_writable(marker=False)
-    names = {getattr(s, f, None) for s in study.specs() for f in ("dataset", "inputs")}
-    for name in sorted(n for n in names if n in DATASETS):
-        check_data(name, data_root)
-    if args.address and args.address != "local":
-        from sweeper.runner import check_address
-
-        check_address(args.address)
+    check_environment([study], store, data_root, args.address, marker=False)
 
     from sweeper.runner import run_study
 

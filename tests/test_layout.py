@@ -129,7 +129,7 @@ def test_analysis_report_and_the_core_never_import_torch_or_ray():
     report = sorted(m for m in _modules() if m.startswith("sweeper.report"))
     core = ["sweeper", "sweeper.errors", "sweeper.registry", "sweeper.spec", "sweeper.callspec", "sweeper.study",
             "sweeper.store", "sweeper.version", "sweeper.trial", "sweeper.experiment", "sweeper.experiments",
-            "sweeper.seeds"]
+            "sweeper.seeds", "sweeper.preflight"]
     assert len(analysis) >= 10 and len(report) >= 6
     code = (f"import importlib, sys\nfor m in {analysis + report + core!r}: importlib.import_module(m)\n"
             "from sweeper.analysis import figures\nfigures()\n"

@@ -13,9 +13,9 @@ One night, under a lock on the store (a second nightly on the same store exits a
    `<store>/reports/<date>/` (layout in `sweeper.report`); reports beyond `--keep-reports` go.
 
 Exit status: 0 all well (a night with nothing to do included); 1 a trial failed or went missing, a
-study could not run or a figure could not be drawn; 2 bad input (a study file, the store);
-3 another nightly holds the lock; 4 a configuration regressed beyond the tolerance (and nothing
-failed).
+study could not run or a figure could not be drawn; 2 bad input or environment (a study file, the
+store, the data, the cluster: `sweeper.preflight`); 3 another nightly holds the lock; 4 a
+configuration regressed beyond the tolerance (and nothing failed).
 
     lock.py      the store's lock: one nightly at a time, a dead holder's lock taken over
     run.py       one night: run, redraw, compare, report (`run_nightly`)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from sweeper.errors import SweeperError
 from sweeper.nightly.lock import NightlyLock
+from sweeper.preflight import check_environment
 from sweeper.report.compare import compare
 from sweeper.report.layout import (REPORTS, SNAPSHOT, SUMMARY, as_json, figure_png_path, new_report_name, now_utc,
                                    prune, report_path, write_text)
@@ -125,11 +126,12 @@ def run_nightly(
     if tolerance < 0:
         raise SweeperError(f"must not be negative, got {tolerance!r}", "--tolerance")
     store = Store(store_uri)
-    store.ensure_writable()
+    store.ensure_writable()  # before the lock, the store's first file (checked again with the rest below)
     with NightlyLock(store, say):  # first, so that a second nightly exits at once
         say(f"== sweeper nightly {started.isoformat(timespec='seconds')} on {socket.gethostname()}: "
             f"{len(study_paths)} stud{'y' if len(study_paths) == 1 else 'ies'} -> {store.uri}")
-        studies = _load(study_paths, quick, data_root)
+        studies = _load(study_paths, quick)
+        check_environment(studies, store, data_root, address, files=study_paths, marker=True)
         current = code_version()
         nights = []
         for path, study in zip(study_paths, studies):
@@ -178,8 +180,7 @@ def run_nightly(
         return NightResult(code, report_path(store, name), nights)
 
 
-def _load(paths: list[str], quick: bool, data_root: str | None) -> list:
-    from sweeper.data import check_data
+def _load(paths: list[str], quick: bool) -> list:
     from sweeper.study import load_study
 
     if not paths:
@@ -195,9 +196,4 @@ def _load(paths: list[str], quick: bool, data_root: str | None) -> list:
         if study.name in seen:
             raise SweeperError(f"study name {study.name!r} is also {seen[study.name]}'s", path)
         seen[study.name] = path
-        for dataset in {getattr(s, "dataset", None) for s in study.specs()} - {None}:
-            try:
-                check_data(dataset, data_root)
-            except SweeperError as e:
-                raise e.at(path) from None
     return studies
