@@ -17,7 +17,7 @@ from sweeper.errors import SweeperError
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
-COMMAND_MODULES: list[str] = ["sweeper.nightly", "sweeper.schedule", "sweeper.bench", "sweeper.submit", "sweeper.slurm"]
+COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench", "sweeper.submit", "sweeper.slurm"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -86,23 +86,17 @@ def cmd_plan(args) -> int:
 
 # -- run -----------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from sweeper.data import DATASETS, check_data, normalize_root
+    from sweeper.data import normalize_root
+    from sweeper.preflight import check_environment
     from sweeper.store import Store
     from sweeper.study import load_study
 
     study = load_study(args.study, quick=args.quick)
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
-    # Check the environment before any work: the store takes writes, the data are there. Its
+    # Before any work: the store takes writes, the data are there, the cluster answers. The store's
     # first file waits until the sweep starts (a sweep that waits for nodes in vain leaves none).
-    store.ensure_writable(marker=False)
-    names = {getattr(s, f, None) for s in study.specs() for f in ("dataset", "inputs")}
-    for name in sorted(n for n in names if n in DATASETS):
-        check_data(name, data_root)
-    if args.address and args.address != "local":
-        from sweeper.runner import check_address
-
-        check_address(args.address)
+    check_environment([study], store, data_root, args.address, marker=False)
 
     from sweeper.runner import run_study
 
