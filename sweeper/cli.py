@@ -17,7 +17,8 @@ from sweeper.errors import SweeperError
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
-COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench", "sweeper.submit", "sweeper.slurm"]
+COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench.cli",
+                              "sweeper.orchestration.submit", "sweeper.slurm.cli"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -98,7 +99,7 @@ def cmd_run(args) -> int:
     # first file waits until the sweep starts (a sweep that waits for nodes in vain leaves none).
     check_environment([study], store, data_root, args.address, marker=False)
 
-    from sweeper.runner import run_study
+    from sweeper.orchestration.sweep import run_study
 
     summary = run_study(
         study,

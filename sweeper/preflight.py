@@ -50,6 +50,6 @@ def check_environment(studies: Sequence, store: Store, data_root: str | None, ad
                     raise
                 raise e.at(where) from None
     if address and address != "local":
-        from sweeper.runner import check_address
+        from sweeper.orchestration.connect import check_address
 
         check_address(address)

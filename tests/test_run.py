@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper.runner import run_study
+from sweeper.orchestration.sweep import run_study
 from sweeper.store import Store
 from sweeper.study import Study
 

@@ -38,7 +38,7 @@ def _code_versions(store: Store, study: str) -> dict[str, Any]:
 
 def _run_study(study, path: str, store: Store, current: str, *, address, data_root, rerun_stale: bool,
                say, wait_for_resources: float | None = None) -> StudyNight:
-    from sweeper.runner import run_study
+    from sweeper.orchestration.sweep import run_study
 
     night = StudyNight(study=study.name, file=path, experiment=study.experiment, stale_rerun=rerun_stale)
     started = time.perf_counter()
