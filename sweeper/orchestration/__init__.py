@@ -26,3 +26,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
+# Ray's tqdm support replaces builtins.print for the rest of the process the first time Tune prints
+# through it; a user's notebook or script should keep its own print.
+os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")

@@ -27,6 +27,10 @@ class RunSummary:
         return not self.failed and not self.missing
 
 
+def _discard(line: str) -> None:
+    """What a restored copy of the progress callback says: nothing (the driver that ran it is gone)."""
+
+
 def progress_callback(total: int, skipped: int, say: Callable[[str], None], metric: str, mode: str):
     """A Tune callback saying one line per finished trial; `skipped` trials were done before."""
     from ray import tune
@@ -36,6 +40,11 @@ def progress_callback(total: int, skipped: int, say: Callable[[str], None], metr
 
         def __init__(self):
             self.started, self.finished, self.failed, self.best = set(), 0, 0, None
+
+        def __reduce__(self):
+            # Tune pickles its callbacks into the experiment state; `say` (print, a logger) is the
+            # driver's alone and need not be picklable, so a restored copy starts afresh.
+            return progress_callback, (total, skipped, _discard, metric, mode)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started.add(trial.trial_id)
