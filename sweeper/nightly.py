@@ -347,14 +347,16 @@ def run_nightly(
 
     started = rp.now_utc()
     t0 = time.perf_counter()
-    if tolerance < 0:
-        raise SweeperError(f"must not be negative, got {tolerance!r}", "--tolerance")
+    from sweeper.checks import OPTION_RANGES
+
+    OPTION_RANGES["--tolerance"].check(tolerance, "--tolerance")  # NaN would flag no regression, ever
     store = Store(store_uri)
-    store.ensure_writable()
+    store.ensure_writable(marker=False)
+    studies = _load(study_paths, quick, data_root)  # refused before the store sees a write
+    store.write_marker()
     with NightlyLock(store, say):  # first, so that a second nightly exits at once
         say(f"== sweeper nightly {started.isoformat(timespec='seconds')} on {socket.gethostname()}: "
             f"{len(study_paths)} stud{'y' if len(study_paths) == 1 else 'ies'} -> {store.uri}")
-        studies = _load(study_paths, quick, data_root)
         current = code_version()
         nights = []
         for path, study in zip(study_paths, studies):

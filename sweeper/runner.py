@@ -26,6 +26,10 @@ from sweeper.store import Store
 from sweeper.study import Study
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
+# Ctrl-C raises KeyboardInterrupt out of `tuner.fit` (one line from the CLI; Ray shuts down, trials
+# end without a row and run again next time). Tune's own handler would instead stop every trial
+# as if its scheduler had, and print a restore hint that does not apply to sweeper.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 
 @dataclass
@@ -187,6 +191,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         check_address(address)
         # configure_logging=False: Ray's INFO lines on stderr would break the one-line error rule
         ray.init(address=address, log_to_driver=False, configure_logging=False)
+    from sweeper.interrupt import on_sigterm_interrupt
+
+    on_sigterm_interrupt()  # take SIGTERM back from ray.init (see sweeper.interrupt)
     return True
 
 
@@ -377,6 +384,7 @@ def tune_trial(config: dict[str, Any]) -> None:
         cpus=cpus,
         gpus=float(config["gpus"]),
         node_id=ray.get_runtime_context().get_node_id(),
+        early_stopping=bool(config.get("early_stopping")),
     )
     every = float(config["checkpoint_seconds"])
     last = [time.monotonic()]
@@ -646,7 +654,7 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
         tuner = tune.Tuner(
             tune.with_resources(_search_point, {"cpu": cpus, "gpu": gpus}),
             param_space={**_common_config(study, store, data_root, cpus, gpus, checkpoint_seconds),
-                         "base": base.to_dict(), "sampled": space},
+                         "base": base.to_dict(), "sampled": space, "early_stopping": search.asha},
             tune_config=tune.TuneConfig(
                 search_alg=OptunaSearch(seed=search.seed),
                 scheduler=scheduler,
