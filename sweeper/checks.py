@@ -116,9 +116,6 @@ OPTION_RANGES: dict[str, Range] = {
     "--nodes": at_least(1, integer=True),
     "--gpus-per-node": at_least(0, integer=True),
     "--cpus-per-node": at_least(1, integer=True),
-    "--timeout": at_least(0),
-    "--pid": at_least(1, integer=True),
-    "count": at_least(1, integer=True),  # `slurm ports COUNT`
 }
 
 

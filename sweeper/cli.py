@@ -45,10 +45,12 @@ def cmd_plan(args) -> int:
     study = load_study(args.study, quick=args.quick)
     specs = study.specs()
     done = set()
-    if args.store and Path(args.store).exists():
+    if args.store:
         from sweeper.store import Store
 
-        done = Store(args.store).trial_status(study.name).done
+        store = Store(args.store)  # refuses a path that cannot be a store (a file, a symlink loop)
+        if store.local and os.path.isdir(store.root):
+            done = store.trial_status(study.name).done
     axes: list[str] = []
     for grid in study.grids():
         for name, values in grid.items():
@@ -403,13 +405,13 @@ def _stdout_closed() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweeper import interrupt
     from sweeper.checks import check_argv
-    from sweeper.interrupt import Terminated, on_sigterm_interrupt, restore_sigterm
 
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    on_sigterm_interrupt()
-    previous = on_sigterm_interrupt()
+    interrupt.terminated = False
+    previous = interrupt.on_sigterm_interrupt()
     try:
         check_argv(argv)  # no control characters in any path or name (crontab lines, reports)
         args = build_parser().parse_args(argv)
@@ -421,13 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return _stdout_closed()
-    except Terminated:
-        print("sweeper: terminated (SIGTERM); finished trials are in the store, run again to resume",
-              file=sys.stderr)
-        return 143
     except KeyboardInterrupt:
-        print("sweeper: interrupted; finished trials are in the store, run again to resume", file=sys.stderr)
-        return 130
+        how, code = ("terminated (SIGTERM)", 143) if interrupt.terminated else ("interrupted", 130)
+        print(f"sweeper: {how}; finished trials are in the store, run again to resume", file=sys.stderr)
+        return code
     except Exception as e:  # a bug of ours: still one line, the traceback behind --debug
         if debug:
             raise
@@ -435,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
               "traceback)", file=sys.stderr)
         return 3
     finally:
-        restore_sigterm(previous)
+        interrupt.restore_sigterm(previous)
 
 
 if __name__ == "__main__":

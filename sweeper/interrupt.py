@@ -16,10 +16,15 @@ import threading
 class Terminated(KeyboardInterrupt):
     """SIGTERM, unwinding like Ctrl-C (so every `finally` runs: locks released, Ray shut down)."""
 
-    signum = signal.SIGTERM
+
+# Whether SIGTERM arrived: code between the handler and the CLI (Tune's) may re-raise the
+# interrupt as a plain KeyboardInterrupt, so the CLI asks this rather than the exception's type.
+terminated = False
 
 
 def _raise_terminated(signum, frame):
+    global terminated
+    terminated = True
     raise Terminated()
 
 

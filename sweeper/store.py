@@ -219,7 +219,7 @@ class Store:
         marker = self.path("_sweeper.json")
         try:
             with self.fs.open_input_stream(marker) as f:
-                text = f.read().decode()
+                data = f.read()
         except (FileNotFoundError, NotADirectoryError):  # no marker yet
             return SCHEMA_VERSION
         except Exception as e:
@@ -227,7 +227,7 @@ class Store:
                 raise
             raise SweeperError(f"cannot read {self.url('_sweeper.json')}: {first_line(e)}", "--store") from None
         try:
-            version = json.loads(text)["schema_version"]
+            version = json.loads(data.decode())["schema_version"]
             if isinstance(version, bool) or not isinstance(version, int) or version < 1:
                 raise ValueError(f"schema_version {version!r}")
         except (ValueError, KeyError, TypeError) as e:
@@ -341,21 +341,22 @@ class Store:
         before `tables` existed is checked against the table files present for it (a missing one
         cannot be told from one never written). Anything less and the trial runs again."""
         st = TrialStatus(set(), {}, [], set())
-        metas, st.corrupt = self._footers(self.files(study, TRIALS))
-        problems = storecheck.type_problems({p: m.schema.to_arrow_schema() for p, m in metas.items()},
-                                            storecheck.trials_types(trials_schema), storecheck.TEXT_COLUMNS)
-        rows: dict[str, tuple[str, str, str | None]] = {}  # trial id -> (status, error, tables)
-        for p, meta in metas.items():
-            wanted = [c for c in ("trial_id", "status", "error", "tables") if c in meta.schema.names]
-            if p in problems or not {"trial_id", "status"} <= set(wanted):
-                st.corrupt.append(p)
-                continue
+        schemas, columns = {}, {}
+        for p in self.files(study, TRIALS):  # each file opened once (on an object store, requests)
             try:
                 with self.fs.open_input_file(p) as f:
-                    t = pq.read_table(f, columns=wanted).to_pydict()
+                    pf = pq.ParquetFile(f)
+                    schemas[p] = pf.schema_arrow
+                    wanted = [c for c in ("trial_id", "status", "error", "tables") if c in schemas[p].names]
+                    columns[p] = pf.read(columns=wanted).to_pydict()
             except Exception as e:
                 if self._store_failed(e):
                     raise
+                st.corrupt.append(p)
+        problems = storecheck.type_problems(schemas, storecheck.trials_types(trials_schema), storecheck.TEXT_COLUMNS)
+        rows: dict[str, tuple[str, str, str | None]] = {}  # trial id -> (status, error, tables)
+        for p, t in columns.items():
+            if p in problems or not {"trial_id", "status"} <= set(t):
                 st.corrupt.append(p)
                 continue
             owner = storecheck.stem(p)
@@ -366,29 +367,20 @@ class Store:
             if len(t["trial_id"]) > 1:
                 st.duplicate.append(p)
             i = mine[0]
-            rows[owner] = (t["status"][i], (t.get("error") or [""] * (i + 1))[i] or "",
+            rows[owner] = (t["status"][i], (t["error"][i] if "error" in t else "") or "",
                            t["tables"][i] if "tables" in t else None)
         st.corrupt.sort()
-        done = [tid for tid, (status, _, _) in rows.items() if status == "done"]
-        listing = {t: {storecheck.stem(p): p for p in self.files(study, t)}
-                   for t in self.tables(study) if t != TRIALS} if done else {}
+        listing = storecheck.trial_tables(self, study)
         for tid, (status, error, tables) in rows.items():
             if status == "stopped":
                 st.stopped.add(tid)
             elif status != "done":
                 st.failed[tid] = error
-            else:
-                names = ([n for n in tables.split(",") if n] if tables is not None
-                         else [t for t, files in listing.items() if tid in files])
-                damaged = []
-                for n in names:  # missing, or (locally, where a write can be cut short) unreadable
-                    p = listing.get(n, {}).get(tid)
-                    if p is None or (self.local and not self._footers([p])[0]):
-                        damaged.append(p or self.path(study, n, f"{tid}.parquet"))
-                if damaged:
-                    st.damaged[tid] = damaged
-                else:
-                    st.done.add(tid)
+            elif storecheck.whole(self, study, tid, tables, listing, st):
+                st.done.add(tid)
+        # table files of no trial the table `trials` knows: copies, or left by a trial killed before
+        # its row (readers ignore both; a rerun replaces the latter)
+        st.stray += sorted(p for files in listing.values() for owner, p in files.items() if owner not in rows)
         return st
 
     def trial_row(self, study: str, trial_id: str) -> dict[str, Any] | None:

@@ -112,6 +112,45 @@ def type_problems(schemas: dict[str, pa.Schema], expected: dict[str, pa.DataType
     return problems
 
 
+# -- a study's trials, judged through the store (`store` is a sweeper.store.Store) ---------------------
+def trial_tables(store, study: str) -> dict[str, dict[str, str]]:
+    """The study's per-trial tables (those keyed by `trial_id`; not `search`): table -> the
+    files by the trial they are named for."""
+    out = {}
+    for table in store.tables(study):
+        files = {stem(p): p for p in store.files(study, table)}
+        if table == "trials":
+            continue
+        metas, _ = store._footers(sorted(files.values())[:3])  # unreadable ones prove nothing
+        if all(key_column(table, m.schema.names) == KEY for m in metas.values()):
+            out[table] = files
+    return out
+
+
+def whole(store, study: str, tid: str, tables: str | None, listing: dict[str, dict[str, str]], st) -> bool:
+    """Whether every table a done trial wrote (`tables`; for a row from before that column, the
+    files present for it) is there: present and, on a local store (where a write can be cut short
+    or a file damaged), readable with the trial's own rows. Objects are whole once their single
+    PUT lands. Records what is wrong in `st` (a TrialStatus)."""
+    names = ([n for n in tables.split(",") if n] if tables is not None
+             else [t for t, files in listing.items() if tid in files])
+    damaged = []
+    for name in names:
+        path = listing.get(name, {}).get(tid)
+        if path is None or not store.local:
+            damaged += [] if path else [store.path(study, name, f"{tid}.parquet")]
+            continue
+        metas, _ = store._footers([path])
+        verdict = own_rows(metas[path], KEY, tid) if metas else "unreadable"
+        if verdict in ("unreadable", "none"):  # "none": the file holds another trial's rows
+            damaged.append(path)
+        elif verdict == "mixed":
+            st.duplicate.append(path)
+    if damaged:
+        st.damaged[tid] = damaged
+    return not damaged
+
+
 @functools.lru_cache(maxsize=1)
 def trials_types(trials_schema) -> dict[str, pa.DataType]:
     """The declared type of every trials column, over all experiment kinds (a name two kinds type

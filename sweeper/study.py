@@ -332,8 +332,8 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
         raise SweeperError("defines no study: assign `study = Study(...)`", str(path))
     study = module.study
     if not isinstance(study, Study):
-        raise SweeperError(f"`study` is a {type(study).__name__}, not a Study: assign `study = Study(...)`",
-                           str(path))
+        raise SweeperError(f"`study` holds {type(study).__name__} {_one_line(repr(study))[:60]}, not a Study: "
+                           "assign `study = Study(...)`", str(path))
     try:
         if quick:
             study = study.quick_variant()
