@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/compile_step.py [--repeats 25] [--depth 14] [--width 16]
 
-Interleaved round robin (sweeper.bench.time_interleaved) of the BN-only ResNet step: `ours`
+Interleaved round robin (sweeper.bench.common.time_interleaved) of the BN-only ResNet step: `ours`
 (eager, channels_last, frozen weights), `compiled` (the same under torch.compile, inductor,
 compiled during the warm-up calls) and the plain PyTorch `reference`; one thread; plus a 2048^2
 fp32 matmul for the FLOP-rate fraction. Prints one JSON object.
@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from sweeper.bench import measure_step
+from sweeper.bench.step import measure_step
 
 p = argparse.ArgumentParser()
 p.add_argument("--repeats", type=int, default=25)

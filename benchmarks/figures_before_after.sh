@@ -2,7 +2,7 @@
 # Side by side: `sweeper figures` of one store with the code of two commits, interleaved, each in a
 # fresh interpreter started in its own checkout (so `python -m` imports that checkout's sweeper).
 #   benchmarks/figures_before_after.sh STORE OLD_COMMIT [ROUNDS]
-# Make a store first, e.g.  python -c "from sweeper.bench import generate_store; generate_store('/tmp/figstore')"
+# Make a store first, e.g.  python -c "from sweeper.bench.figures import generate_store; generate_store('/tmp/figstore')"
 set -euo pipefail
 store=$1; old=$2; rounds=${3:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)

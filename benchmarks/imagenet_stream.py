@@ -5,9 +5,9 @@
 Writes `--images` JPEGs of ImageNet's typical size (about 500x375, quality 90, smooth random
 content) into a temporary ImageFolder, then times one training pass (RandomResizedCrop(224) +
 flip, decode included) and one evaluation pass (Resize(256) + CenterCrop(224)) through
-`sweeper.imagenet_stream.StreamBatches` for each worker count, after one warm-up pass (page cache,
-worker start). Prints images per second as JSON. Use it to size `--cpus-per-trial`: a trial gets
-cpus - 1 decoding workers, and the GPU's step rate in images/s divided by one worker's rate is
+`sweeper.data.imagenet_stream.StreamBatches` for each worker count, after one warm-up pass (page
+cache, worker start). Prints images per second as JSON. Use it to size `--cpus-per-trial`: a trial
+gets cpus - 1 decoding workers, and the GPU's step rate in images/s divided by one worker's rate is
 how many it needs.
 """
 import argparse
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sweeper.imagenet_stream import stream_imagenet
+from sweeper.data.imagenet_stream import stream_imagenet
 from sweeper.experiments.train.spec import TrainSpec
 
 p = argparse.ArgumentParser()

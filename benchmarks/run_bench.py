@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/run_bench.py --out results.json   # full run, JSON kept
     .venv/bin/python benchmarks/run_bench.py --only step,data     # some measurements only
 
-The measurements live in sweeper/bench.py (one function each: measure_step, measure_sgemm,
-measure_data_fraction, measure_trial_overhead, measure_sweep_efficiency, generate_store +
-measure_figures); this script only takes the lock (`flock /tmp/sweeper-heavy.lock`, as the other
+The measurements live in sweeper/bench/ (one module per measurement: step.measure_step,
+flops.measure_sgemm, data_share.measure_data_fraction, sweeps.measure_trial_overhead and
+measure_sweep_efficiency, figures.generate_store + measure_figures; run.run_bench runs them all);
+this script only takes the lock (`flock /tmp/sweeper-heavy.lock`, as the other
 heavy runs on a shared machine do) and records the load average with the results.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweeper import bench  # noqa: E402
+from sweeper.bench.run import format_table, run_bench  # noqa: E402
 
 LOCK = "/tmp/sweeper-heavy.lock"
 
@@ -50,12 +51,12 @@ def main() -> int:
     p.add_argument("--no-lock", action="store_true")
     args = p.parse_args()
     with contextlib.nullcontext() if args.no_lock else heavy_lock():
-        results = bench.run_bench(quick=args.quick, data_root=args.data_root, threads=args.threads,
+        results = run_bench(quick=args.quick, data_root=args.data_root, threads=args.threads,
                                   only=set(args.only.split(",")) if args.only else None,
                                   say=lambda s: print(s, file=sys.stderr, flush=True))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, default=str))
-    print(bench.format_table(results))
+    print(format_table(results))
     return 0
 
 

@@ -17,7 +17,8 @@ from sweeper.errors import SweeperError
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
-COMMAND_MODULES: list[str] = ["sweeper.nightly", "sweeper.schedule", "sweeper.bench", "sweeper.submit", "sweeper.slurm"]
+COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench.cli",
+                              "sweeper.orchestration.submit", "sweeper.slurm.cli"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -40,17 +41,18 @@ def _fmt(v) -> str:
 
 # -- plan ----------------------------------------------------------------------------------------
 def cmd_plan(args) -> int:
+    from sweeper.plan import describe
     from sweeper.study import load_study
 
     study = load_study(args.study, quick=args.quick)
     specs = study.specs()
     done = set()
-    if args.store:
+    if args.store:  # a folder or an s3:// / gs:// URI: a missing folder or prefix has no trials yet
         from sweeper.store import Store
 
         store = Store(args.store)  # refuses a path that cannot be a store (a file, a symlink loop)
-        if store.local and os.path.isdir(store.root):
-            done = store.trial_status(study.name).done
+        store.check_reachable()  # an object store: one line within seconds when it cannot be read
+        done = store.trial_status(study.name).done
     axes: list[str] = []
     for grid in study.grids():
         for name, values in grid.items():
@@ -64,7 +66,8 @@ def cmd_plan(args) -> int:
     cpus = float(args.cpus_per_trial if args.cpus_per_trial is not None else study.resources.get("cpu", 1))
     gpus = float(args.gpus_per_trial if args.gpus_per_trial is not None else study.resources.get("gpu", 0))
     remaining = [s for s in specs if s.trial_id not in done]
-    cost, notes = _plan_cost(args, remaining, cpus, gpus)
+    cost, notes = describe(remaining, cpus, gpus, gpu=args.gpu, cluster_file=args.cluster, workers=args.workers,
+                           efficiency=args.efficiency)
     if args.json:
         # Written row by row: a 100,000-trial grid's document is tens of megabytes, and building it
         # whole (rows, then one string) took gigabytes.
@@ -91,92 +94,21 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _plan_cost(args, specs, cpus: float, gpus: float) -> tuple[dict, list[str]]:
-    """The estimate of `specs` and the lines that state it with its assumptions."""
-    from sweeper import cost as c
-
-    if gpus <= 0:  # CPU trials: this machine's measured rate (measured only here)
-        est = c.estimate(specs, cpus)
-        if not est["total_flops"]:
-            return est, []
-        return est, [
-            f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
-            f"{c.human(est['total_trial_seconds'])} of trial time at {est['flops_per_second'] / 1e9:.0f} GFLOP/s "
-            f"per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"]
-    if args.efficiency is not None and not 0 < args.efficiency <= 1:
-        raise SweeperError(f"must be in (0, 1], got {args.efficiency:g}", "--efficiency")
-    cluster_file = args.cluster or ("cluster.yaml" if Path("cluster.yaml").is_file() else None)
-    cluster = c.read_cluster(cluster_file) if cluster_file else None
-    if args.gpu:
-        try:
-            gpu, why = c.GPUS.canonical(args.gpu), "--gpu"
-        except SweeperError as e:
-            raise e.at("--gpu") from None
-    elif cluster is not None and cluster.gpu:
-        gpu, why = cluster.gpu, cluster.source
-    else:
-        gpu, why = c.DEFAULT_GPU, (f"the default, as {cluster.source} names no card in the table" if cluster
-                                   else "the default, with no cluster file naming one: --cluster FILE")
-    if args.workers is not None and args.workers < 1:
-        raise SweeperError(f"must be at least 1, got {args.workers}", "--workers")
-    if cluster is None:
-        cluster = c.Cluster(1, source="the default, with no cluster file: --cluster FILE, --workers N")
-    if args.workers is not None:
-        from dataclasses import replace
-
-        cluster = replace(cluster, workers=args.workers)
-    efficiency = c.GPU_EFFICIENCY if args.efficiency is None else args.efficiency
-    card = c.GPUS[gpu]
-    est = c.estimate_gpu(specs, card, cluster, gpus, cpus, efficiency)
-    est.update(gpu_source=why, cluster_source=cluster.source)
-    if not est["total_flops"]:
-        return est, []
-    worker = f"{cluster.gpus_per_worker:g} GPU" + ("" if cluster.cpus_per_worker is None
-                                                   else f" and {cluster.cpus_per_worker:g} CPU")
-    at_once = est["trials_per_worker"]
-    source = "--workers" if args.workers is not None else cluster.source
-    if est["fits"]:
-        wall = (f", about {c.human(est['wall_seconds'])} of wall time on {cluster.workers} "
-                f"worker{'s' * (cluster.workers != 1)}")
-        fit = (f"so {at_once} trial{'s' * (at_once != 1)} at a time on each (a trial asks for {gpus:g} GPU and "
-               f"{cpus:g} CPU; trials on a worker share its GPUs)")
-    else:
-        wall = "; no wall time: the trials do not fit on these workers"
-        fit = f"too small: {est['problem'].replace(f' (workers from {cluster.source})', '')}; `run` would wait forever"
-    lines = [
-        f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs: about {est['gpu_hours']:.4g} "
-        f"GPU-hours{wall}",
-        f"  card: {card.name}, from {why} (--gpu NAME for another: {c.GPUS.choices()})",
-        f"  workers: {cluster.workers}, from {source}; {worker} each, {fit}",
-    ]
-    for precision, r in est["rates"].items():
-        lines.append(f"  {precision} trials: {r['rate']}, {r['stated_flops_per_second'] / 1e12:.4g} TFLOP/s stated "
-                     f"x {efficiency:g} efficiency (assumed; --efficiency) = {r['flops_per_second'] / 1e12:.3g} "
-                     f"TFLOP/s per trial with a card to itself")
-    return est, lines
-
-
 # -- run -----------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from sweeper.data import DATASETS, check_data, normalize_root
+    from sweeper.data import normalize_root
+    from sweeper.preflight import check_environment
     from sweeper.store import Store
     from sweeper.study import load_study
 
     study = load_study(args.study, quick=args.quick)
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
-    # Check the environment before any work: the store takes writes, the data are there. Its
+    # Before any work: the store takes writes, the data are there, the cluster answers. The store's
     # first file waits until the sweep starts (a sweep that waits for nodes in vain leaves none).
-    store.ensure_writable(marker=False)
-    names = {getattr(s, f, None) for s in study.specs() for f in ("dataset", "inputs")}
-    for name in sorted(n for n in names if n in DATASETS):
-        check_data(name, data_root)
-    if args.address and args.address != "local":
-        from sweeper.runner import check_address
+    check_environment([study], store, data_root, args.address, marker=False)
 
-        check_address(args.address)
-
-    from sweeper.runner import run_study
+    from sweeper.orchestration.sweep import run_study
 
     summary = run_study(
         study,

@@ -2,12 +2,13 @@
 
 An experiment kind is a package under `sweeper/experiments/` whose `__init__` defines
 ``EXPERIMENT = Experiment(...)``: its spec type, its run function, the columns it adds to the
-`trials` row, the metric that ranks its trials, and the analysis modules that draw its figures.
-The runner, the store, the nightly report and the CLI read these instead of naming kinds.
+`trials` row, the metric that ranks its trials, the analysis modules that draw its figures, and
+(optionally) its cost model. The runner, the store, the nightly report, `sweeper plan` and the CLI
+read these instead of naming kinds.
 
 The registry must stay light (study files, `sweeper plan` and analysis read it without torch), so a
-kind's definition imports only its spec, and its run function is named as "module:function" and
-imported on the first run.
+kind's definition imports only its spec, and its run and cost functions are named as
+"module:function" and imported on first use.
 
 A run function has one signature for every kind:
 
@@ -17,6 +18,9 @@ Callbacks have one signature too, ``callback(progress: Progress) -> None``, and 
 every epoch of training (`progress.end` False) and once at the end (`progress.end` True). A kind
 without epochs calls them once, at the end. A kind that can resume passes `progress.state`, a
 callable returning its resumable state, which a later run takes back as `resume`.
+
+A cost function, ``cost(spec) -> TrialCost``, says what one trial computes before it runs; `sweeper
+plan` turns that into hours on this machine's CPUs or a card's rate (sweeper.plan).
 """
 from __future__ import annotations
 
@@ -49,6 +53,14 @@ Callback = Callable[[Progress], None]
 
 
 @dataclass(frozen=True)
+class TrialCost:
+    """What one trial computes, for the estimate `sweeper plan` prints before a sweep starts."""
+
+    flops: int  # floating-point operations of the whole trial (training and evaluation)
+    precision: str = "fp32"  # the arithmetic they run in, which picks a GPU's rate: "fp32" or "bf16"
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     spec_type: type  # a sweeper.spec.Spec subclass whose `experiment` is `name`
@@ -58,6 +70,7 @@ class Experiment:
     mode: str  # "max" or "min": which way `metric` is better
     figure_modules: tuple[str, ...] = ()  # sweeper.analysis modules whose FIGURES draw its results
     description: str = ""
+    cost: str | None = None  # "module:function", spec -> TrialCost, imported on first use; None: no cost model
 
     def __post_init__(self) -> None:
         if self.spec_type.experiment != self.name:
@@ -67,5 +80,14 @@ class Experiment:
 
     def run(self, spec, data_root: str | None = None, **kwargs) -> TrialResult:
         """Run one trial (no Ray, no store): kwargs are threads, callbacks and resume."""
-        module, name = self.run_function.split(":")
-        return getattr(importlib.import_module(module), name)(spec, data_root, **kwargs)
+        return _function(self.run_function)(spec, data_root, **kwargs)
+
+    def trial_cost(self, spec) -> TrialCost | None:
+        """What one trial of `spec` computes, or None for a kind without a cost model."""
+        return None if self.cost is None else _function(self.cost)(spec)
+
+
+def _function(name: str) -> Callable:
+    """The function a "module:function" name names, importing its module (torch lives there)."""
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)

@@ -214,7 +214,7 @@ def test_a_client_with_a_token_still_joins_a_cluster_without_authentication(ray_
     address = ray_local.get_runtime_context().gcs_address
     probe = textwrap.dedent(f"""
         import os, ray
-        from sweeper.runner import connect
+        from sweeper.orchestration.connect import connect
         connect({address!r})
         print(os.environ["RAY_AUTH_MODE"], ray.cluster_resources().get("CPU"))
         ray.shutdown()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper import bench
+from sweeper.bench import cli, data_share, figures, flops, run, step, sweeps
 
 
 def _positive(*values) -> bool:
@@ -57,19 +57,19 @@ def test_flop_count_equals_analytic_count_bn_only():
     # Frozen convs and linear: conv1 runs forward only (nothing before it needs a gradient);
     # conv2 and the linear layer run forward and their input-gradient kernel, no weight gradient.
     expected = _conv(C_IN, C) + 2 * _conv(C, C) + 2 * FC
-    assert bench.count_flops(_step(_tiny_net("bn"))) == expected
+    assert flops.count_flops(_step(_tiny_net("bn"))) == expected
 
 
 def test_flop_count_equals_analytic_count_all_trainable():
     # Every weight trains: conv1 adds its weight gradient (no input gradient: the input needs
     # none); conv2 and the linear layer add both gradients.
     expected = 2 * _conv(C_IN, C) + 3 * _conv(C, C) + 3 * FC
-    assert bench.count_flops(_step(_tiny_net("all"))) == expected
+    assert flops.count_flops(_step(_tiny_net("all"))) == expected
 
 
 # -- the training step ---------------------------------------------------------------------------------
 def test_measure_step_tiny():
-    out = bench.measure_step(depth=8, width=4, batch=8, threads=1, repeats=1, warmup=0)
+    out = step.measure_step(depth=8, width=4, batch=8, threads=1, repeats=1, warmup=0)
     assert set(out["seconds"]) == {"ours", "ours_bf16", "masked", "reference", "full"}
     assert _positive(*out["seconds"].values())
     for key in ("speedup_vs_reference", "bf16_speedup_vs_fp32", "bf16_speedup_vs_reference",
@@ -82,8 +82,8 @@ def test_measure_step_tiny():
 def test_bench_models_match_sweeper_training():
     """Ours is the sweep's own network (same init, BN-only requires_grad); the reference has
     the same weights with every requires_grad True and an optimizer over γ, β only."""
-    ours, opt, masks, _ = bench.bn_only_model(depth=8, width=4)
-    ref, ref_opt = bench.reference_model(depth=8, width=4)
+    ours, opt, masks, _ = step.bn_only_model(depth=8, width=4)
+    ref, ref_opt = step.reference_model(depth=8, width=4)
     for (n1, p1), (n2, p2) in zip(ours.named_parameters(), ref.named_parameters()):
         assert n1 == n2 and torch.equal(p1, p2)
         assert p2.requires_grad
@@ -96,13 +96,63 @@ def test_bench_models_match_sweeper_training():
     assert not masks
 
 
+def test_bench_times_the_training_loops_own_step():
+    """No copy of the step: bench's is `train_step`'s closure, and its bf16 variant runs under the
+    loop's own autocast."""
+    from sweeper.experiments.train.loop import train_step
+
+    model, opt, masks, spec = step.bn_only_model(depth=8, width=4)
+    ours = step.our_step(model, opt, masks, spec)
+    assert ours.__code__ is train_step(model, opt, masks, spec, torch.device("cpu")).__code__
+    x, y = step.cifar_batch(4, channels_last=True)
+    logits, _ = ours(x, y)
+    assert logits.dtype == torch.float32
+    model, opt, masks, spec = step.bn_only_model(depth=8, width=4, precision="bf16")
+    logits, loss = step.our_step(model, opt, masks, spec)(x, y)
+    assert spec.precision == "bf16" and logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+
+
+def test_bench_network_is_the_one_run_trial_trains():
+    """bn_only_model builds, initialises and freezes the network as run_trial does: the same
+    tensors trainable, the same frozen weights (training never moves them) and the same initial
+    γ, β (the `bn` table's gamma_init, beta_init)."""
+    from sweeper.experiments.train.loop import run_trial
+    from sweeper.experiments.train.spec import TrainSpec
+
+    seen = {}
+
+    def keep(progress):
+        if progress.end:
+            seen.update({n: p.detach().clone() for n, p in progress.context.model.named_parameters()
+                         if not p.requires_grad})
+            seen["trainable"] = {n for n, p in progress.context.model.named_parameters() if p.requires_grad}
+
+    spec = TrainSpec.from_values({"model": "resnet-8", "width": 4, "trainable": "bn", "dataset": "digits",
+                                  "epochs": 1, "train_size": 100, "test_size": 50, "batch_size": 50, "augment": "none",
+                                  "measure": ["bn"]})
+    bn = run_trial(spec, threads=1, callbacks=[keep]).tables["bn"]
+    ours = step.bn_only_model(depth=8, width=4, dataset="digits")[0]
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable == seen["trainable"]
+    frozen = {n: p for n, p in ours.named_parameters() if n not in trainable}
+    assert frozen and frozen.keys() == seen.keys() - {"trainable"}
+    for name, p in frozen.items():
+        assert torch.equal(p, seen[name]), name
+    params = dict(ours.named_parameters())
+    for layer, rows in bn.groupby("layer", sort=False):
+        rows = rows.sort_values("channel")
+        assert rows["gamma_init"].tolist() == params[f"{layer}.weight"].tolist(), layer
+        assert rows["beta_init"].tolist() == params[f"{layer}.bias"].tolist(), layer
+    assert bn["layer"].nunique() == sum(1 for n in trainable if n.endswith(".weight"))
+
+
 def test_measure_sgemm_tiny():
-    out = bench.measure_sgemm(n=64, threads=1, repeats=1)
+    out = flops.measure_sgemm(n=64, threads=1, repeats=1)
     assert out["n"] == 64 and _positive(out["seconds"], out["gflops_per_s"])
 
 
 def test_data_fraction_tiny():
-    out = bench.measure_data_fraction(train_size=256, depth=8, batch=64)
+    out = data_share.measure_data_fraction(train_size=256, depth=8, batch=64)
     assert out["steps"] >= 1
     assert 0 < out["data_fraction"] < 1
     assert _positive(out["data_s"], out["step_s"])
@@ -112,14 +162,14 @@ def test_data_fraction_tiny():
 def test_generate_store_and_figures(tmp_path):
     from sweeper.store import Store
 
-    gen = bench.generate_store(tmp_path / "store", trials=5, model="resnet-8")
+    gen = figures.generate_store(tmp_path / "store", trials=5, model="resnet-8")
     store = Store(tmp_path / "store")
     trials = store.read(gen["study"])
     bn = store.read(gen["study"], "bn")
     assert len(trials) == 5 and set(trials["status"]) == {"done"}
     assert len(bn) == gen["bn_rows"] == 5 * (16 + 2 * (16 + 32 + 64) + 32 + 64)  # resnet-8's BN channels
     assert set(bn["trial_id"]) == set(trials["trial_id"])
-    out = bench.measure_figures(tmp_path / "store", gen["study"], repeats=2)
+    out = figures.measure_figures(tmp_path / "store", gen["study"], repeats=2)
     assert out["bn_rows"] == gen["bn_rows"]
     assert out["figures_drawn"] >= 1 and len(out["figures_runs_s"]) == 2
     assert _positive(out["figures_s"], out["figures_peak_rss_mb"], out["bn_read_s"], out["bn_read_peak_rss_mb"])
@@ -127,7 +177,7 @@ def test_generate_store_and_figures(tmp_path):
 
 # -- Ray: overhead and sweep efficiency through the real runner ----------------------------------------
 def test_trial_overhead_and_sweep_efficiency(ray_local):
-    overhead = bench.measure_trial_overhead(trials=3)
+    overhead = sweeps.measure_trial_overhead(trials=3)
     assert overhead["trials"] == 3 and overhead["reuse_actors"] is True
     assert _positive(overhead["wall_s"], overhead["work_s"])
     assert math.isfinite(overhead["per_trial_s"])
@@ -135,10 +185,37 @@ def test_trial_overhead_and_sweep_efficiency(ray_local):
     parts = overhead["start_s"] + overhead["end_s"] + (n - 1) * overhead["marginal_per_trial_s"]
     assert parts / n == pytest.approx(overhead["per_trial_s"], abs=2e-3)  # the split adds up
 
-    sweep = bench.measure_sweep_efficiency(trials=2, epochs=1, dataset="digits")
+    sweep = sweeps.measure_sweep_efficiency(trials=2, epochs=1, dataset="digits")
     assert sweep["dataset"] == "digits" and sweep["trials"] == 2
     assert 0 < sweep["efficiency"] <= 1.0 + 1e-9
     assert sweep["efficiency_with_ray_start"] <= sweep["efficiency"]
+
+
+# -- what `sweeper bench --json` prints ---------------------------------------------------------------
+HEADLINE = {  # part -> the top-level keys it adds (BENCHMARKS.md's table reads them)
+    "step": {"step_speedup_vs_reference", "bf16_speedup_vs_fp32", "bf16_speedup_vs_reference",
+             "frozen_conv_skip_speedup", "sgemm_fraction", "conv_sgemm_fraction", "step_time_share_conv"},
+    "data": {"data_fraction"},
+    "ray": {"trial_overhead_s", "trial_overhead_marginal_s", "sweep_fixed_start_s", "trial_overhead_tune_default_s",
+            "trial_overhead_tune_default_marginal_s", "sweep_efficiency", "sweep_efficiency_with_ray_start"},
+    "figures": {"figures_seconds_1000_trials", "figures_peak_rss_mb", "bn_read_seconds_1000_trials",
+                "bn_read_peak_rss_mb"},
+}
+ALWAYS = {"date", "quick", "environment", "load_average_start", "threads_per_trial", "load_average_end",
+          "bench_seconds", "goals", "met", "details"}
+
+
+def test_bench_json_keys_of_the_step_and_data_parts():
+    """The keys of `sweeper bench --quick --json --only step,data`, at the quick sizes (about half
+    a minute); the Ray and figure parts are measured above at tiny sizes."""
+    results = run.run_bench(quick=True, only={"step", "data"})
+    assert set(results) == ALWAYS | HEADLINE["step"] | HEADLINE["data"]
+    assert set(results["details"]) == {"step", "data"}
+    assert set(results["environment"]) == {"python", "torch", "ray", "pyarrow", "cpu", "cores",
+                                           "torch_cpu_capability", "cuda"}
+    assert set(results["met"]) == {"step_speedup_vs_reference", "sgemm_fraction", "data_fraction"}
+    assert set(HEADLINE["ray"] | HEADLINE["figures"] | HEADLINE["step"] | HEADLINE["data"]) >= set(run.GOALS)
+    assert {key for key, _ in run.ROWS} == set().union(*HEADLINE.values()) | {"sgemm_fraction_wrn_14_4"}
 
 
 # -- the command line ---------------------------------------------------------------------------------
@@ -146,7 +223,7 @@ def test_cli_registers_bench():
     from sweeper.cli import build_parser
 
     args = build_parser().parse_args(["bench", "--quick", "--json", "--only", "step"])
-    assert args.fn is bench.cmd_bench and args.quick and args.json and args.only == "step"
+    assert args.fn is cli.cmd_bench and args.quick and args.json and args.only == "step"
 
 
 def test_format_table_marks_goals():
@@ -154,9 +231,9 @@ def test_format_table_marks_goals():
                                                                "python": "p"},
                "load_average_start": [1.0], "load_average_end": [1.0], "threads_per_trial": 1, "bench_seconds": 1.0,
                "trial_overhead_s": 0.05, "sweep_efficiency": 0.5,
-               "goals": {k: f"{op} {v:g}" for k, (op, v) in bench.GOALS.items()}}
-    results["met"] = {k: bench._met(k, results[k]) for k in ("trial_overhead_s", "sweep_efficiency")}
-    table = bench.format_table(results)
+               "goals": {k: f"{op} {v:g}" for k, (op, v) in run.GOALS.items()}}
+    results["met"] = {k: run._met(k, results[k]) for k in ("trial_overhead_s", "sweep_efficiency")}
+    table = run.format_table(results)
     assert "trial_overhead_s" in table and "sweep_efficiency" in table
     lines = {line.split()[0]: line for line in table.splitlines() if line and line.split()[0] in results}
     assert " yes " in lines["trial_overhead_s"] and " NO " in lines["sweep_efficiency"]

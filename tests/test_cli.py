@@ -71,7 +71,7 @@ def test_debug_shows_the_traceback():
 
 
 def test_plan_estimates_cost_from_flops():
-    from sweeper.cost import forward_flops, trial_flops
+    from sweeper.experiments.train.cost import forward_flops, trial_cost
     from sweeper.experiments.train.spec import TrainSpec
 
     # ResNet-8 width 4 on 1x8x8 digits, counted by hand: conv FLOPs are 2*k*k*c_in*c_out*h*w
@@ -81,7 +81,7 @@ def test_plan_estimates_cost_from_flops():
     assert forward_flops("resnet", 8, 4, "digits", "relu", "batch") == convs + shortcuts + linear
     spec = TrainSpec.from_values({"dataset": "digits", "model": "resnet-8-4", "epochs": 3, "trainable": "all"})
     f = convs + shortcuts + linear
-    assert trial_flops(spec) == f * (3 * (1442 * 3 + 355) + 355)
+    assert trial_cost(spec).flops == f * (3 * (1442 * 3 + 355) + 355) and trial_cost(spec).precision == "fp32"
     r = sweeper("plan", "studies/quickstart.py", "--json")
     est = json.loads(r.stdout)["estimate"]
     assert est["total_flops"] > 0 and est["total_trial_seconds"] > 0 and est["unknown_trials"] == 0
@@ -101,10 +101,10 @@ def tiny_gpu_study(tmp_path, precision="fp32"):
 
 
 def one_trial_flops(path):
-    from sweeper.cost import trial_flops
+    from sweeper.plan import trial_cost
     from sweeper.study import load_study
 
-    flops = {trial_flops(s) for s in load_study(path).specs()}
+    flops = {trial_cost(s).flops for s in load_study(path).specs()}
     assert len(flops) == 1  # the seed changes no FLOP
     return flops.pop()
 
@@ -159,7 +159,7 @@ def test_plan_reads_the_cluster_file_and_prints_its_assumptions(tmp_path):
 
 
 def test_the_repository_cluster_file_is_read():
-    from sweeper.cost import Cluster, read_cluster
+    from sweeper.plan import Cluster, read_cluster
 
     assert read_cluster(REPO / "cluster.yaml") == Cluster(8, 1.0, 4.0, "A10G", "cluster.yaml's worker type gpu_worker (g5.xlarge)")
 
@@ -198,7 +198,7 @@ def test_plan_says_when_trials_do_not_fit_the_workers(tmp_path):
 
 
 def test_wall_time_shares_gpus_among_a_workers_trials():
-    from sweeper.cost import wall_time
+    from sweeper.plan import wall_time
 
     assert wall_time([10.0] * 5, workers=2, per_worker=1, gpus_per_worker=1) == pytest.approx(30)  # 3 rounds
     assert wall_time([10.0] * 5, workers=2, per_worker=4, gpus_per_worker=1) == pytest.approx(30)  # 3 share one card
@@ -213,7 +213,8 @@ def test_shape_only_flops_equal_torch_flop_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sweeper.cost import DATASETS, forward_flops
+    from sweeper.data import DATASETS
+    from sweeper.experiments.train.cost import forward_flops
     from sweeper.experiments.train.model import build_model
     from sweeper.experiments.train.spec import TrainSpec
 
@@ -231,7 +232,73 @@ def test_shape_only_flops_equal_torch_flop_counter():
 def test_fp32_convolutions_run_in_tf32_as_the_estimate_assumes():
     import torch
 
-    from sweeper.cost import FP32_CONVS_IN_TF32
+    from sweeper.plan import FP32_CONVS_IN_TF32
 
     # sweeper leaves PyTorch's default alone; if a torch upgrade (or sweeper) changes it, so must the estimate
     assert FP32_CONVS_IN_TF32 == (torch.backends.cudnn.conv.fp32_precision == "tf32")
+
+
+# -- plan reads the Experiment interface ---------------------------------------------------------------
+def _a_teraflop_in_bf16(spec):
+    """A cost hook for the test below (named as "test_cli:_a_teraflop_in_bf16")."""
+    from sweeper.experiment import TrialCost
+
+    return TrialCost(10**12, "bf16")
+
+
+def test_plan_reads_each_kinds_cost_hook(monkeypatch):
+    """The estimate comes from `Experiment.cost`, not from naming kinds: a kind without a hook is a
+    trial of unknown cost; give it one and plan counts its FLOPs at its precision's rate."""
+    from dataclasses import replace
+
+    from sweeper.experiments import EXPERIMENTS
+    from sweeper.plan import GPUS, Cluster, estimate_gpu, trial_cost
+    from sweeper.study import load_study
+
+    specs = load_study(REPO / "studies" / "bn_decomposed.py", quick=True).specs()
+    assert EXPERIMENTS["decomposed"].cost is None and trial_cost(specs[0]) is None
+    est = estimate_gpu(specs, GPUS["A100"], Cluster(1), 1.0, 1.0)
+    assert est["unknown_trials"] == len(specs) and est["total_flops"] == 0 and est["rates"] == {}
+    hooked = replace(EXPERIMENTS["decomposed"], cost="test_cli:_a_teraflop_in_bf16")
+    monkeypatch.setitem(EXPERIMENTS._entries, "decomposed", hooked)  # registered for this test only
+    est = estimate_gpu(specs, GPUS["A100"], Cluster(1), 1.0, 1.0)
+    assert est["unknown_trials"] == 0 and est["total_flops"] == len(specs) * 10**12
+    assert list(est["rates"]) == ["bf16"]  # the hook's precision picks the card's rate: 312 TFLOP/s
+    assert est["gpu_hours"] == pytest.approx(len(specs) * 1e12 / (312e12 * 0.3) / 3600)
+    # and the command says which trials it could not estimate
+    r = sweeper("plan", "studies/bn_decomposed.py", "--quick")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == f"({len(specs)} trials of experiment 'decomposed' have no cost model)"
+
+
+# -- plan --store: a folder or an object store -----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_plan_marks_the_trials_a_store_has(kind, tmp_path, request):
+    """`plan --store` marks done trials and estimates only the rest, for an s3:// store as for a folder."""
+    from sweeper.plan import trial_cost
+    from sweeper.store import Store
+    from sweeper.study import load_study
+
+    uri = str(tmp_path / "store") if kind == "folder" else request.getfixturevalue("s3_store")
+    specs = load_study(REPO / "studies" / "quickstart.py").specs()
+    before = json.loads(sweeper("plan", "studies/quickstart.py", "--json", "--store", uri).stdout)
+    assert before["done"] == 0 and not any(t["done"] for t in before["trials"])
+    store = Store(uri)
+    store.ensure_writable()
+    s = specs[3]
+    store.commit_trial("quickstart", s, {"trial_id": s.trial_id, "study": "quickstart", "experiment": "train",
+                                         "status": "done", "error": "", **s.to_row(), "test_acc": 0.5}, {})
+    r = sweeper("plan", "studies/quickstart.py", "--json", "--store", uri)
+    assert r.returncode == 0, r.stderr
+    after = json.loads(r.stdout)
+    assert after["done"] == 1 and [t["trial_id"] for t in after["trials"] if t["done"]] == [s.trial_id]
+    assert after["estimate"]["total_flops"] == before["estimate"]["total_flops"] - trial_cost(s).flops
+    r = sweeper("plan", "studies/quickstart.py", "--store", uri)
+    assert r.stdout.splitlines()[0] == f"study quickstart: {len(specs)} trials (1 already done)"
+
+
+def test_plan_refuses_an_object_store_it_cannot_read(s3_server):
+    r = sweeper("plan", "studies/quickstart.py", "--store",
+                f"s3://no-such-bucket/sweeps?endpoint_override={s3_server.endpoint}&scheme=http")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"sweeper: error: --store: bucket 'no-such-bucket' does not exist at http://{s3_server.endpoint}"], r.stderr

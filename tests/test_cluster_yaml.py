@@ -232,7 +232,7 @@ def shipped_studies() -> list[tuple[str, object]]:
 
 
 def test_every_shipped_study_fits_a_worker_type(raw):
-    from sweeper.runner import _bundle, _fits
+    from sweeper.orchestration.resources import _bundle, _fits
 
     workers = {name: t["resources"] for name, t in worker_types(raw).items() if t.get("max_workers", 0) > 0}
     studies = shipped_studies()
@@ -246,7 +246,7 @@ def test_every_shipped_study_fits_a_worker_type(raw):
 def test_imagenet_trials_get_their_eight_cpus_and_the_rest_the_smaller_node(raw):
     """The autoscaler adds, for each trial, the node type it fits best: the 4-CPU studies must not
     need the 8-CPU type, so their nodes stay the cheaper g5.xlarge."""
-    from sweeper.runner import _bundle, _fits
+    from sweeper.orchestration.resources import _bundle, _fits
 
     workers = {name: t["resources"] for name, t in worker_types(raw).items()}
     smallest_gpu = min((r for r in workers.values() if r.get("GPU", 0) >= 1), key=lambda r: r["CPU"])

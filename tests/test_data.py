@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sweeper import data
+from sweeper.data import cifar, imagenet
 from sweeper.errors import SweeperError
 
 
@@ -52,7 +53,7 @@ def test_download_path_fetches_checks_and_unpacks(tmp_path, serve):
     url = f"{serve}/{archive.name}"
     data.download_cifar(root, data.CIFAR10, url=url, md5=md5)
     assert data.find_cifar(root, data.CIFAR10) == root / "cifar-10-batches-py"
-    x_tr, y_tr, x_te, y_te = data._cifar_loader(data.CIFAR10)(root, False)
+    x_tr, y_tr, x_te, y_te = cifar._cifar_loader(data.CIFAR10)(root, False)
     assert x_tr.shape == (100, 3, 32, 32) and x_te.shape == (20, 3, 32, 32) and x_tr.dtype == torch.uint8
     with pytest.raises(Exception):  # a wrong checksum is refused
         data.download_cifar(tmp_path / "other", data.CIFAR10, url=url, md5="0" * 32)
@@ -62,9 +63,9 @@ def test_missing_root_without_network_is_one_clear_error(tmp_path, monkeypatch):
     def no_network(*a, **k):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(data, "download_cifar", no_network)
+    monkeypatch.setattr(cifar, "download_cifar", no_network)
     with pytest.raises(SweeperError, match="no cifar-10-batches-py under .* download failed") as e:
-        data._cifar_loader(data.CIFAR10)(tmp_path, True)
+        cifar._cifar_loader(data.CIFAR10)(tmp_path, True)
     assert e.value.where == "data_root"
 
 
@@ -90,11 +91,11 @@ def image_folder(root, per_split=(("train", 4), ("val", 2)), sizes=(70, 120)):
 
 def test_imagenet_from_an_image_folder(tmp_path):
     image_folder(tmp_path)
-    x_tr, y_tr, x_te, y_te = data._load_imagenet(tmp_path, False)
+    x_tr, y_tr, x_te, y_te = imagenet._load_imagenet(tmp_path, False)
     assert x_tr.shape == (12, 3, 64, 64) and x_te.shape == (6, 3, 64, 64)
     assert y_tr.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     with pytest.raises(SweeperError, match="no ImageNet under"):
-        data._load_imagenet(tmp_path / "train", False)
+        imagenet._load_imagenet(tmp_path / "train", False)
     # and a BN-only torchvision ResNet-18 trains on it
     from sweeper.experiments.train.loop import run_trial
     from sweeper.experiments.train.spec import TrainSpec
@@ -106,7 +107,7 @@ def test_imagenet_from_an_image_folder(tmp_path):
 
 
 def test_full_resolution_imagenet_streams_and_trains(tmp_path):
-    from sweeper.imagenet_stream import stream_imagenet
+    from sweeper.data.imagenet_stream import stream_imagenet
     from sweeper.experiments.train.loop import run_trial
     from sweeper.experiments.train.spec import TrainSpec
 

@@ -21,14 +21,11 @@ from sweeper.models.roles import LayerRoles
 
 PACKAGE = REPO / "sweeper"
 
-# Known cycles, removed by phase 2 of issue 18 (sweeper/data.py becomes the `data` package, with
-# balanced_subset where both the in-memory datasets and the ImageNet stream import it).
-CYCLE_EXEMPT = [{"sweeper.data", "sweeper.imagenet_stream"}]
+# Known cycles (none today: phase 2 of issue 18 removed the last, sweeper.data <-> imagenet_stream).
+CYCLE_EXEMPT: list[set[str]] = []
 
-# Modules over 500 lines that phase 2 of issue 18 splits (bench/ timing the real step, the nightly
-# package, the orchestration package); runner.py and nightly.py are listed because the branches
-# merged beside this one may grow them past the limit.
-LENGTH_EXEMPT = {"sweeper/bench.py", "sweeper/report.py", "sweeper/nightly.py", "sweeper/runner.py", "sweeper/slurm.py"}
+# Modules allowed over 500 lines: none since phase 2 of issue 18.
+LENGTH_EXEMPT: set[str] = set()
 MAX_LINES = 500
 
 
@@ -124,13 +121,48 @@ def test_no_module_over_500_lines():
     assert {k: v for k, v in long.items() if k not in LENGTH_EXEMPT} == {}
 
 
+def ray_imports(tree: ast.AST) -> list[int]:
+    """Line numbers of the imports of `ray` or any `ray.*` module, at module level or inside a
+    function (absolute imports only: a relative import is the package's own)."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(n == "ray" or n.startswith("ray.") for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_ray_import_finder_sees_every_form():
+    code = "import os\nimport ray\ndef f():\n    from ray import tune\n    import ray.util as u\n" \
+           "class C:\n    def g(self):\n        from ray.tune.search import optuna\nimport raytracer\n"
+    assert ray_imports(ast.parse(code)) == [2, 4, 5, 8]
+
+
+def test_only_the_orchestration_package_imports_ray():
+    """Ray stays behind one door (issue 18): sweeper.orchestration. Bench and slurm call into it."""
+    modules = _modules()
+    outside = {name: found for name, (path, _) in modules.items()
+               if not (name == "sweeper.orchestration" or name.startswith("sweeper.orchestration."))
+               and (found := ray_imports(ast.parse(path.read_text())))}
+    assert outside == {}
+    inside = [name for name, (path, _) in modules.items()
+              if name.startswith("sweeper.orchestration.") and ray_imports(ast.parse(path.read_text()))]
+    assert {"sweeper.orchestration.sweep", "sweeper.orchestration.connect"} <= set(inside)
+
+
 def test_analysis_report_and_the_core_never_import_torch_or_ray():
     analysis = sorted(m for m in _modules() if m.startswith("sweeper.analysis"))
+    report = sorted(m for m in _modules() if m.startswith("sweeper.report"))
     core = ["sweeper", "sweeper.errors", "sweeper.registry", "sweeper.spec", "sweeper.callspec", "sweeper.study",
             "sweeper.store", "sweeper.version", "sweeper.trial", "sweeper.experiment", "sweeper.experiments",
-            "sweeper.seeds", "sweeper.report"]
-    assert len(analysis) >= 10
-    code = (f"import importlib, sys\nfor m in {analysis + core!r}: importlib.import_module(m)\n"
+            "sweeper.seeds", "sweeper.preflight"]
+    assert len(analysis) >= 10 and len(report) >= 6
+    code = (f"import importlib, sys\nfor m in {analysis + report + core!r}: importlib.import_module(m)\n"
             "from sweeper.analysis import figures\nfigures()\n"
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True)

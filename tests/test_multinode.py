@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(r'''
     import glob, json, os, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
-    from sweeper.runner import run_study
+    from sweeper.orchestration.sweep import run_study
     from sweeper.store import Store
     from sweeper.study import Study
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from sweeper.cli import main
-from sweeper.nightly import EXIT_LOCKED, EXIT_OK, EXIT_REGRESSION, Holder, LockHeld, NightlyLock
-from sweeper.report import REPORTS, list_reports
+from sweeper.nightly.lock import Holder, LockHeld, NightlyLock
+from sweeper.nightly.run import EXIT_LOCKED, EXIT_OK, EXIT_REGRESSION
+from sweeper.report.layout import REPORTS, list_reports
 from sweeper.store import Store
 
 STUDY = """\
@@ -152,6 +153,43 @@ def test_stale_lock_is_taken_over_and_foreign_one_is_not(tmp_path):
         NightlyLock(store).acquire()
     assert Holder.parse(lock.read_bytes()).token == "x"  # left alone
 
+    # A live holder on this host that took no flock (an older sweeper's nightly) holds it too.
+    me = Holder.me()
+    lock.write_bytes(me.dumps())
+    with pytest.raises(LockHeld, match=f"pid {os.getpid()} on"):
+        NightlyLock(store).acquire()
+    assert Holder.parse(lock.read_bytes()).token == me.token
+
+
+HOLD = """\
+import sys, time
+from sweeper.nightly.lock import NightlyLock
+from sweeper.store import Store
+
+NightlyLock(Store(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_local_lock_is_held_across_processes_and_freed_by_kill_9(tmp_path):
+    """The local lock is an flock: another process is refused while its holder lives, and a holder
+    killed with -9 (no release, no cleanup) leaves a lock the next nightly takes over at once."""
+    store = Store(tmp_path / "store")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, store.root], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeld, match=f"pid {holder.pid} on {socket.gethostname()}"):
+            NightlyLock(store).acquire()
+    finally:
+        holder.kill()  # SIGKILL
+        holder.wait()
+    said: list[str] = []
+    with NightlyLock(store, say=said.append) as taken:
+        assert Holder.parse(Path(taken.path).read_bytes()).token == taken.me.token
+    assert len(said) == 1 and "took over the stale lock" in said[0] and f"pid {holder.pid} on" in said[0]
+    assert sorted(p.name for p in Path(store.path(REPORTS)).iterdir()) == ["nightly.flock"]
+
 
 @pytest.fixture
 def fake_crontab(tmp_path, monkeypatch) -> Path:
@@ -207,7 +245,8 @@ def test_cron_line_install_and_remove(tmp_path, capsys, fake_crontab, monkeypatc
 
 
 def test_compare_flags_only_moves_beyond_tolerance():
-    from sweeper.report import compare, config_key, snapshot_rows
+    from sweeper.report.compare import compare
+    from sweeper.report.snapshot import config_key, snapshot_rows
     import pandas as pd
 
     def snap(accs: dict[str, list[float]], lr: float = 0.1):
@@ -234,3 +273,26 @@ def test_compare_flags_only_moves_beyond_tolerance():
     c = compare(("prev", before), snap({"all": [0.1], "bn": [0.5]}, lr=1e-5), tolerance=0.02)
     assert [(m.label, m.changed) for m in c.regressions] == [("all", {"lr": (0.1, 1e-05)})]
     assert sorted(c.retired_configs) == ["none", "output"] and len(c.new_trials) == 2
+
+
+def test_a_studys_results_render_on_their_own_to_markdown_and_html():
+    """The rendering knows no nights: a study's snapshot becomes a results table in both formats
+    (what a report on one study reuses), the same facts in each."""
+    import pandas as pd
+
+    from sweeper.report.render import results_blocks, to_html, to_markdown
+    from sweeper.report.snapshot import config_key, snapshot_rows
+
+    configs = {config_key({"trainable": t}): {"trainable": t} for t in ("all", "bn", "b<n|x")}
+    members = {k: [f"{c['trainable']}-0", f"{c['trainable']}-1"] for k, c in configs.items()}
+    trials = pd.DataFrame([{"trial_id": f"{t}-{i}", "status": "done", "test_acc": 0.5 + i / 10, "code_version": "v1"}
+                           for t in ("all", "bn") for i in (0, 1)])
+    snap = snapshot_rows("s", "test_acc", configs, {k: c["trainable"] for k, c in configs.items()}, members, trials)
+    blocks = results_blocks(snap, limit=2, rest_in="snapshot.parquet")
+    md, page = to_markdown(blocks), to_html(blocks, "s")
+    assert "### Results (test_acc, mean over seeds)" in md
+    assert "| all | 0.5500 | 0.0500 | 2 | v1 |" in md and "| bn | 0.5500 | 0.0500 | 2 | v1 |" in md
+    assert "... and 1 more configurations (see snapshot.parquet)." in md
+    assert "<td>all</td><td>0.5500</td><td>0.0500</td><td>2</td><td>v1</td>" in page
+    assert "b&lt;n" in to_html(results_blocks(snap), "s") and "b<n\\|x | — | — | 0 |" in to_markdown(results_blocks(snap))
+    assert results_blocks(snap.iloc[:0]) == []

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeper import data, remote_data
+from sweeper import data
+from sweeper.data import cifar, imagenet, remote
 from sweeper.errors import SweeperError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def under(uri: str, folder: str) -> str:
 
 
 def log_lines(cache: Path) -> list[dict]:
-    logs = list((cache / "data").glob(f"*/{remote_data.LOG}"))
+    logs = list((cache / "data").glob(f"*/{remote.LOG}"))
     return [json.loads(line) for log in logs for line in log.read_text().splitlines()]
 
 
@@ -80,7 +81,7 @@ def same_files(a: Path, b: Path) -> bool:
 
 # -- the driver's check -------------------------------------------------------------------------
 def test_check_names_the_uri_and_what_is_missing(tmp_path, bucket_uri, monkeypatch):
-    monkeypatch.setenv(remote_data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     shown = bucket_uri  # no credentials in it: shown as given
     with pytest.raises(SweeperError) as e:
         data.check_data("cifar10", bucket_uri)
@@ -105,7 +106,7 @@ def test_check_names_the_uri_and_what_is_missing(tmp_path, bucket_uri, monkeypat
 def test_run_refuses_a_prefix_without_the_layout_before_any_trial(tmp_path, bucket_uri):
     study = tmp_path / "c.py"
     study.write_text("from sweeper import Study\nstudy = Study(name='c', dataset='cifar10', axes={'seed': [0]})\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), remote_data.CACHE_ENV: str(tmp_path / "cache")}
+    env = {**os.environ, "PYTHONPATH": str(REPO), remote.CACHE_ENV: str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", str(study), "--store", str(tmp_path / "store"),
                         "--data-root", under(bucket_uri, "nothing-here")], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=300)
@@ -131,7 +132,7 @@ RACER = textwrap.dedent('''
 def test_racing_processes_copy_once(tmp_path, remote_cifar):
     uri, local = remote_cifar
     cache = tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": str(REPO), remote_data.CACHE_ENV: str(cache)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), remote.CACHE_ENV: str(cache)}
     go = tmp_path / "go"
     racers = [subprocess.Popen([sys.executable, "-c", RACER, uri, str(tmp_path / f"ready{i}"), str(go)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(4)]
@@ -147,22 +148,22 @@ def test_racing_processes_copy_once(tmp_path, remote_cifar):
     assert root.parent.parent == cache / "data" and same_files(root, local)
     copies = log_lines(cache)
     assert len(copies) == 1 and copies[0]["files"] == 6  # four asked, one copied
-    assert (root / remote_data.MARKER).is_file() and not list(root.parent.glob(".partial-*"))
+    assert (root / remote.MARKER).is_file() and not list(root.parent.glob(".partial-*"))
     # and the copy serves the in-memory loader: the same arrays as the local root
-    x, y, xt, yt = data._cifar_loader(CIFAR)(root, False)
-    lx, ly, lxt, lyt = data._cifar_loader(CIFAR)(local, False)
+    x, y, xt, yt = cifar._cifar_loader(CIFAR)(root, False)
+    lx, ly, lxt, lyt = cifar._cifar_loader(CIFAR)(local, False)
     assert x.shape == (300, 3, 32, 32) and (x == lx).all() and (yt == lyt).all()
 
 
 def test_racing_threads_copy_once(tmp_path, remote_cifar, monkeypatch):
     uri, local = remote_cifar
-    monkeypatch.setenv(remote_data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     start = threading.Barrier(4)
     roots = []
 
     def ask():
         start.wait()
-        roots.append(remote_data.fetch(uri, data.DATASETS["cifar10"].remote, "CIFAR-10"))
+        roots.append(remote.fetch(uri, data.DATASETS["cifar10"].remote, "CIFAR-10"))
 
     threads = [threading.Thread(target=ask) for _ in range(4)]
     [t.start() for t in threads]
@@ -173,9 +174,9 @@ def test_racing_threads_copy_once(tmp_path, remote_cifar, monkeypatch):
 
 def test_a_half_finished_copy_is_redone(tmp_path, remote_cifar, monkeypatch):
     uri, local = remote_cifar
-    monkeypatch.setenv(remote_data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     layout = data.DATASETS["cifar10"].remote[0]
-    target = remote_data.cache_dir(uri) / remote_data.unit_name(layout)
+    target = remote.cache_dir(uri) / remote.unit_name(layout)
     # What a copier killed mid-way leaves: its scratch folder, and (killed between an older
     # version's rename and marker) a folder in place without the marker, one file cut short.
     scratch = target.parent / f".partial-{target.name}-deadbeef"
@@ -186,13 +187,13 @@ def test_a_half_finished_copy_is_redone(tmp_path, remote_cifar, monkeypatch):
     cut.write_bytes(cut.read_bytes()[:100])
     root = data.require_root("cifar10", uri)
     assert root == target and same_files(root, local)
-    assert not scratch.exists() and (root / remote_data.MARKER).is_file()
+    assert not scratch.exists() and (root / remote.MARKER).is_file()
     assert len(log_lines(tmp_path / "cache")) == 1
     # a complete copy is reused without asking the server
     def no_server(uri):
         raise AssertionError("asked the server")
 
-    monkeypatch.setattr(remote_data, "_open", no_server)
+    monkeypatch.setattr(remote, "_open", no_server)
     assert data.require_root("cifar10", uri) == root
     assert len(log_lines(tmp_path / "cache")) == 1
 
@@ -217,7 +218,7 @@ KILLED = textwrap.dedent('''
 def test_a_copier_killed_mid_copy_leaves_nothing_that_looks_complete(tmp_path, remote_cifar, monkeypatch):
     uri, local = remote_cifar
     cache = tmp_path / "cache"
-    monkeypatch.setenv(remote_data.CACHE_ENV, str(cache))
+    monkeypatch.setenv(remote.CACHE_ENV, str(cache))
     victim = subprocess.Popen([sys.executable, "-c", KILLED, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
@@ -225,10 +226,10 @@ def test_a_copier_killed_mid_copy_leaves_nothing_that_looks_complete(tmp_path, r
     finally:
         victim.kill()
         victim.wait()
-    target = remote_data.cache_dir(uri) / remote_data.unit_name(data.DATASETS["cifar10"].remote[0])
+    target = remote.cache_dir(uri) / remote.unit_name(data.DATASETS["cifar10"].remote[0])
     assert not target.exists() and len(list(target.parent.glob(".partial-*"))) == 1  # its scratch folder
     root = data.require_root("cifar10", uri)  # the lock died with it: copied again, whole
-    assert root == target and same_files(root, local) and (root / remote_data.MARKER).is_file()
+    assert root == target and same_files(root, local) and (root / remote.MARKER).is_file()
     assert not list(target.parent.glob(".partial-*")) and len(log_lines(cache)) == 1
 
 
@@ -236,7 +237,7 @@ def test_copy_needs_room_on_disk(tmp_path, remote_cifar, monkeypatch):
     import shutil
 
     uri, _ = remote_cifar
-    monkeypatch.setenv(remote_data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(SweeperError, match=r"needs 1.1 MB; 0.0 MB are free \(set SWEEPER_CACHE"):
         data.require_root("cifar10", uri)
@@ -247,7 +248,7 @@ def test_imagenet_folders_under_a_prefix(tmp_path, bucket_uri, monkeypatch):
     """An ImageFolder root in its `imagenet/` folder: checked, copied (train/ and val/ only), read."""
     from test_data import image_folder
 
-    monkeypatch.setenv(remote_data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     local = tmp_path / "local"
     image_folder(local / "imagenet")
     (local / "unrelated").mkdir()
@@ -255,10 +256,10 @@ def test_imagenet_folders_under_a_prefix(tmp_path, bucket_uri, monkeypatch):
     upload(local, bucket_uri)
     data.check_data("imagenet224", bucket_uri)
     root = data.require_root("imagenet", bucket_uri)
-    assert sorted(p.name for p in root.iterdir()) == [remote_data.MARKER, "imagenet"]
+    assert sorted(p.name for p in root.iterdir()) == [remote.MARKER, "imagenet"]
     assert data.require_root("imagenet224", bucket_uri) == root  # one copy serves both datasets
     x_tr, y_tr, x_te, y_te = data.load_arrays("imagenet", bucket_uri)
-    lx, ly, lxt, lyt = data._load_imagenet(local, False)
+    lx, ly, lxt, lyt = imagenet._load_imagenet(local, False)
     assert x_tr.shape == (12, 3, 64, 64) and (x_tr == lx).all() and (y_te == lyt).all()
     assert [c["files"] for c in log_lines(tmp_path / "cache")] == [18]
 
@@ -289,7 +290,7 @@ def test_concurrent_loads_download_once(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         layout = dataclasses.replace(CIFAR, url=f"http://127.0.0.1:{server.server_address[1]}/{archive.name}", md5=md5)
-        load = data._cifar_loader(layout)
+        load = cifar._cifar_loader(layout)
         load(tmp_path / "alone", True)  # what one download asks of the server (torchvision probes for redirects)
         one_download, gets[:] = list(gets), []
         root = tmp_path / "root"

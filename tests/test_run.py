@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper.runner import run_study
+from sweeper.orchestration.sweep import run_study
 from sweeper.store import Store
 from sweeper.study import Study
 
@@ -99,3 +99,19 @@ def test_a_trial_whose_process_dies_is_recorded_failed(ray_local, tmp_path):
     assert error.startswith("lost after all retries")
     trials = pd.read_parquet(tmp_path / "lost" / "trials")
     assert list(trials["status"]) == ["failed"]
+
+
+def test_progress_callback_pickles_while_print_is_replaced(monkeypatch):
+    """Tune pickles its callbacks into the experiment state. Once Ray's tqdm support has replaced
+    builtins.print (it does so for the rest of the process), a callback holding the original print
+    failed to pickle and every later sweep in that process died ("Can't pickle <built-in function
+    print>"). The callback must pickle whatever `say` is."""
+    import builtins
+    import pickle
+
+    from sweeper.orchestration.progress import progress_callback
+
+    callback = progress_callback(3, 0, print, "test_acc", "max")
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: None)
+    restored = pickle.loads(pickle.dumps(callback))
+    assert type(restored).__name__ == "Progress"

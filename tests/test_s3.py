@@ -27,8 +27,9 @@ import requests
 import sweeper
 from sweeper.cli import main
 from sweeper.errors import SweeperError
-from sweeper.nightly import EXIT_LOCKED, EXIT_OK, LOCK, Holder
-from sweeper.report import REPORTS
+from sweeper.nightly.lock import LOCK, Holder
+from sweeper.nightly.run import EXIT_LOCKED, EXIT_OK
+from sweeper.report.layout import REPORTS
 from sweeper.store import RetryingS3FileSystem, Store
 
 from conftest import REPO

@@ -208,8 +208,8 @@ def test_a_bad_wait_limit_is_one_line(argv):
 
 def test_submit_and_schedule_pass_the_wait_limit_on(tmp_path):
     from sweeper.cli import build_parser
-    from sweeper.schedule import cron_line
-    from sweeper.submit import entrypoint
+    from sweeper.nightly.schedule import cron_line
+    from sweeper.orchestration.submit import entrypoint
 
     args = build_parser().parse_args(["submit", "s.py", "--address", "http://h:8265", "--store", "/x",
                                       "--wait-for-resources", "1800"])

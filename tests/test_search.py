@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from sweeper.errors import SweeperError
-from sweeper.runner import run_study
+from sweeper.orchestration.sweep import run_study
 from sweeper.store import Store
 from sweeper.study import Search, Study
 

@@ -339,7 +339,7 @@ def test_the_script_refuses_to_run_outside_an_allocation_or_without_srun(study, 
 
 
 def test_node_helpers():
-    from sweeper.slurm import free_ports, node_ip, wait_for_cluster
+    from sweeper.slurm.nodes import free_ports, node_ip, wait_for_cluster
 
     ports = free_ports(4)
     assert len(set(ports)) == 4 and all(1024 < p < 65536 for p in ports)

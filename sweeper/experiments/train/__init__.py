@@ -6,6 +6,7 @@
     loop.py       run_trial(spec) -> TrialResult: the training loop
     callbacks.py  what hangs on the loop: the measurements, one callback signature
     measures.py   measurement registry: bn, clamp, dead_relu tables
+    cost.py       trial_cost(spec): a trial's FLOPs, for `sweeper plan`'s estimate
 """
 from __future__ import annotations
 
@@ -38,4 +39,5 @@ EXPERIMENT = Experiment(
     mode="max",
     figure_modules=("sweeper.analysis.frankle", "sweeper.analysis.norms"),
     description="train a network's chosen subset with SGD and measure it (Frankle et al.)",
+    cost="sweeper.experiments.train.cost:trial_cost",
 )

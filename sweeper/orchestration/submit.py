@@ -60,7 +60,7 @@ def cmd_submit(args) -> int:
         raise SweeperError("needs ray[default]: pip install 'ray[default]'", "submit") from None
     from ray.exceptions import AuthenticationError
 
-    from sweeper.runner import token_refused, use_auth_token
+    from sweeper.orchestration.connect import token_refused, use_auth_token
 
     use_auth_token()  # the dashboard of a cluster with token authentication wants it too
     try:

@@ -183,7 +183,7 @@ def remove(store_uri: str) -> int:
 
 # -- command line --------------------------------------------------------------------------------
 def add_parser(subparsers) -> None:
-    from sweeper.nightly import add_nightly_options
+    from sweeper.nightly.cli import add_nightly_options
 
     p = subparsers.add_parser(
         "schedule", help="print, install or remove a daily crontab entry that runs `sweeper nightly`",

@@ -1,7 +1,7 @@
 """Full-resolution ImageNet (dataset `imagenet224`), streamed from an ImageFolder root.
 
-sweeper.data holds every dataset in memory as uint8 tensors, which fits ImageNet only downsampled
-(`imagenet`, 64x64: 16 GB). At 224x224 the 1.28M training images would need 190 GB, so here JPEGs
+sweeper.data holds every other dataset in memory as uint8 tensors, which fits ImageNet only
+downsampled (`imagenet`, 64x64: 16 GB). At 224x224 the 1.28M training images would need 190 GB, so here JPEGs
 are decoded per batch by DataLoader workers through torchvision's transforms, the recipe of He et
 al. (2016) that Frankle et al. train their ImageNet ResNets with: training images
 RandomResizedCrop(224) and a horizontal flip; evaluation Resize(256) and CenterCrop(224); both
@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Dataset as TorchDataset
 
+from sweeper.data.batches import balanced_subset
+from sweeper.data.datasets import DATASETS, Arrays, Dataset
+from sweeper.data.imagenet import IMAGENET_REMOTE, imagenet_base
 from sweeper.errors import SweeperError
 
 SIZE = 224
@@ -35,7 +39,7 @@ def _train_transforms():
     crop = T.RandomResizedCrop(SIZE, antialias=True)
     centre = T.Compose([T.Resize(RESIZE, antialias=True), T.CenterCrop(SIZE)])
     flip = T.RandomHorizontalFlip()
-    # the recipe's names (sweeper.data.AUGMENTATIONS) mapped to their full-resolution ImageNet forms
+    # the recipe's names (sweeper.data.batches.AUGMENTATIONS) mapped to their full-resolution ImageNet forms
     return {"none": [centre], "flip": [centre, flip], "crop": [crop], "crop_flip": [crop, flip]}
 
 
@@ -45,17 +49,7 @@ def _finish(steps: list):
     return T.Compose([*steps, T.PILToTensor()])  # uint8 CHW; normalised on the batch
 
 
-def imagenet_base(root: Path) -> Path:
-    """The folder holding train/ and val/ (the root itself or root/imagenet)."""
-    base = root / "imagenet" if (root / "imagenet" / "train").is_dir() else root
-    if not (base / "train").is_dir() or not (base / "val").is_dir():
-        raise SweeperError(
-            f"no ImageNet under {root}: expected train/<class>/ and val/<class>/ image folders "
-            "(ImageNet cannot be downloaded automatically)", "data_root")
-    return base
-
-
-class SeededImages(Dataset):
+class SeededImages(TorchDataset):
     """ImageFolder images at given indices; item (i, seed) applies the transform with torch's
     RNG seeded by `seed`."""
 
@@ -94,8 +88,8 @@ def _one_thread(_):
 
 
 class StreamBatches:
-    """Normalised float batches decoded from disk: the interface of sweeper.data.Batches (`epoch`,
-    `ordered`, `len`), for data that does not fit in memory."""
+    """Normalised float batches decoded from disk: the interface of sweeper.data.batches.Batches
+    (`epoch`, `ordered`, `len`), for data that does not fit in memory."""
 
     def __init__(self, images, indices: torch.Tensor, batch_size: int, steps: list, device,
                  channels_last: bool, workers: int):
@@ -158,8 +152,6 @@ def _scan(folder: str):
 def stream_imagenet(spec, root: Path, device, channels_last: bool, workers: int):
     """(train, test) StreamBatches for `spec` from an ImageFolder root, with class-balanced
     subsets when spec.train_size / spec.test_size ask for them."""
-    from sweeper.data import balanced_subset
-
     base = imagenet_base(root)
     train_images, test_images = _scan(str(base / "train")), _scan(str(base / "val"))
     if test_images.classes != train_images.classes:
@@ -171,3 +163,19 @@ def stream_imagenet(spec, root: Path, device, channels_last: bool, workers: int)
     test = StreamBatches(test_images, balanced_subset(torch.tensor(test_images.targets), spec.test_size),
                          max(spec.batch_size, 256), steps["none"], device, channels_last, workers)
     return train, test
+
+
+def _not_in_memory(root: Path | None, download: bool) -> Arrays:
+    raise SweeperError("imagenet224 is streamed from disk, never held in memory as arrays; only the "
+                       "train experiment reads it (the construction needs an in-memory dataset: imagenet, "
+                       "cifar10, cifar100 or digits)", "dataset")
+
+
+DATASETS.add(
+    "imagenet224",
+    Dataset(_not_in_memory, 1000, (3, 224, 224), True,
+            "full-resolution ImageNet from an ImageFolder root (train/, val/), streamed: "
+            "RandomResizedCrop(224) + flip, evaluation Resize(256) + CenterCrop(224)",
+            stream=stream_imagenet, check=imagenet_base, remote=IMAGENET_REMOTE),
+    "imagenet-full",
+)

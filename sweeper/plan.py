@@ -19,110 +19,33 @@ GPUs' rate equally (one trial never uses more than one GPU: a trial trains on on
 """
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from sweeper.data import DATASETS
 from sweeper.errors import SweeperError
+from sweeper.experiment import TrialCost
+from sweeper.experiments import EXPERIMENTS
 from sweeper.registry import Registry
 
-# Training-set and test-set sizes of the in-memory datasets (for the estimate only).
-SIZES = {"digits": (1442, 355), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
-         "imagenet": (1_281_167, 50_000), "imagenet224": (1_281_167, 50_000)}
 EFFICIENCY = 0.8  # share of the CPU matmul rate a training step reaches (see BENCHMARKS.md)
 
 
-# -- FLOPs ---------------------------------------------------------------------------------------
-class _Shaped(nn.Module):
-    """Stands in for a conv or linear layer: adds the layer's FLOPs to a tally and returns zeros of
-    its output shape, so that one forward pass gives every layer's shape without doing its work."""
-
-    def __init__(self, layer: nn.Module, tally: list[int]):
-        super().__init__()
-        self.__dict__["layer"] = layer  # not registered: its (meta) parameters stay out of the pass
-        self.tally = tally
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layer = self.layer
-        if isinstance(layer, nn.Linear):
-            out = (*x.shape[:-1], layer.out_features)
-            self.tally[0] += 2 * layer.in_features * math.prod(out)
-        else:
-            n, _, *size = x.shape
-            pad = layer.padding if not isinstance(layer.padding, str) else (
-                (0,) * len(size) if layer.padding == "valid" else None)
-            if pad is None:  # "same": stride 1, output as big as the input
-                spatial = tuple(size)
-            else:
-                spatial = tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
-                                zip(size, pad, layer.dilation, layer.kernel_size, layer.stride))
-            out = (n, layer.out_channels, *spatial)
-            self.tally[0] += 2 * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size) * math.prod(out)
-        return x.new_zeros(out)
-
-
-def _shape_only(module: nn.Module, tally: list[int]) -> nn.Module:
-    """A copy of the module tree (parameters shared, nothing copied) whose conv and linear layers
-    only count and shape, and whose norm layers are identities (they keep shapes, and are not counted)."""
-    from sweeper.nn.norms import is_norm
-
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-        return _Shaped(module, tally)
-    if is_norm(module):
-        return nn.Identity()
-    clone = copy.copy(module)  # shallow: the same parameters, a children mapping of its own
-    clone._modules = {name: None if child is None else _shape_only(child, tally)
-                      for name, child in module._modules.items()}
-    return clone
-
-
-@functools.lru_cache(maxsize=256)
-def forward_flops(family: str, depth: int, width: int, dataset: str, activation: str, norm: str) -> int:
-    """FLOPs of one forward pass of one image: what torch's FlopCounterMode counts (convolutions
-    and matrix products), from one pass of zeros through the network's shapes on the CPU (the
-    counter itself on the meta device took seconds per deep network: every op dispatched through
-    Python)."""
-    from sweeper.experiments.train.model import meta_model
-    from sweeper.experiments.train.spec import TrainSpec
-
-    spec = TrainSpec.from_values({"family": family, "depth": depth, "width": width, "dataset": dataset,
-                                  "activation": activation, "norm": norm})
-    tally = [0]
-    model = _shape_only(meta_model(spec), tally)
-    if any(True for _ in model.parameters()):  # a layer with parameters of its own: not in today's families
-        raise SweeperError(f"cannot count the FLOPs of {spec.model}: {type(model).__name__} has layers "
-                           "the shape-only pass does not know", "family")
-    c, h, w = DATASETS[dataset].shape
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, c, h, w))
-    return tally[0]
-
-
-def trial_flops(spec) -> int | None:
-    """Estimated FLOPs of one trial, or None for experiments without a model of their cost."""
-    if getattr(spec, "experiment", None) != "train":
-        return None
-    train, test = SIZES[spec.dataset]
-    train = min(spec.train_size, train) if spec.train_size else train
-    test = min(spec.test_size, test) if spec.test_size else test
-    f = forward_flops(spec.family, spec.depth, spec.width, spec.dataset, spec.activation, spec.norm)
-    step = 2 if spec.trainable in ("bn", "output", "bn+output", "none") else 3
-    return f * (spec.epochs * (train * step + test) + test)
+def trial_cost(spec) -> TrialCost | None:
+    """What one trial computes, from its experiment kind's cost hook (None: the kind has none)."""
+    return EXPERIMENTS[spec.experiment].trial_cost(spec)
 
 
 # -- CPU rate --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def matmul_rate(threads: int = 1) -> float:
     """FLOP/s of a large fp32 matrix product on this machine, with `threads` threads."""
+    import torch
+
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -139,7 +62,7 @@ def matmul_rate(threads: int = 1) -> float:
 
 def estimate(specs, cpus_per_trial: float = 1.0) -> dict:
     """Seconds of compute per trial and in all, at this machine's measured rate per trial."""
-    flops = [trial_flops(s) for s in specs]
+    flops = [None if c is None else c.flops for c in map(trial_cost, specs)]
     known = [f for f in flops if f is not None]
     if not known:  # nothing to time: no need to measure the rate
         return {"flops_per_second": None, "trial_seconds": [None] * len(flops), "total_flops": 0,
@@ -314,8 +237,8 @@ def estimate_gpu(specs, card: Card, cluster: Cluster, gpus_per_trial: float, cpu
                  efficiency: float = GPU_EFFICIENCY) -> dict:
     """GPU-hours and wall time of `specs` on `cluster`'s workers, each trial at the card's stated
     rate for its precision times `efficiency` while it has a GPU to itself."""
-    flops = [trial_flops(s) for s in specs]
-    known = [(f, getattr(s, "precision", "fp32")) for f, s in zip(flops, specs) if f is not None]
+    costs = [trial_cost(s) for s in specs]
+    known = [(c.flops, c.precision) for c in costs if c is not None]
     rates = {p: card_rate(card, p) for p in sorted({p for _, p in known})}
     alone = [f / (rates[p][0] * efficiency) for f, p in known]
     try:
@@ -327,11 +250,10 @@ def estimate_gpu(specs, card: Card, cluster: Cluster, gpus_per_trial: float, cpu
         "device": "gpu",
         # the keys CPU estimates have: here the rate of one trial alone on a card
         "flops_per_second": sum(f for f, _ in known) / total if total else None,
-        "trial_seconds": [None if f is None else f / (rates[s.precision][0] * efficiency)
-                          for f, s in zip(flops, specs)],
+        "trial_seconds": [None if c is None else c.flops / (rates[c.precision][0] * efficiency) for c in costs],
         "total_flops": sum(f for f, _ in known),
         "total_trial_seconds": total,
-        "unknown_trials": len(flops) - len(known),
+        "unknown_trials": len(costs) - len(known),
         "gpu": card.name,
         "efficiency": efficiency,
         "rates": {p: {"stated_flops_per_second": r, "rate": what, "flops_per_second": r * efficiency}
@@ -353,3 +275,68 @@ def human(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"
+
+
+# -- what `sweeper plan` prints -----------------------------------------------------------------
+def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_file: str | None = None,
+             workers: int | None = None, efficiency: float | None = None) -> tuple[dict, list[str]]:
+    """The estimate of `specs` and the lines `sweeper plan` prints to state it with its assumptions.
+    `gpu`, `cluster_file`, `workers` and `efficiency` are plan's --gpu, --cluster, --workers and
+    --efficiency (None: not given)."""
+    if gpus <= 0:  # CPU trials: this machine's measured rate (measured only here)
+        est = estimate(specs, cpus)
+        if not est["total_flops"]:
+            return est, []
+        return est, [
+            f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
+            f"{human(est['total_trial_seconds'])} of trial time at {est['flops_per_second'] / 1e9:.0f} GFLOP/s "
+            f"per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"]
+    if efficiency is not None and not 0 < efficiency <= 1:
+        raise SweeperError(f"must be in (0, 1], got {efficiency:g}", "--efficiency")
+    cluster_file = cluster_file or ("cluster.yaml" if Path("cluster.yaml").is_file() else None)
+    cluster = read_cluster(cluster_file) if cluster_file else None
+    if gpu:
+        try:
+            gpu, why = GPUS.canonical(gpu), "--gpu"
+        except SweeperError as e:
+            raise e.at("--gpu") from None
+    elif cluster is not None and cluster.gpu:
+        gpu, why = cluster.gpu, cluster.source
+    else:
+        gpu, why = DEFAULT_GPU, (f"the default, as {cluster.source} names no card in the table" if cluster
+                                 else "the default, with no cluster file naming one: --cluster FILE")
+    if workers is not None and workers < 1:
+        raise SweeperError(f"must be at least 1, got {workers}", "--workers")
+    if cluster is None:
+        cluster = Cluster(1, source="the default, with no cluster file: --cluster FILE, --workers N")
+    if workers is not None:
+        cluster = replace(cluster, workers=workers)
+    efficiency = GPU_EFFICIENCY if efficiency is None else efficiency
+    card = GPUS[gpu]
+    est = estimate_gpu(specs, card, cluster, gpus, cpus, efficiency)
+    est.update(gpu_source=why, cluster_source=cluster.source)
+    if not est["total_flops"]:
+        return est, []
+    worker = f"{cluster.gpus_per_worker:g} GPU" + ("" if cluster.cpus_per_worker is None
+                                                   else f" and {cluster.cpus_per_worker:g} CPU")
+    at_once = est["trials_per_worker"]
+    source = "--workers" if workers is not None else cluster.source
+    if est["fits"]:
+        wall = (f", about {human(est['wall_seconds'])} of wall time on {cluster.workers} "
+                f"worker{'s' * (cluster.workers != 1)}")
+        fit = (f"so {at_once} trial{'s' * (at_once != 1)} at a time on each (a trial asks for {gpus:g} GPU and "
+               f"{cpus:g} CPU; trials on a worker share its GPUs)")
+    else:
+        wall = "; no wall time: the trials do not fit on these workers"
+        fit = f"too small: {est['problem'].replace(f' (workers from {cluster.source})', '')}; `run` would wait forever"
+    lines = [
+        f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs: about {est['gpu_hours']:.4g} "
+        f"GPU-hours{wall}",
+        f"  card: {card.name}, from {why} (--gpu NAME for another: {GPUS.choices()})",
+        f"  workers: {cluster.workers}, from {source}; {worker} each, {fit}",
+    ]
+    for precision, r in est["rates"].items():
+        lines.append(f"  {precision} trials: {r['rate']}, {r['stated_flops_per_second'] / 1e12:.4g} TFLOP/s stated "
+                     f"x {efficiency:g} efficiency (assumed; --efficiency) = {r['flops_per_second'] / 1e12:.3g} "
+                     f"TFLOP/s per trial with a card to itself")
+    return est, lines

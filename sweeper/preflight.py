@@ -1,0 +1,55 @@
+"""Before any work, one check of what a sweep needs from its environment, so that a bad store,
+missing data or a dead cluster costs one line and exit status 2, not a half-run sweep.
+
+`sweeper run` and `sweeper nightly` both call `check_environment`. In the order users see the
+complaints:
+1. the store takes writes (an object store: the endpoint answers, the bucket exists and the
+   credentials open it, within seconds);
+2. every registered dataset the studies' trials read (a spec's `dataset`, and the `inputs` of the
+   kinds that draw their inputs from a dataset) is under the data root;
+3. the Ray cluster named by `--address` answers and accepts this client's token.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from sweeper.errors import SweeperError
+from sweeper.store import Store
+
+# Spec fields that may name a dataset in `sweeper.data.DATASETS` (`inputs` also takes synthetic
+# inputs such as `gaussian`, which need no data).
+DATA_FIELDS = ("dataset", "inputs")
+
+
+def datasets_of(study) -> list[str]:
+    """The registered datasets a study's trials read, sorted."""
+    from sweeper.data import DATASETS
+
+    names = {getattr(s, f, None) for s in study.specs() for f in DATA_FIELDS}
+    return sorted(n for n in names if n in DATASETS)
+
+
+def check_environment(studies: Sequence, store: Store, data_root: str | None, address: str | None, *,
+                      files: Iterable[str] | None = None, marker: bool = False) -> None:
+    """Raise one SweeperError for the first thing missing (see the module's docstring).
+
+    `data_root` as normalized by `sweeper.data.normalize_root`. `files`, one per study, locates a
+    study's data error at its study file (a nightly names several). `marker` writes the store's
+    version file now; `run` leaves it to the sweep's start, so that a sweep that waits for nodes in
+    vain leaves the store as it found it."""
+    from sweeper.data import check_data
+
+    store.ensure_writable(marker=marker)
+    files = list(files) if files is not None else [None] * len(studies)
+    for study, where in zip(studies, files):
+        for name in datasets_of(study):
+            try:
+                check_data(name, data_root)
+            except SweeperError as e:
+                if where is None:
+                    raise
+                raise e.at(where) from None
+    if address and address != "local":
+        from sweeper.orchestration.connect import check_address
+
+        check_address(address)
