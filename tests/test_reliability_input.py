@@ -294,7 +294,7 @@ def test_a_store_of_a_newer_schema_is_never_written(tmp_path_factory, capsys, ve
 def test_a_foreign_marker_is_refused_by_its_path(tmp_path_factory, capsys, text):
     folder = tmp_path_factory.mktemp("foreign")
     marker = folder / "_sweeper.json"
-    marker.write_text(text, encoding="latin-1")
+    marker.write_bytes(text.encode("latin-1"))
     try:
         parsed = json.loads(text)
         valid = isinstance(parsed, dict) and type(parsed.get("schema_version")) is int and parsed["schema_version"] >= 1
@@ -305,7 +305,7 @@ def test_a_foreign_marker_is_refused_by_its_path(tmp_path_factory, capsys, text)
     study = write_study(folder / "s.py")
     assert main(["run", str(study), "--store", str(folder)]) == 2
     one_line_error(capsys, f"{marker} is not a sweeper store marker")
-    assert sorted(os.listdir(folder)) == ["_sweeper.json", "s.py"] and marker.read_text(encoding="latin-1") == text
+    assert sorted(os.listdir(folder)) == ["_sweeper.json", "s.py"] and marker.read_bytes() == text.encode("latin-1")
 
 
 def test_refusals_after_validation_write_nothing(ray_local, tmp_path, capsys):

@@ -285,7 +285,7 @@ def test_nightly_tolerance_must_be_a_finite_non_negative_number(tmp_path, capsys
 
 def test_run_nightly_refuses_a_nan_tolerance(tmp_path):
     from sweeper.errors import SweeperError
-    from sweeper.nightly import run_nightly
+    from sweeper.nightly.run import run_nightly
 
     with pytest.raises(SweeperError, match="--tolerance"):
         run_nightly([str(tmp_path / "s.py")], str(tmp_path / "store"), tolerance=float("nan"))
