@@ -22,7 +22,14 @@ Rules that keep results from being lost, doubled or half-read:
 - a trial's `trials` row is written last: it is the commit marker. A trial whose row is missing is
   not done, and re-running it overwrites its other tables under the same names;
 - names are the trial id, so two sweeps that run the same trial write the same file, never two;
-- no file is ever read, modified and written back.
+- no file is ever read, modified and written back;
+- a trial is done only while its row says so AND every table the row lists (`tables`) is present
+  and readable: a damaged `bn` makes the trial run again, replacing its files (sweeper.storecheck);
+- readers take a trial's rows only from the file named for it, once: a sync tool's copy or a row
+  pasted elsewhere is ignored (and listed by `sweeper status`), and tables other than `trials`
+  show only the rows of trials committed done;
+- nothing is written into a store a newer sweeper wrote (its `_sweeper.json` names a higher
+  version) or whose marker is not sweeper's.
 """
 from __future__ import annotations
 

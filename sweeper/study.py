@@ -75,6 +75,11 @@ class Search:
                 raise SweeperError(f"expected finite numbers low < high, got {low!r}, {high!r}", where)
             if kind == "loguniform" and low <= 0:
                 raise SweeperError(f"loguniform needs low > 0, got {low!r}", where)
+            valid = getattr(spec_type, "RANGES", {}).get(name)
+            # every sampled value must be a valid spec (high itself is never drawn)
+            if valid is not None and (valid.problem(low) or (valid.problem(high) and high != valid.high)):
+                raise SweeperError(f"samples outside the field's range: {name} must be {valid.describe()}, "
+                                   f"got ({low!r}, {high!r})", where)
         at_least(1, integer=True).check(self.num_samples, "search.num_samples")
         SEED.check(self.seed, "search.seed")
         if self.mode not in ("max", "min"):
