@@ -50,7 +50,7 @@ def cmd_plan(args) -> int:
     if args.store:  # a folder or an s3:// / gs:// URI: a missing folder or prefix has no trials yet
         from sweeper.store import Store
 
-        store = Store(args.store)
+        store = Store(args.store)  # refuses a path that cannot be a store (a file, a symlink loop)
         store.check_reachable()  # an object store: one line within seconds when it cannot be read
         done = store.trial_status(study.name).done
     axes: list[str] = []
@@ -58,20 +58,29 @@ def cmd_plan(args) -> int:
         for name, values in grid.items():
             keys = list(values[0]) if isinstance(values[0], dict) else [name]
             axes += [k for k in keys if k not in axes]
-    rows = []
-    for s in specs:
-        rows.append({"trial_id": s.trial_id, **({"model": s.model} if hasattr(s, "model") else {}),
-                     **s.to_row(), "done": s.trial_id in done})
+
+    def row(s) -> dict:
+        return {"trial_id": s.trial_id, **({"model": s.model} if hasattr(s, "model") else {}), **s.to_row(),
+                "done": s.trial_id in done}
+
     cpus = float(args.cpus_per_trial if args.cpus_per_trial is not None else study.resources.get("cpu", 1))
     gpus = float(args.gpus_per_trial if args.gpus_per_trial is not None else study.resources.get("gpu", 0))
     remaining = [s for s in specs if s.trial_id not in done]
     cost, notes = describe(remaining, cpus, gpus, gpu=args.gpu, cluster_file=args.cluster, workers=args.workers,
                            efficiency=args.efficiency)
     if args.json:
-        print(json.dumps({"study": study.name, "experiment": study.experiment, "count": len(rows),
-                          "done": len(done & {s.trial_id for s in specs}), "trials": rows,
-                          "estimate": {k: v for k, v in cost.items() if k != "trial_seconds"}}, indent=1))
+        # Written row by row: a 100,000-trial grid's document is tens of megabytes, and building it
+        # whole (rows, then one string) took gigabytes.
+        head = {"study": study.name, "experiment": study.experiment, "count": len(specs),
+                "done": len(specs) - len(remaining)}
+        out = sys.stdout
+        out.write(json.dumps(head)[:-1] + ', "trials": [')
+        for i, s in enumerate(specs):
+            out.write(("," if i else "") + "\n " + json.dumps(row(s)))
+        estimate = {k: v for k, v in cost.items() if k != "trial_seconds"}
+        out.write('\n], "estimate": ' + json.dumps(estimate) + "}\n")
         return 0
+    rows = [row(s) for s in specs]
     if any(a in axes for a in ("model", "family", "depth", "width")) and "model" in rows[0]:
         axes = ["model"] + [a for a in axes if a not in ("model", "family")]
     shown = ["trial_id"] + [a for a in axes if a in rows[0]]
@@ -190,22 +199,41 @@ def cmd_status(args) -> int:
 
         s = load_study(path)
         planned[s.name] = {spec.trial_id for spec in s.specs()}
-    rows = []
+    rows, files = [], []
     for name in sorted(set(store.studies()) | set(planned)):
         st = store.trial_status(name)
         trials = store.read(name, "trials", columns=["ended_at"]) if st.done or st.failed else None
+        damaged = sorted(p for paths in st.damaged.values() for p in paths)
         rows.append({
             "study": name,
             "done": len(st.done),
             "failed": len(st.failed),
             "missing": len(planned[name] - st.done - set(st.failed)) if name in planned else None,
             "corrupt": len(st.corrupt),
+            "damaged": len(st.damaged),
+            "stray": len(st.stray),
+            "duplicate": len(st.duplicate),
             "last_run": None if trials is None or trials.empty else str(trials["ended_at"].max()),
+            # the files behind the counts, by path: what to look at (readers skip or dedupe them)
+            "corrupt_files": st.corrupt, "damaged_files": damaged, "stray_files": st.stray,
+            "duplicate_files": st.duplicate,
         })
+        files += [(name, kind, p) for kind, paths in (("corrupt", st.corrupt), ("damaged", damaged),
+                                                       ("stray", st.stray), ("duplicate", st.duplicate))
+                  for p in paths]
     if args.json:
         print(json.dumps({"store": store.uri, "studies": rows}, indent=1))
-    else:
-        print(_table(rows, ["study", "done", "failed", "missing", "corrupt", "last_run"]) if rows else "empty store")
+        return 0
+    if not rows:
+        print("empty store")
+        return 0
+    print(_table(rows, ["study", "done", "failed", "missing", "corrupt", "damaged", "stray", "duplicate", "last_run"]))
+    why = {"corrupt": "unreadable or mistyped; its trial runs again",
+           "damaged": "a done trial's table, missing or unreadable; the trial runs again",
+           "stray": "holds no row of the trial it is named for (a copy?); readers ignore it",
+           "duplicate": "holds its trial's row more than once; readers take the first"}
+    for name, kind, path in files:
+        print(f"{name}: {kind} {path} ({why[kind]})")
     return 0
 
 
@@ -286,28 +314,59 @@ def build_parser() -> Parser:
 
     for module in COMMAND_MODULES:  # commands that live in their own modules
         importlib.import_module(module).add_parser(sub)
+    from sweeper.checks import apply_option_ranges
+
+    apply_option_ranges(p)  # every numeric option of every command: finite, and in its range
     return p
 
 
+def _one_line(text: str) -> str:
+    """A message as one line: an error quoting a file's or library's text may hold newlines."""
+    return " ".join(str(text).split())
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (`sweeper status --json | head`): stop quietly, as a
+    command killed by SIGPIPE does, and keep Python from complaining when it flushes at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a command that died writing to a closed pipe
+
+
 def main(argv: list[str] | None = None) -> int:
+    from sweeper import interrupt
+    from sweeper.checks import check_argv
+
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    interrupt.terminated = False
+    previous = interrupt.on_sigterm_interrupt()
     try:
+        check_argv(argv)  # no control characters in any path or name (crontab lines, reports)
         args = build_parser().parse_args(argv)
         return args.fn(args)
     except SweeperError as e:
         if debug:
             raise
-        print(f"sweeper: error: {e}", file=sys.stderr)
+        print(f"sweeper: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
-        print("sweeper: interrupted; finished trials are in the store, run again to resume", file=sys.stderr)
-        return 130
+        how, code = ("terminated (SIGTERM)", 143) if interrupt.terminated else ("interrupted", 130)
+        print(f"sweeper: {how}; finished trials are in the store, run again to resume", file=sys.stderr)
+        return code
     except Exception as e:  # a bug of ours: still one line, the traceback behind --debug
         if debug:
             raise
-        print(f"sweeper: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"sweeper: internal error: {type(e).__name__}: {_one_line(e)[:500]} (run with --debug for the "
+              "traceback)", file=sys.stderr)
         return 3
+    finally:
+        interrupt.restore_sigterm(previous)
 
 
 if __name__ == "__main__":

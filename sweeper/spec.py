@@ -8,16 +8,20 @@ default changes nothing leaves every existing id, and so every stored result, va
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from typing import Any, ClassVar
 
+from sweeper.checks import INT64
 from sweeper.errors import SweeperError
 
 #: Bump only with a migration note: it is part of every trial id.
 HASH_VERSION = 1
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,17 +30,26 @@ class Spec:
     str, int, float, bool or tuples of those, each with a default."""
 
     experiment: ClassVar[str] = ""
+    #: The valid range of every int and float field (sweeper.checks.Range; a tuple field's range is
+    #: its items'), checked on the resolved spec before `validate`, so that no check or trial ever
+    #: computes with an absurd value. tests/test_reliability_input.py checks each kind lists every
+    #: numeric field.
+    RANGES: ClassVar[dict[str, Any]] = {}
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def field_types(cls) -> dict[str, Any]:
-        hints = typing.get_type_hints(cls)
-        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        # once per class: evaluating the annotations took most of `plan`'s time on a large grid
+        if cls not in _FIELD_TYPES:
+            hints = typing.get_type_hints(cls)
+            _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        return _FIELD_TYPES[cls]
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> "Spec":
         """Build a spec from study values: unknown fields and wrong types are refused by name,
-        then `resolve` canonicalises names and `validate` checks ranges."""
+        then `resolve` canonicalises names, RANGES bound each number and `validate` checks what
+        depends on several fields."""
         types_ = cls.field_types()
         kwargs = {}
         for key, value in cls.expand_shorthands(dict(values)).items():
@@ -49,8 +62,18 @@ class Spec:
             kwargs[key] = _coerce(value, types_[key], key)
         spec = cls(**kwargs)
         spec = spec.resolve()
+        spec.check_ranges()
         spec.validate()
         return spec
+
+    def check_ranges(self) -> None:
+        defaults = _defaults(type(self))
+        for name, valid in self.RANGES.items():
+            value = getattr(self, name)
+            if value == defaults[name]:  # a default is valid (tests check): most fields, most trials
+                continue
+            for item in value if isinstance(value, tuple) else (value,):
+                valid.check(item, name)
 
     @classmethod
     def expand_shorthands(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +96,7 @@ class Spec:
                 out[f.name] = value
         return out
 
-    @property
+    @functools.cached_property  # a frozen spec's id never changes; plan and run ask for it often
     def trial_id(self) -> str:
         payload = {"experiment": self.experiment, "v": HASH_VERSION, **self.non_default()}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -89,6 +112,11 @@ class Spec:
 
     def replace(self, **changes: Any) -> "Spec":
         return type(self).from_values({**self.to_dict(), **changes})
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
 def _scalar(value: Any) -> Any:
@@ -113,14 +141,25 @@ def _coerce(value: Any, annotation: Any, field: str) -> Any:
         if value in (0, 1):
             return bool(value)
         raise SweeperError(f"expected true or false, got {value!r}", field)
+    # Numbers are finite (NaN passes every `value < low` check) and integers fit the int64 of their
+    # Parquet column; each kind's RANGES then bound them further.
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (isinstance(value, float) and not math.isfinite(value)) or value != int(value):
             raise SweeperError(f"expected an integer, got {value!r}", field)
+        if not INT64[0] <= int(value) <= INT64[1]:
+            raise SweeperError(f"must fit a 64-bit integer, got {value!r}", field)
         return int(value)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SweeperError(f"expected a number, got {value!r}", field)
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float's range
+            raise SweeperError(f"must be a finite number, got {value!r}", field) from None
+        if not math.isfinite(value):
+            raise SweeperError(f"must be a finite number, got {value!r}", field)
+        return value
     if annotation is str:
         if not isinstance(value, str):
             raise SweeperError(f"expected a name, got {value!r}", field)

@@ -22,31 +22,42 @@ Rules that keep results from being lost, doubled or half-read:
 - a trial's `trials` row is written last: it is the commit marker. A trial whose row is missing is
   not done, and re-running it overwrites its other tables under the same names;
 - names are the trial id, so two sweeps that run the same trial write the same file, never two;
-- no file is ever read, modified and written back.
+- no file is ever read, modified and written back;
+- a trial is done only while its row says so AND every table the row lists (`tables`) is present
+  and readable: a damaged `bn` makes the trial run again, replacing its files (sweeper.storecheck);
+- readers take a trial's rows only from the file named for it, once: a sync tool's copy or a row
+  pasted elsewhere is ignored (and listed by `sweeper status`), and tables other than `trials`
+  show only the rows of trials committed done;
+- nothing is written into a store a newer sweeper wrote (its `_sweeper.json` names a higher
+  version) or whose marker is not sweeper's.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
-import urllib.parse
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sweeper import storecheck
+from sweeper.checks import check_text
 from sweeper.errors import SweeperError
+from sweeper.objectstore import (RetryingS3FileSystem, _rebuild_s3, checking_fs, endpoint, explain,  # noqa: F401
+                                 first_line, open_object_store)
 
 SCHEMA_VERSION = 1
 TRIALS = "trials"
+_TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # a folder name, and a word of the `tables` column
 
 # Columns every trials row has, whatever the experiment.
 BASE_COLUMNS: dict[str, type] = {
@@ -65,6 +76,9 @@ RUN_COLUMNS: dict[str, type] = {
     "started_at": str,
     "ended_at": str,
     "schema_version": int,
+    # the tables the trial wrote, comma-joined and sorted ("bn,clamp,curves"): a done trial counts
+    # as done only while every one of them is present and readable (see `trial_status`)
+    "tables": str,
 }
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
@@ -82,108 +96,38 @@ def trials_schema(spec_type, row_columns: dict[str, type]) -> pa.Schema:
 
 @dataclass
 class TrialStatus:
-    done: set[str]
+    done: set[str]  # committed done, with every table it wrote present and readable
     failed: dict[str, str]  # trial id -> error
-    corrupt: list[str]  # paths of unreadable trials files (their trials run again)
+    corrupt: list[str]  # paths of unreadable (or mistyped) trials files: their trials run again
     stopped: set[str] = None  # ended early by a search scheduler: complete as far as they went
+    # done rows whose tables are missing or unreadable: trial id -> those files' paths (it runs again)
+    damaged: dict[str, list[str]] = field(default_factory=dict)
+    stray: list[str] = field(default_factory=list)  # files holding no row of their own trial (ignored)
+    duplicate: list[str] = field(default_factory=list)  # files holding their trial's row twice (read once)
 
     def __post_init__(self):
         self.stopped = self.stopped or set()
 
 
-# -- object stores -------------------------------------------------------------------------------
-# Tries per S3 request, with the AWS SDK's default backoff (25 ms doubling: 11 tries wait about 50 s
-# in all). A store that drops out for seconds (a restarted gateway, a network blip) then costs a
-# pause, not a failed write. pyarrow's default, 3 tries within about a second, lost writes to a
-# 5 s outage here. Errors that cannot heal (403, no such bucket) are not retried.
-S3_ATTEMPTS = 11
-# The up-front check (`check_reachable`) tries twice with short timeouts: a wrong endpoint or a
-# dead network must answer in seconds, not after a minute of retries.
-CHECK_ATTEMPTS, CHECK_SECONDS = 2, 5.0
-
-
-class RetryingS3FileSystem(pafs.S3FileSystem):
-    """pyarrow's S3 filesystem, whose retry strategy survives pickling. pyarrow's own pickling
-    drops it, and Ray Tune pickles the filesystem to every trial (which uploads its checkpoints
-    with it): those uploads would fall back to 3 tries."""
-
-    def __init__(self, attempts: int = S3_ATTEMPTS, **options):
-        super().__init__(retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=attempts), **options)
-        self.attempts, self.options = attempts, options
-
-    def __reduce__(self):
-        return _rebuild_s3, (self.attempts, self.options)
-
-
-def _rebuild_s3(attempts: int, options: dict) -> RetryingS3FileSystem:
-    return RetryingS3FileSystem(attempts, **options)
-
-
-def _options(fs: pafs.FileSystem) -> dict[str, Any]:
-    """Every option of a pyarrow S3/GCS filesystem, as its pickling spells them."""
-    if isinstance(fs, RetryingS3FileSystem):
-        return dict(fs.options)
-    return dict(fs.__reduce__()[1][0])
-
-
-def _open_object_store(uri: str) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, root path without scheme, canonical URI) for an object store URI."""
-    scheme = uri.split("://", 1)[0].lower()
-    fs, root = pafs.FileSystem.from_uri(uri)  # reads the URI's options, AWS_ENDPOINT_URL(_S3), the region
-    if scheme != "s3":
-        return fs, root, uri
-    options = _options(fs)
-    endpoint = options.get("endpoint_override") or ""
-    if "://" in endpoint:  # from AWS_ENDPOINT_URL: "http://host:port" carries its own scheme
-        options["scheme"], options["endpoint_override"] = endpoint.split("://", 1)
-    # One PUT per small object (pyarrow otherwise opens a multipart upload: three requests).
-    options["allow_delayed_open"] = True
-    fs = RetryingS3FileSystem(S3_ATTEMPTS, **options)
-    parts = urllib.parse.urlsplit(uri)
-    query = dict(urllib.parse.parse_qsl(parts.query))
-    if options["endpoint_override"]:
-        query.setdefault("endpoint_override", options["endpoint_override"])
-        query.setdefault("scheme", options["scheme"])
-    if options["region"]:
-        query.setdefault("region", options["region"])
-    encoded = urllib.parse.urlencode(query, safe=":/")
-    canonical = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{encoded}" if encoded else "")
-    return fs, root, canonical
-
-
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    """An error of the AWS/GCS SDK as one line of readable length."""
-    text = re.sub(r"\s*\(Request ID: [^)]*\)", "", " ".join(str(e).split()))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _credentials_hint() -> str:
-    """Where AWS credentials would come from, for an error message (the SDK does the looking)."""
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        return "AWS_ACCESS_KEY_ID is set: check it and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)"
-    if os.environ.get("AWS_PROFILE"):
-        return f"AWS_PROFILE={os.environ['AWS_PROFILE']}: check that profile's keys"
-    files = [os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
-             os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")]
-    if any(Path(f).expanduser().is_file() for f in files):
-        return "check the keys in ~/.aws (or set AWS_PROFILE)"
-    return ("no AWS credentials found in the environment or ~/.aws: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run on a node with an instance profile")
-
-
 class Store:
     def __init__(self, uri: str | os.PathLike):
         uri = str(uri)
+        check_text(uri, "--store", "has")  # a store path reaches crontab lines, reports, file names
         if "://" in uri and not uri.startswith("file://"):
             try:
-                self.fs, self.root, uri = _open_object_store(uri)
+                self.fs, self.root, uri = open_object_store(uri)
             except Exception as e:
-                raise SweeperError(f"cannot open store {uri!r}: {_first_line(e)}", "--store") from None
+                raise SweeperError(f"cannot open store {uri!r}: {first_line(e)}", "--store") from None
             self.scheme = uri.split("://", 1)[0].lower()
             self.local = False
         else:
             path = uri[len("file://") :] if uri.startswith("file://") else uri
-            self.fs, self.root = pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+            try:
+                self.fs, self.root = pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+            except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+                raise SweeperError(f"cannot resolve store path {path!r}: {first_line(e)}", "--store") from None
+            if os.path.exists(self.root) and not os.path.isdir(self.root):
+                raise SweeperError(f"{self.root} is a file, not a store folder", "--store")
             self.scheme = "file"
             self.local = True
         # What a Ray worker rebuilds the store from: for an object store, the URI with the endpoint,
@@ -217,14 +161,21 @@ class Store:
 
     # -- set-up --------------------------------------------------------------------------------
     def ensure_writable(self, marker: bool = True) -> None:
-        """Create the store (and its version file) or fail with one line before any work.
-        `marker=False` leaves the version file to `write_marker`, for a caller that may still give
-        up without writing anything (a sweep waiting for its cluster's first node)."""
+        """Check that the store takes writes, or fail with one line before any work; with `marker`,
+        create it and its version file. Without, write nothing: a local store that does not exist
+        yet is only checked (its nearest existing folder is writable), and its folder and version
+        file come with `write_marker`, just before the first trial, so that a sweep refused after
+        this check (its data missing, its cluster too small) leaves no trace."""
         self.check_reachable()
-        fs = self.fs if self.local else self._checking_fs()
+        self.check_schema()
+        fs = self.fs if self.local else checking_fs(self.fs)
         try:
-            if self.local:
-                fs.create_dir(self.root, recursive=True)
+            if self.local and not os.path.isdir(self.root):
+                if marker:
+                    fs.create_dir(self.root, recursive=True)
+                else:
+                    self._check_creatable()
+                    return
             if marker:
                 self.write_marker(fs)
             probe = self.path(f".probe-{uuid.uuid4().hex}")
@@ -233,8 +184,18 @@ class Store:
         except SweeperError:
             raise
         except Exception as e:
-            raise SweeperError(f"store {self.url()} is not writable ({type(e).__name__}: {_first_line(e)})",
+            raise SweeperError(f"store {self.url()} is not writable ({type(e).__name__}: {first_line(e)})",
                                "--store") from None
+
+    def _check_creatable(self) -> None:
+        """A local store folder that does not exist yet could be created: its nearest existing
+        ancestor is a folder this user may write into."""
+        parent = Path(self.root)
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            what = "not a folder" if not parent.is_dir() else "not writable"
+            raise SweeperError(f"store {self.url()} is not writable ({parent} is {what})", "--store")
 
     def check_reachable(self) -> None:
         """For an object store: the URI names a bucket, the endpoint answers, the bucket exists and
@@ -246,57 +207,49 @@ class Store:
             raise SweeperError(f"{self.scheme}:// URI names no bucket: expected {self.scheme}://BUCKET/PREFIX",
                                "--store")
         try:
-            info = self._checking_fs().get_file_info(bucket)
+            info = checking_fs(self.fs).get_file_info(bucket)
         except Exception as e:
-            raise SweeperError(self._explain(e, bucket), "--store") from None
+            raise SweeperError(explain(e, bucket, self.fs, self.scheme), "--store") from None
         if info.type == pafs.FileType.NotFound:
-            raise SweeperError(f"bucket {bucket!r} does not exist at {self._endpoint()}", "--store")
-
-    def _endpoint(self) -> str:
-        options = _options(self.fs) if self.scheme in ("s3", "gs") else {}
-        if options.get("endpoint_override"):
-            return f"{options.get('scheme') or 'https'}://{options['endpoint_override']}"
-        if self.scheme == "s3":
-            return f"AWS S3 ({options.get('region') or 'default region'})"
-        return "Google Cloud Storage" if self.scheme == "gs" else self.scheme
-
-    def _explain(self, e: Exception, bucket: str) -> str:
-        text = _first_line(e)
-        if "AWS Error " in text:  # "When getting information for bucket 'b': AWS Error X during Y ..."
-            text = "AWS error " + text.split("AWS Error ", 1)[1].replace(": No response body.", "")
-        if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not connect" in text:
-            detail = text.split("Details:", 1)[-1].strip() if "Details:" in text else text
-            return f"cannot reach {self._endpoint()} ({detail})"
-        denied = ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "HTTP status 403",
-                  "InvalidAccessKeyId", "SignatureDoesNotMatch", "EXPIRED_TOKEN", "ExpiredToken")
-        if self.scheme == "s3" and any(d in text for d in denied):
-            return f"access to bucket {bucket!r} at {self._endpoint()} denied ({text}); {_credentials_hint()}"
-        if self.scheme == "s3" and "HTTP status 500" in text and not os.environ.get("AWS_ACCESS_KEY_ID"):
-            # an unsigned request (no credentials at all) makes some S3 servers fail instead of deny
-            return f"bucket {bucket!r} at {self._endpoint()} refused the request ({text}); {_credentials_hint()}"
-        return f"bucket {bucket!r} at {self._endpoint()}: {text}"
-
-    def _checking_fs(self) -> pafs.FileSystem:
-        """The store's filesystem with short timeouts and almost no retries, for the check."""
-        if isinstance(self.fs, RetryingS3FileSystem):
-            options = {**self.fs.options, "connect_timeout": CHECK_SECONDS, "request_timeout": CHECK_SECONDS}
-            return RetryingS3FileSystem(CHECK_ATTEMPTS, **options)
-        if isinstance(self.fs, pafs.GcsFileSystem):
-            return pafs.GcsFileSystem(**{**_options(self.fs), "retry_time_limit": dt.timedelta(seconds=CHECK_SECONDS)})
-        return self.fs
+            raise SweeperError(f"bucket {bucket!r} does not exist at {endpoint(self.fs, self.scheme)}", "--store")
 
     def write_marker(self, fs: pafs.FileSystem | None = None) -> None:
-        """The store's version file, written once."""
+        """The store's version file, written once (the store's first write, before any trial)."""
+        self.check_schema()
         marker = self.path("_sweeper.json")
         if (fs or self.fs).get_file_info(marker).type == pafs.FileType.NotFound:
             self._write_bytes(marker, json.dumps({"schema_version": SCHEMA_VERSION}).encode(), fs)
 
     def schema_version(self) -> int:
+        """The version the store's files follow (SCHEMA_VERSION for a store without a marker yet);
+        a marker that is not sweeper's is refused by its path."""
         marker = self.path("_sweeper.json")
-        if not self.exists(marker):
+        try:
+            with self.fs.open_input_stream(marker) as f:
+                data = f.read()
+        except (FileNotFoundError, NotADirectoryError):  # no marker yet
             return SCHEMA_VERSION
-        with self.fs.open_input_stream(marker) as f:
-            return int(json.loads(f.read().decode())["schema_version"])
+        except Exception as e:
+            if self._store_failed(e):
+                raise
+            raise SweeperError(f"cannot read {self.url('_sweeper.json')}: {first_line(e)}", "--store") from None
+        try:
+            version = json.loads(data.decode())["schema_version"]
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError(f"schema_version {version!r}")
+        except (ValueError, KeyError, TypeError) as e:
+            raise SweeperError(f"{self.url('_sweeper.json')} is not a sweeper store marker ({first_line(e)}); "
+                               'expected {"schema_version": N}: is this folder another program\'s?', "--store") from None
+        return version
+
+    def check_schema(self) -> None:
+        """Refuse to write into a store of a newer schema (its readers would misread our files, and
+        we theirs), or one whose marker is not sweeper's."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise SweeperError(f"store {self.url()} has schema version {version}, written by a newer sweeper; "
+                               f"this one reads and writes version {SCHEMA_VERSION}: upgrade sweeper, or use "
+                               "another store", "--store")
 
     # -- writing -------------------------------------------------------------------------------
     def _write_bytes(self, final: str, data: bytes, fs: pafs.FileSystem | None = None) -> None:
@@ -328,13 +281,13 @@ class Store:
 
         trial_id = spec.trial_id
         for name, frame in tables.items():
-            if name == TRIALS:
-                raise ValueError("an experiment cannot write the trials table directly")
+            if name == TRIALS or not _TABLE_NAME.fullmatch(name):
+                raise ValueError(f"an experiment cannot write a table named {name!r}")
             frame = frame.copy()
             frame.insert(0, "trial_id", trial_id)
             self.write_table(self.path(study, name, f"{trial_id}.parquet"), _to_arrow(frame))
         schema = trials_schema(type(spec), EXPERIMENTS[spec.experiment].columns)
-        row = {**row, "schema_version": SCHEMA_VERSION}
+        row = {**row, "schema_version": SCHEMA_VERSION, "tables": ",".join(sorted(tables))}
         unknown = set(row) - set(schema.names)
         if unknown:
             raise ValueError(f"trials row has undeclared columns: {sorted(unknown)}")
@@ -374,37 +327,68 @@ class Store:
         the file corrupt would rerun a done trial, or let a lost trial's failed row replace it."""
         return not self.local and isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
 
-    def _readable(self, paths: list[str]) -> tuple[list[str], list[pa.Schema], list[str]]:
-        good, schemas, bad = [], [], []
+    def _footers(self, paths: list[str]) -> tuple[dict[str, pq.FileMetaData], list[str]]:
+        """Each readable file's Parquet footer (schema, row count, column statistics); the paths of
+        the unreadable ones (truncated, not Parquet) apart: their trials are rerun, never dropped."""
+        metas, bad = {}, []
         for p in paths:
             try:
                 with self.fs.open_input_file(p) as f:
-                    schemas.append(pq.read_schema(f))
-                good.append(p)
-            except Exception as e:  # truncated or not Parquet: its trial is rerun, never silently dropped
-                if self._store_failed(e):
-                    raise
-                bad.append(p)
-        return good, schemas, bad
-
-    def trial_status(self, study: str) -> TrialStatus:
-        done, failed, corrupt, stopped = set(), {}, [], set()
-        for p in self.files(study, TRIALS):
-            try:
-                with self.fs.open_input_file(p) as f:
-                    t = pq.read_table(f, columns=["trial_id", "status", "error"])
-                for tid, status, error in zip(*(t.column(c).to_pylist() for c in ("trial_id", "status", "error"))):
-                    if status == "done":
-                        done.add(tid)
-                    elif status == "stopped":
-                        stopped.add(tid)
-                    else:
-                        failed[tid] = error or ""
+                    metas[p] = pq.read_metadata(f)
             except Exception as e:
                 if self._store_failed(e):
                     raise
-                corrupt.append(p)
-        return TrialStatus(done, failed, corrupt, stopped)
+                bad.append(p)
+        return metas, bad
+
+    def trial_status(self, study: str) -> TrialStatus:
+        """What the store holds of a study's trials. A trial is done when the file named for it in
+        `trials` holds its row with status done, that file's columns have their types, and every
+        table the row lists (`tables`) is present and, on a local store, readable; a row written
+        before `tables` existed is checked against the table files present for it (a missing one
+        cannot be told from one never written). Anything less and the trial runs again."""
+        st = TrialStatus(set(), {}, [], set())
+        schemas, columns = {}, {}
+        for p in self.files(study, TRIALS):  # each file opened once (on an object store, requests)
+            try:
+                with self.fs.open_input_file(p) as f:
+                    pf = pq.ParquetFile(f)
+                    schemas[p] = pf.schema_arrow
+                    wanted = [c for c in ("trial_id", "status", "error", "tables") if c in schemas[p].names]
+                    columns[p] = pf.read(columns=wanted).to_pydict()
+            except Exception as e:
+                if self._store_failed(e):
+                    raise
+                st.corrupt.append(p)
+        problems = storecheck.type_problems(schemas, storecheck.trials_types(trials_schema), storecheck.TEXT_COLUMNS)
+        rows: dict[str, tuple[str, str, str | None]] = {}  # trial id -> (status, error, tables)
+        for p, t in columns.items():
+            if p in problems or not {"trial_id", "status"} <= set(t):
+                st.corrupt.append(p)
+                continue
+            owner = storecheck.stem(p)
+            mine = [i for i, tid in enumerate(t["trial_id"]) if tid == owner]
+            if not mine:  # a copy under another name, or another trial's row: never counted
+                st.stray.append(p)
+                continue
+            if len(t["trial_id"]) > 1:
+                st.duplicate.append(p)
+            i = mine[0]
+            rows[owner] = (t["status"][i], (t["error"][i] if "error" in t else "") or "",
+                           t["tables"][i] if "tables" in t else None)
+        st.corrupt.sort()
+        listing = storecheck.trial_tables(self, study)
+        for tid, (status, error, tables) in rows.items():
+            if status == "stopped":
+                st.stopped.add(tid)
+            elif status != "done":
+                st.failed[tid] = error
+            elif storecheck.whole(self, study, tid, tables, listing, st):
+                st.done.add(tid)
+        # table files of no trial the table `trials` knows: copies, or left by a trial killed before
+        # its row (readers ignore both; a rerun replaces the latter)
+        st.stray += sorted(p for files in listing.values() for owner, p in files.items() if owner not in rows)
+        return st
 
     def trial_row(self, study: str, trial_id: str) -> dict[str, Any] | None:
         """One trial's committed row, or None when it has none (or an unreadable one)."""
@@ -416,7 +400,7 @@ class Store:
             if self._store_failed(e):
                 raise
             return None
-        return rows[0] if rows else None
+        return next((r for r in rows if r.get("trial_id") == trial_id), None)
 
     def append_row(self, study: str, table: str, name: str, row: dict[str, Any]) -> None:
         """A one-row file of its own (no read-modify-write of a shared file)."""
@@ -424,26 +408,59 @@ class Store:
 
     def read(self, study: str, table: str = TRIALS, columns: list[str] | None = None,
              categorical: list[str] = ()) -> pd.DataFrame:
-        """One table of one study as a DataFrame. Files of older schema versions are read with
-        the union of all columns (missing ones empty); corrupt files are skipped with a warning
-        that names them (their trials show up as missing in `sweeper status` and run again).
-        `columns` keeps those of them the table has; `categorical` text columns come back as
-        pandas categoricals, read as Parquet dictionaries (a `trial_id` repeated over 8 million
-        `bn` rows then costs integer codes, not 8 million strings)."""
-        paths = self.files(study, table)
-        good, schemas, bad = self._readable(paths)
+        """One table of one study as a DataFrame, each trial's rows once. Files of older schema
+        versions are read with the union of all columns (missing ones empty). Skipped, so that
+        nothing is read half or twice: corrupt files (unreadable, or a column of the wrong type),
+        with a warning that names them (their trials run again); rows outside the file named for
+        their trial (a sync tool's copy; `sweeper status` lists these files); and in the tables
+        other than `trials`, the rows of trials not committed done (killed before their `trials`
+        row, or with another of their tables damaged). `columns` keeps those of them the table
+        has; `categorical` text columns come back as pandas categoricals, read as Parquet
+        dictionaries (a `trial_id` repeated over 8 million `bn` rows then costs integer codes, not
+        8 million strings)."""
+        metas, bad = self._footers(self.files(study, table))
+        schemas = {p: m.schema.to_arrow_schema() for p, m in metas.items()}
+        trials = table == TRIALS
+        problems = storecheck.type_problems(schemas, storecheck.trials_types(trials_schema) if trials else None,
+                                            storecheck.TEXT_COLUMNS if trials else (storecheck.KEY,))
         for p in bad:
             warnings.warn(f"{p}: not a readable Parquet file; skipped (its trial will be rerun)")
-        if not good:
+        for p, why in problems.items():
+            warnings.warn(f"{p}: {why}; skipped as corrupt (its trial will be rerun)")
+        good = [p for p in metas if p not in problems]
+        key = storecheck.key_column(table, {n for p in good for n in schemas[p].names})
+        committed = self.trial_status(study).done if key == storecheck.KEY and not trials else None
+        whole, filtered = [], []
+        for p in good:
+            owner = storecheck.stem(p)
+            if committed is not None and owner not in committed:
+                continue
+            verdict = storecheck.own_rows(metas[p], key, owner) if key in schemas[p].names else "all"
+            if verdict == "all" and not (trials and metas[p].num_rows > 1):
+                whole.append(p)
+            elif verdict != "none":
+                filtered.append(p)
+        if not whole and not filtered:
             return pd.DataFrame(columns=columns or [])
-        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        schema = pa.unify_schemas([schemas[p] for p in whole + filtered], promote_options="permissive")
         if columns is not None:
             columns = [c for c in columns if c in schema.names]
         as_dict = [c for c in categorical if c in schema.names and pa.types.is_string(schema.field(c).type)]
         for c in as_dict:
             schema = schema.set(schema.get_field_index(c), pa.field(c, pa.dictionary(pa.int32(), pa.string())))
         fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=as_dict))
-        table = ds.dataset(good, schema=schema, format=fmt, filesystem=self.fs).to_table(columns=columns)
+
+        def scan(paths: list[str], names: list[str] | None) -> pa.Table:
+            return ds.dataset(paths, schema=schema, format=fmt, filesystem=self.fs).to_table(columns=names)
+
+        parts = [scan(whole, columns)] if whole else []
+        for p in filtered:  # rare: a file holding rows of other trials, or its own row twice
+            names = None if columns is None else list(dict.fromkeys([*columns, key]))
+            part = scan([p], names)
+            part = part.filter(pc.equal(part.column(key).cast(pa.string()), storecheck.stem(p)))
+            part = part.slice(0, 1) if trials else part
+            parts.append(part.select(columns) if columns is not None else part)
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         # Column by column into pandas, freeing each Arrow column as it goes: the same frame as a
         # plain to_pandas(), with a lower peak and no copy into consolidated 2-D blocks (the `bn`
         # table of 1,000 trials is 8 million rows).

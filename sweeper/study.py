@@ -19,17 +19,25 @@ other. An axis whose values are dicts is a joint axis: each dict sets several fi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import itertools
+import math
+import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+from sweeper.checks import CPUS, GPUS, SEED, at_least, check_text
 from sweeper.errors import SweeperError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A study's name is a folder of the store and a word of reports and crontab lines: matched whole
+# (`fullmatch`: a `$` pattern accepts a trailing newline).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclasses.dataclass
@@ -61,12 +69,19 @@ class Search:
             if not (isinstance(dist, (tuple, list)) and len(dist) == 3 and dist[0] in ("loguniform", "uniform")):
                 raise SweeperError("expected (\"loguniform\" | \"uniform\", low, high)", where)
             kind, low, high = dist
-            if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and low < high):
-                raise SweeperError(f"expected low < high, got {low!r}, {high!r}", where)
+            finite = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                         for v in (low, high))
+            if not (finite and low < high):
+                raise SweeperError(f"expected finite numbers low < high, got {low!r}, {high!r}", where)
             if kind == "loguniform" and low <= 0:
                 raise SweeperError(f"loguniform needs low > 0, got {low!r}", where)
-        if self.num_samples < 1:
-            raise SweeperError(f"must be at least 1, got {self.num_samples}", "search.num_samples")
+            valid = getattr(spec_type, "RANGES", {}).get(name)
+            # every sampled value must be a valid spec (high itself is never drawn)
+            if valid is not None and (valid.problem(low) or (valid.problem(high) and high != valid.high)):
+                raise SweeperError(f"samples outside the field's range: {name} must be {valid.describe()}, "
+                                   f"got ({low!r}, {high!r})", where)
+        at_least(1, integer=True).check(self.num_samples, "search.num_samples")
+        SEED.check(self.seed, "search.seed")
         if self.mode not in ("max", "min"):
             raise SweeperError(f"expected max or min, got {self.mode!r}", "search.mode")
 
@@ -136,7 +151,7 @@ class Study:
         return values
 
     def validate(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise SweeperError(f"must be letters, digits, '.', '_' or '-', got {self.name!r}", "name")
         grids = self.grids()
         if not grids or not all(isinstance(g, dict) for g in grids):
@@ -146,10 +161,10 @@ class Study:
         from sweeper.analysis import check_figures
 
         check_figures(self.figures)
-        for key in ("cpu", "gpu"):
-            value = self.resources.get(key, 0)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise SweeperError(f"must be a non-negative number, got {value!r}", f"resources.{key}")
+        if not isinstance(self.resources, dict):
+            raise SweeperError(f"must be a dict with keys cpu and gpu, got {self.resources!r}", "resources")
+        CPUS.check(self.resources.get("cpu", 1), "resources.cpu")  # what --cpus-per-trial may be
+        GPUS.check(self.resources.get("gpu", 0), "resources.gpu")
         unknown = set(self.resources) - {"cpu", "gpu"}
         if unknown:
             raise SweeperError(f"unknown keys {sorted(unknown)}; valid keys: cpu, gpu", "resources")
@@ -188,7 +203,19 @@ class Study:
 
     def specs(self) -> list:
         """Validated, fully resolved, de-duplicated specs (two grid points that resolve to the
-        same spec, such as resnet-14 and wrn-14-1, are one trial)."""
+        same spec, such as resnet-14 and wrn-14-1, are one trial). Kept while the study's fields
+        stay as they are: `load_study` validates every trial and the command then uses them, and a
+        100,000-trial grid is worth expanding once."""
+        key = repr((self.name, self.experiment, self.dataset, self.axes, self.recipe, self.measure, self.figures,
+                    self.resources, self.search))
+        cached = self.__dict__.get("_specs")
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
+        out = self._expand()
+        self.__dict__["_specs"] = (key, out)
+        return list(out)
+
+    def _expand(self) -> list:
         self.validate()
         spec_type = self.spec_type
         out, seen = [], set()
@@ -210,8 +237,66 @@ class Study:
         return out
 
 
+#: How long a study file may take to import. Importing one builds a Study (and imports torch once,
+#: a few seconds); a file still running after this is stuck (an endless loop, a wait on input).
+IMPORT_SECONDS = 120.0
+
+
+class _ImportTimeout(BaseException):
+    """Raised into a study file's import by the timer (a BaseException: the file's own
+    `except Exception` cannot swallow it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Interrupt the block after `seconds` (SIGALRM; only in the main thread, where signals land:
+    elsewhere, such as a notebook's worker thread, there is no limit)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _ImportTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """What a study file prints goes to stderr, at the Python and the file-descriptor level: stdout
+    is the commands' machine-readable output (`plan --json`)."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no file descriptors to swap (an embedded interpreter): Python's level only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_study(path: str | Path, quick: bool = False) -> Study:
-    """Import a study file and return its Study, reporting every failure as one SweeperError."""
+    """Import a study file and return its Study, reporting every failure as one SweeperError: a
+    file that does not parse, raises, exits (sys.exit), runs longer than IMPORT_SECONDS, or does not
+    assign a Study to the name `study`. What it prints goes to stderr."""
+    check_text(path, "study file", "has")
     path = Path(path)
     if not path.is_file():
         raise SweeperError("no such study file", str(path))
@@ -220,22 +305,40 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
         compile(source, str(path), "exec")
     except SyntaxError as e:
         raise SweeperError(f"does not parse: line {e.lineno}: {e.msg}", str(path)) from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # unreadable, not text, NUL bytes
+        raise SweeperError(f"cannot be read as Python source: {_one_line(e)}", str(path)) from None
     module_name = f"sweeper_study_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling need the module registered
     try:
-        spec.loader.exec_module(module)
+        with _stdout_to_stderr(), _time_limit(IMPORT_SECONDS):
+            spec.loader.exec_module(module)
     except SweeperError as e:
+        sys.modules.pop(module_name, None)
         raise e.at(str(path)) from None
-    except Exception as e:
-        raise SweeperError(f"raises on import: {type(e).__name__}: {e}", str(path)) from None
-    study = getattr(module, "study", None)
+    except _ImportTimeout:
+        sys.modules.pop(module_name, None)
+        raise SweeperError(f"still importing after {IMPORT_SECONDS:g} s (an endless loop? a wait for input?); "
+                           "a study file should only build its Study", str(path)) from None
+    except SystemExit as e:
+        sys.modules.pop(module_name, None)
+        raise SweeperError(f"exits on import (sys.exit({e.code!r})) instead of defining a study",
+                           str(path)) from None
+    except KeyboardInterrupt:
+        sys.modules.pop(module_name, None)
+        raise
+    except BaseException as e:  # noqa: BLE001 - whatever the file raises is the file's error
+        sys.modules.pop(module_name, None)
+        raise SweeperError(f"raises on import: {type(e).__name__}: {_one_line(e)}", str(path)) from None
+    # Exactly the name `study`: another Study object in the file (a base to derive from, an old
+    # variant) is never picked in its place.
+    if "study" not in vars(module):
+        raise SweeperError("defines no study: assign `study = Study(...)`", str(path))
+    study = module.study
     if not isinstance(study, Study):
-        found = [v for v in vars(module).values() if isinstance(v, Study)]
-        if len(found) != 1:
-            raise SweeperError("defines no study: assign `study = Study(...)`", str(path))
-        study = found[0]
+        raise SweeperError(f"`study` holds {type(study).__name__} {_one_line(repr(study))[:60]}, not a Study: "
+                           "assign `study = Study(...)`", str(path))
     try:
         if quick:
             study = study.quick_variant()

@@ -31,6 +31,7 @@ class TrialContext:
     cpus: float = 1.0
     gpus: float = 0.0
     node_id: str = ""
+    early_stopping: bool = False  # a scheduler (a search's ASHA) may stop the trial before its end
 
 
 def execute(spec, ctx: TrialContext, **run_kwargs) -> dict[str, Any]:
@@ -45,8 +46,11 @@ def execute(spec, ctx: TrialContext, **run_kwargs) -> dict[str, Any]:
         raise
     except SystemExit:
         # Ray Tune ends a trial its scheduler stops early (ASHA) by SystemExit in the trial's thread:
-        # record how far it went, then let Tune finish the stop.
-        _commit(spec, ctx, started, "stopped", "stopped early by the search's scheduler", TrialResult({}, {}))
+        # record that, then let Tune finish the stop. Without a scheduler the exit can only be the
+        # sweep ending (Ctrl-C, SIGTERM, a stopped job): no row, so the next run runs it again.
+        if ctx.early_stopping:
+            _commit(spec, ctx, started, "stopped", "stopped early by the search's scheduler (ASHA)",
+                    TrialResult({}, {}))
         raise
     except BaseException as e:  # noqa: BLE001 - a trial's failure is data, not a crash
         result = TrialResult({}, {})

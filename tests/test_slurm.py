@@ -116,7 +116,7 @@ GOOD = ["--nodes", "1", "--gpus-per-node", "0", "--cpus-per-node", "2", "--time"
     ({"--cpus-per-node": "0"}, "--cpus-per-node: must be at least 1"),
     ({"--gpus-per-node": "-1"}, "--gpus-per-node: must be at least 0"),
     ({"--partition": "gpu a100"}, "--partition: expected letters"),
-    ({"--account": "lab\n#SBATCH --qos=high"}, "--account: expected letters"),
+    ({"--account": "lab\n#SBATCH --qos=high"}, "--account: has a control character"),  # refused for every command (issue 20)
     ({"--sbatch": "mem=64G"}, "--sbatch: expected one sbatch option"),
     ({"--cpus-per-trial": "4"}, "--cpus-per-trial: a trial asks for 4 CPUs but a node has 2"),
     ({"--gpus-per-trial": "0.5"}, "--gpus-per-trial: a trial asks for 0.5 GPUs but a node has 0"),

@@ -54,7 +54,7 @@ def test_all_but_bn_pins_gamma_beta_and_none_runs_no_epochs():
 
 
 FIELD_CHANGES = {
-    "dataset": "digits", "train_size": 100, "test_size": 50, "augment": "none", "family": "convnet",
+    "dataset": "digits", "train_size": 200, "test_size": 50, "augment": "none", "family": "convnet",
     "depth": 32, "width": 32, "activation": "tanh", "norm": "layer", "residual_init": 0.5,
     "weight_init": "xavier_normal", "bn_init": "fixed", "trainable": "bn", "random_k": 3, "epochs": 2,
     "batch_size": 64, "lr": 0.05, "momentum": 0.8, "weight_decay": 0.0, "milestones": (0.3,),

@@ -16,6 +16,7 @@ import pandas as pd
 
 from sweeper.errors import SweeperError
 from sweeper.nightly.lock import NightlyLock
+from sweeper.checks import OPTION_RANGES
 from sweeper.preflight import check_environment
 from sweeper.report.compare import compare
 from sweeper.report.layout import (REPORTS, SNAPSHOT, SUMMARY, as_json, figure_png_path, new_report_name, now_utc,
@@ -123,15 +124,16 @@ def run_nightly(
 
     started = now_utc()
     t0 = time.perf_counter()
-    if tolerance < 0:
-        raise SweeperError(f"must not be negative, got {tolerance!r}", "--tolerance")
+    OPTION_RANGES["--tolerance"].check(tolerance, "--tolerance")  # NaN would flag no regression, ever
     store = Store(store_uri)
-    store.ensure_writable()  # before the lock, the store's first file (checked again with the rest below)
+    # Everything checked before the store sees a write (a refusal leaves no trace); then the
+    # store's first file, and the lock.
+    studies = _load(study_paths, quick)
+    check_environment(studies, store, data_root, address, files=study_paths, marker=False)
+    store.write_marker()
     with NightlyLock(store, say):  # first, so that a second nightly exits at once
         say(f"== sweeper nightly {started.isoformat(timespec='seconds')} on {socket.gethostname()}: "
             f"{len(study_paths)} stud{'y' if len(study_paths) == 1 else 'ies'} -> {store.uri}")
-        studies = _load(study_paths, quick)
-        check_environment(studies, store, data_root, address, files=study_paths, marker=True)
         current = code_version()
         nights = []
         for path, study in zip(study_paths, studies):

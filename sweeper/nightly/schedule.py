@@ -104,6 +104,13 @@ def cron_line(args) -> str:
     env = {"PATH": f"{Path(_executable()[0]).parent}:{CRON_PATH}"}
     if os.environ.get("SWEEPER_DATA_ROOT"):
         env["SWEEPER_DATA_ROOT"] = normalize_root(os.environ["SWEEPER_DATA_ROOT"])
+    # No value may end the line (cron runs each line as a command): refuse control characters in
+    # every part, whatever its source (an option, the environment, the venv's path).
+    from sweeper.checks import check_text
+
+    for where, value in (("study file", studies[0]), ("--log", log), ("command", " ".join(cmd)),
+                         *((k, v) for k, v in env.items())):
+        check_text(value, where, "has")
     q = shlex.quote
     line = (
         f"{minute} {hour} * * * cd {q(str(_repo_root(studies[0])))} && mkdir -p {q(str(log.parent))} && "

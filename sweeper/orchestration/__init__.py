@@ -29,3 +29,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace T
 # Ray's tqdm support replaces builtins.print for the rest of the process the first time Tune prints
 # through it; a user's notebook or script should keep its own print.
 os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
+# Ctrl-C raises KeyboardInterrupt out of `tuner.fit` (one line from the CLI; Ray shuts down, trials
+# end without a row and run again next time). Tune's own handler would instead stop every trial
+# as if its scheduler had, and print a restore hint that does not apply to sweeper.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")

@@ -155,6 +155,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         check_address(address)
         # configure_logging=False: Ray's INFO lines on stderr would break the one-line error rule
         ray.init(address=address, log_to_driver=False, configure_logging=False)
+    from sweeper.interrupt import on_sigterm_interrupt
+
+    on_sigterm_interrupt()  # take SIGTERM back from ray.init (see sweeper.interrupt)
     return True
 
 

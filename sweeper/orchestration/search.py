@@ -47,7 +47,7 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
         tuner = tune.Tuner(
             tune.with_resources(_search_point, {"cpu": cpus, "gpu": gpus}),
             param_space={**trial_config(study, store, data_root, cpus, gpus, checkpoint_seconds),
-                         "base": base.to_dict(), "sampled": space},
+                         "base": base.to_dict(), "sampled": space, "early_stopping": search.asha},
             tune_config=tune.TuneConfig(
                 search_alg=OptunaSearch(seed=search.seed),
                 scheduler=scheduler,

@@ -70,6 +70,7 @@ def tune_trial(config: dict[str, Any]) -> None:
         cpus=cpus,
         gpus=float(config["gpus"]),
         node_id=ray.get_runtime_context().get_node_id(),
+        early_stopping=bool(config.get("early_stopping")),
     )
     every = float(config["checkpoint_seconds"])
     last = [time.monotonic()]

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+from sweeper.checks import SEED, Range, at_least, positive
 from sweeper.errors import SweeperError
 from sweeper.spec import Spec
 
@@ -27,6 +28,29 @@ class ConstructionSpec(Spec):
     """One construction trial. Every field is a plain int/float/str/bool with a default."""
 
     experiment: ClassVar[str] = "construction"
+    # Sizes far beyond what a dense or iterative solve on one node handles (the paper's targets are
+    # tens of units wide), so that an absurd value is refused, not tried.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "hidden": Range(1, 65_536, integer=True),
+        "hidden_layers": Range(1, 1_000, integer=True),
+        "cnn_channels": Range(1, 65_536, integer=True),
+        "kernel_size": Range(1, 31, integer=True),
+        "width_ratio": Range(0, 1_000, low_open=True),
+        "source_depth": Range(1, 1_000, integer=True),
+        "seed": SEED,
+        "target_epochs": Range(0, 1_000_000, integer=True),
+        "target_lr": positive(),
+        "batch_size": Range(1, 2**31, high_open=True, integer=True),
+        "calibration_size": at_least(0, integer=True),
+        "shift_margin": at_least(1),
+        "linear_scale": at_least(0),
+        "dense_limit": Range(1, 2**40, integer=True),
+        "lsqr_iters": Range(1, 10**9, integer=True),
+        "lm_iters": Range(0, 10**9, integer=True),
+        "tol": positive(),
+        "sgd_epochs": Range(0, 1_000_000, integer=True),
+        "sgd_lr": positive(),
+    }
 
     target: str = "mlp"  # "mlp" | "cnn"
     hidden: int = 16  # MLP hidden width

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from sweeper.checks import SEED, Range, at_least, positive
 from sweeper.errors import SweeperError
 from sweeper.spec import Spec
 
@@ -33,6 +34,18 @@ class DecomposedSpec(Spec):
     """
 
     experiment: ClassVar[str] = "decomposed"
+    # depth and width far beyond the paper's (depth 300-1000, width 512-1024); the rest as validate says
+    RANGES: ClassVar[dict[str, Range]] = {
+        "depth": Range(0, 100_000, integer=True),
+        "width": Range(1, 65_536, integer=True),
+        "batch": Range(2, 65_536, integer=True),
+        "input_scale": positive(),
+        "input_corr": Range(0, 1, high_open=True),
+        "input_noise": at_least(0),
+        "eps": positive(),
+        "seed": SEED,
+        "record_every": at_least(1, integer=True),
+    }
 
     rc: bool = True
     rs: str = "none"

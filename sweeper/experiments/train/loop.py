@@ -34,6 +34,11 @@ class TrialDiverged(RuntimeError):
     """The loss became NaN or infinite: recorded as a failed trial, never retried as a fault."""
 
 
+class NothingTrained(RuntimeError):
+    """An epoch formed no batch (batch_size above the training examples; batches drop the last
+    partial one): a trial that did no work is failed, never done."""
+
+
 def autocast(spec: TrainSpec, device: torch.device):
     if spec.precision == "bf16":
         # bf16 autocast keeps batch norm in fp32 (autocast's own op lists).
@@ -174,7 +179,10 @@ def run_trial(
             loss_sum += loss.detach() * len(y)
             correct_sum += (logits.argmax(1) == y).sum()
             seen += len(y)
-        train_loss = loss_sum.item() / max(seen, 1)  # one sync per epoch, not per step
+        if not seen:
+            raise NothingTrained(f"epoch {epoch + 1} formed no batch: batch_size {spec.batch_size} is more than "
+                                 f"the {len(train)} training examples")
+        train_loss = loss_sum.item() / seen  # one sync per epoch, not per step
         if not math.isfinite(train_loss):
             raise TrialDiverged(f"training loss became {train_loss} in epoch {epoch + 1}")
         correct = correct_sum.item()
@@ -185,7 +193,7 @@ def run_trial(
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": train_loss,
-            "train_acc": correct / max(seen, 1),
+            "train_acc": correct / seen,
             **evaluate(step_model, test, spec, device),
             "epoch_seconds": time.perf_counter() - t0,
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from sweeper.checks import SEED, Range, at_least, positive
 from sweeper.errors import SweeperError
 from sweeper.spec import Spec
 
@@ -20,11 +21,31 @@ PRECISIONS = ("fp32", "bf16")
 #: generates kernels (GPUs); `aot_eager` traces the step without generating code (a portable check
 #: that a network compiles).
 COMPILE_BACKENDS = ("none", "inductor", "aot_eager")
+#: Far beyond the papers' largest networks (ResNet-866, WRN-14-32: width 512), and small enough that
+#: every tensor shape fits torch's int64 sizes: an absurd width crashed `sweeper params`.
+MAX_DEPTH, MAX_WIDTH = 10_000, 65_536
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec(Spec):
     experiment: ClassVar[str] = "train"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "train_size": at_least(0, integer=True),
+        "test_size": at_least(0, integer=True),
+        "depth": Range(1, MAX_DEPTH, integer=True),
+        "width": Range(1, MAX_WIDTH, integer=True),
+        "residual_init": at_least(0),
+        "random_k": at_least(1, integer=True),
+        "epochs": Range(0, 1_000_000, integer=True),
+        "batch_size": Range(1, 2**31, high_open=True, integer=True),
+        "lr": positive(),
+        "momentum": Range(0, 1, high_open=True),
+        "weight_decay": at_least(0),
+        "milestones": Range(0, 1, low_open=True, high_open=True),
+        "lr_drop": Range(0, 1, low_open=True),
+        "clamp_thresholds": at_least(0),
+        "seed": SEED,
+    }
 
     # data
     dataset: str = "cifar10"
@@ -122,6 +143,12 @@ class TrainSpec(Spec):
                 raise SweeperError(f"must be positive, got {value!r}", field)
         if self.epochs < (0 if self.trainable == "none" else 1):
             raise SweeperError(f"must be at least 1, got {self.epochs}", "epochs")
+        if 0 < self.train_size < self.batch_size and self.epochs > 0:
+            # batches drop the last partial one: no step would run, and the trial would "finish"
+            # having trained nothing (the loop fails such a trial too; this says so before any work)
+            raise SweeperError(f"{self.batch_size} is larger than train_size {self.train_size}: no full "
+                               "batch would form and nothing would train; use a batch_size of at most "
+                               "train_size", "batch_size")
         for field in ("weight_decay", "train_size", "test_size", "residual_init"):
             if getattr(self, field) < 0:
                 raise SweeperError(f"must not be negative, got {getattr(self, field)!r}", field)
