@@ -212,12 +212,15 @@ def _value(o: Override, spec_type) -> Any:
 
 def _axis(o: Override, spec_type, current: list | None) -> list:
     joint = bool(current) and all(isinstance(v, dict) for v in current)
-    annotation = _annotation(o, spec_type, joint)
     text = o.text
-    if text.startswith("["):
-        values = _literal(text, o)
-        if not isinstance(values, list) or not values:
-            raise SweeperError(f"expected a non-empty list [V1, V2, ...], got {text!r}", o.where)
+    values = _literal(text, o) if text.startswith("[") else None
+    if text.startswith("[") and (not isinstance(values, list) or not values):
+        raise SweeperError(f"expected a non-empty list [V1, V2, ...], got {text!r}", o.where)
+    # a new joint axis: each value a dict of fields, under a name of the user's choosing
+    joint = joint or (values is not None and o.key not in spec_type.field_types()
+                      and all(isinstance(v, dict) for v in values))
+    annotation = _annotation(o, spec_type, joint)
+    if values is not None:
         if joint and not all(isinstance(v, dict) for v in values):
             raise SweeperError("is a joint axis (each value sets several fields): write its values as "
                                "[{\"FIELD\": VALUE, ...}, ...]", o.where)
