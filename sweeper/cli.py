@@ -225,6 +225,11 @@ def cmd_status(args) -> int:
         files += [(name, kind, p) for kind, paths in (("corrupt", st.corrupt), ("damaged", damaged),
                                                        ("stray", st.stray), ("duplicate", st.duplicate))
                   for p in paths]
+    from sweeper.searchstorage import existing
+
+    searches = {row["study"]: existing(store, row["study"]) for row in rows}
+    for row in rows:
+        row["optuna"] = searches[row["study"]].url if searches[row["study"]] else None
     if args.json:
         print(json.dumps({"store": store.uri, "studies": rows}, indent=1))
         return 0
@@ -238,6 +243,9 @@ def cmd_status(args) -> int:
            "duplicate": "holds its trial's row more than once; readers take the first"}
     for name, kind, path in files:
         print(f"{name}: {kind} {path} ({why[kind]})")
+    for row in rows:  # where each study's Optuna searches are, and how to look at them
+        if row["optuna"] is not None:
+            print(f"{row['study']}: {searches[row['study']].describe()}")
     return 0
 
 
