@@ -42,7 +42,10 @@ class Search:
     space: field -> ("loguniform" | "uniform", low, high); metric: a trials column, maximised
     (mode "max") or minimised ("min"). The study's axes must expand to one trial: the search varies
     the space's fields around it. Every sampled trial lands in the store like a grid trial (same ids,
-    so a repeated search reuses finished trials), and table `search` records the chosen one.
+    so a repeated search reuses finished trials), and table `search` records the chosen one. The
+    search's Optuna study is kept in `<store>/<study>/optuna.journal` (optuna-dashboard opens it):
+    `num_samples` is the search's total, and running it again continues it (see
+    sweeper.orchestration.search).
     """
 
     space: dict[str, tuple[str, float, float]]
