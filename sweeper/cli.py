@@ -41,10 +41,12 @@ def _fmt(v) -> str:
 
 # -- plan ----------------------------------------------------------------------------------------
 def cmd_plan(args) -> int:
+    from sweeper import overrides
     from sweeper.plan import describe
     from sweeper.study import load_study
 
-    study = load_study(args.study, quick=args.quick)
+    study = load_study(args.study, quick=args.quick, overrides=args.overrides, name=args.name)
+    changed = overrides.describe(args.overrides, args.name)
     specs = study.specs()
     done = set()
     if args.store:  # a folder or an s3:// / gs:// URI: a missing folder or prefix has no trials yet
@@ -72,7 +74,7 @@ def cmd_plan(args) -> int:
         # Written row by row: a 100,000-trial grid's document is tens of megabytes, and building it
         # whole (rows, then one string) took gigabytes.
         head = {"study": study.name, "experiment": study.experiment, "count": len(specs),
-                "done": len(specs) - len(remaining)}
+                "done": len(specs) - len(remaining), "overrides": list(args.overrides)}
         out = sys.stdout
         out.write(json.dumps(head)[:-1] + ', "trials": [')
         for i, s in enumerate(specs):
@@ -86,6 +88,8 @@ def cmd_plan(args) -> int:
     shown = ["trial_id"] + [a for a in axes if a in rows[0]]
     shown += ["done"]
     print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
+    if changed:
+        print(changed)
     print(_table(rows, shown))
     for line in notes:
         print(line)
@@ -101,7 +105,7 @@ def cmd_run(args) -> int:
     from sweeper.store import Store
     from sweeper.study import load_study
 
-    study = load_study(args.study, quick=args.quick)
+    study = load_study(args.study, quick=args.quick, overrides=args.overrides, name=args.name)
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
     # Before any work: the store takes writes, the data are there, the cluster answers. The store's
@@ -221,6 +225,11 @@ def cmd_status(args) -> int:
         files += [(name, kind, p) for kind, paths in (("corrupt", st.corrupt), ("damaged", damaged),
                                                        ("stray", st.stray), ("duplicate", st.duplicate))
                   for p in paths]
+    from sweeper.searchstorage import existing
+
+    searches = {row["study"]: existing(store, row["study"]) for row in rows}
+    for row in rows:
+        row["optuna"] = searches[row["study"]].url if searches[row["study"]] else None
     if args.json:
         print(json.dumps({"store": store.uri, "studies": rows}, indent=1))
         return 0
@@ -234,6 +243,9 @@ def cmd_status(args) -> int:
            "duplicate": "holds its trial's row more than once; readers take the first"}
     for name, kind, path in files:
         print(f"{name}: {kind} {path} ({why[kind]})")
+    for row in rows:  # where each study's Optuna searches are, and how to look at them
+        if row["optuna"] is not None:
+            print(f"{row['study']}: {searches[row['study']].describe()}")
     return 0
 
 
@@ -257,6 +269,13 @@ def add_wait_option(p) -> None:
                         "with --address, 0 on the local one, which never grows")
 
 
+def add_overrides(p) -> None:
+    """`--set KEY=VALUE` (repeatable) and `--name NAME`: see sweeper.overrides."""
+    from sweeper.overrides import add_options
+
+    add_options(p)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="sweeper", description="Sweeps of BatchNorm-only training on Ray Tune.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -276,6 +295,7 @@ def build_parser() -> Parser:
     plan.add_argument("--workers", type=int, default=None, help="GPU workers (default: the cluster file's max_workers, else 1)")
     plan.add_argument("--efficiency", type=float, default=None,
                       help="share of a card's stated rate a training step reaches (default: 0.3, an assumption)")
+    add_overrides(plan)
     plan.set_defaults(fn=cmd_plan)
 
     run = sub.add_parser("run", help="run a study's missing trials on Ray")
@@ -290,6 +310,7 @@ def build_parser() -> Parser:
     run.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint at most this often")
     run.add_argument("--no-figures", action="store_true", help="do not redraw figures at the end")
     add_wait_option(run)
+    add_overrides(run)
     run.set_defaults(fn=cmd_run)
 
     params = sub.add_parser("params", help="parameter counts by group (Table 1)")

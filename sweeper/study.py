@@ -25,19 +25,14 @@ import importlib.util
 import itertools
 import math
 import os
-import re
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from sweeper.checks import CPUS, GPUS, SEED, at_least, check_text
+from sweeper.checks import CPUS, GPUS, SEED, at_least, check_study_name, check_text
 from sweeper.errors import SweeperError
-
-# A study's name is a folder of the store and a word of reports and crontab lines: matched whole
-# (`fullmatch`: a `$` pattern accepts a trailing newline).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclasses.dataclass
@@ -47,7 +42,10 @@ class Search:
     space: field -> ("loguniform" | "uniform", low, high); metric: a trials column, maximised
     (mode "max") or minimised ("min"). The study's axes must expand to one trial: the search varies
     the space's fields around it. Every sampled trial lands in the store like a grid trial (same ids,
-    so a repeated search reuses finished trials), and table `search` records the chosen one.
+    so a repeated search reuses finished trials), and table `search` records the chosen one. The
+    search's Optuna study is kept in `<store>/<study>/optuna.journal` (optuna-dashboard opens it):
+    `num_samples` is the search's total, and running it again continues it (see
+    sweeper.orchestration.search).
     """
 
     space: dict[str, tuple[str, float, float]]
@@ -151,8 +149,7 @@ class Study:
         return values
 
     def validate(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise SweeperError(f"must be letters, digits, '.', '_' or '-', got {self.name!r}", "name")
+        check_study_name(self.name, "name")
         grids = self.grids()
         if not grids or not all(isinstance(g, dict) for g in grids):
             raise SweeperError("must be a dict of field -> list of values (or a list of such dicts)", "axes")
@@ -292,10 +289,12 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_study(path: str | Path, quick: bool = False) -> Study:
+def load_study(path: str | Path, quick: bool = False, overrides: list[str] | None = None,
+               name: str | None = None) -> Study:
     """Import a study file and return its Study, reporting every failure as one SweeperError: a
     file that does not parse, raises, exits (sys.exit), runs longer than IMPORT_SECONDS, or does not
-    assign a Study to the name `study`. What it prints goes to stderr."""
+    assign a Study to the name `study`. What it prints goes to stderr. `overrides` (`--set` texts)
+    and `name` (`--name`) change it as `sweeper.overrides.apply` says, validated as the file is."""
     check_text(path, "study file", "has")
     path = Path(path)
     if not path.is_file():
@@ -339,10 +338,14 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
     if not isinstance(study, Study):
         raise SweeperError(f"`study` holds {type(study).__name__} {_one_line(repr(study))[:60]}, not a Study: "
                            "assign `study = Study(...)`", str(path))
+    from sweeper import overrides as command_line
+
     try:
-        if quick:
-            study = study.quick_variant()
-        study.specs()  # validate every trial before anything runs
+        study = command_line.apply(study, overrides, quick, name)
+        try:
+            study.specs()  # validate every trial before anything runs
+        except SweeperError as e:
+            raise command_line.blame(e, overrides) from None
     except SweeperError as e:
         raise e.at(str(path)) from None
     return study

@@ -25,6 +25,9 @@ def add_nightly_options(p, studies_required: bool = True) -> None:
     from sweeper.cli import add_wait_option
 
     add_wait_option(p)  # a study that gets no node in time is reported as not run; the night goes on
+    from sweeper.overrides import add_options
+
+    add_options(p)  # applied to every study; a key one of them does not know names that file
 
 
 def add_parser(subparsers) -> None:
@@ -55,6 +58,7 @@ def cmd_nightly(args) -> int:
             args.studies, args.store, address=args.address, data_root=data_root, quick=args.quick,
             rerun_stale=args.rerun_stale, tolerance=args.tolerance, keep_reports=args.keep_reports,
             say=lambda line: print(line, flush=True), wait_for_resources=args.wait_for_resources,
+            overrides=args.overrides, name=args.name,
         )
     except LockHeld as e:
         print(f"sweeper: {e}", file=sys.stderr, flush=True)

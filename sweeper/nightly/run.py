@@ -117,9 +117,12 @@ def run_nightly(
     keep_reports: int = 30,
     say: Callable[[str], None] = print,
     wait_for_resources: float | None = None,
+    overrides: list[str] | None = None,
+    name: str | None = None,
 ) -> NightResult:
     """One nightly: run, redraw, compare, report. Raises LockHeld when another nightly runs and
-    SweeperError for bad input; trial failures and regressions are in the result's exit code."""
+    SweeperError for bad input; trial failures and regressions are in the result's exit code.
+    `overrides` (`--set` texts) apply to every study; `name` renames the one study."""
     from sweeper.version import code_version
 
     started = now_utc()
@@ -128,7 +131,7 @@ def run_nightly(
     store = Store(store_uri)
     # Everything checked before the store sees a write (a refusal leaves no trace); then the
     # store's first file, and the lock.
-    studies = _load(study_paths, quick)
+    studies = load_studies(study_paths, quick, overrides, name)
     check_environment(studies, store, data_root, address, files=study_paths, marker=False)
     store.write_marker()
     with NightlyLock(store, say):  # first, so that a second nightly exits at once
@@ -182,12 +185,14 @@ def run_nightly(
         return NightResult(code, report_path(store, name), nights)
 
 
-def _load(paths: list[str], quick: bool) -> list:
+def load_studies(paths: list[str], quick: bool, overrides: list[str] | None = None, name: str | None = None) -> list:
     from sweeper.study import load_study
 
     if not paths:
         raise SweeperError("name at least one study file", "nightly")
-    studies = [load_study(p, quick=quick) for p in paths]
+    if name is not None and len(paths) > 1:
+        raise SweeperError(f"renames one study, and {len(paths)} study files are given", "--name")
+    studies = [load_study(p, quick=quick, overrides=overrides, name=name) for p in paths]
     seen: dict[str, str] = {}
     for path, study in zip(paths, studies):
         if study.name == REPORTS:

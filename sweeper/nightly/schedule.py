@@ -100,6 +100,15 @@ def cron_line(args) -> str:
     cmd += ["--tolerance", f"{args.tolerance:g}", "--keep-reports", str(args.keep_reports)]
     if args.wait_for_resources is not None:
         cmd += ["--wait-for-resources", f"{args.wait_for_resources:g}"]
+    from sweeper import overrides
+
+    if args.overrides or args.name:
+        # refused tonight at 02:30 would be refused in a log nobody reads: check them now, on
+        # every study, as the nightly will
+        from sweeper.nightly.run import load_studies
+
+        load_studies([str(p) for p in studies], args.quick, args.overrides, args.name)
+    cmd += overrides.arguments(args)
 
     env = {"PATH": f"{Path(_executable()[0]).parent}:{CRON_PATH}"}
     if os.environ.get("SWEEPER_DATA_ROOT"):

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     from sweeper.cli import add_wait_option
 
     add_wait_option(p)  # passed on to the job's `sweeper run` (default there: 900 s)
+    from sweeper.overrides import add_options
+
+    add_options(p)  # checked here, passed on to the job's `sweeper run`
     p.set_defaults(fn=cmd_submit)
 
 
@@ -44,14 +47,17 @@ def entrypoint(args, study_name: str) -> str:
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
-    return shlex.join(parts)
+    from sweeper.overrides import arguments
+
+    return shlex.join(parts + arguments(args))
 
 
 def cmd_submit(args) -> int:
     from sweeper.study import load_study
 
     study_path = Path(args.study).resolve()
-    load_study(study_path, quick=args.quick)  # refuse a bad study here, not on the cluster
+    # refuse a bad study (or override) here, not on the cluster
+    load_study(study_path, quick=args.quick, overrides=args.overrides, name=args.name)
     if "://" not in args.store and not Path(args.store).is_absolute():
         raise SweeperError("must be an absolute path or a URI that every node of the cluster reaches", "--store")
     try:

@@ -57,6 +57,9 @@ def add_parser(sub) -> None:
     run.add_argument("--max-failures", type=int, default=None)
     run.add_argument("--checkpoint-seconds", type=float, default=None)
     run.add_argument("--no-figures", action="store_true")
+    from sweeper.overrides import add_options
+
+    add_options(run)
     p.set_defaults(fn=cmd_slurm, submit=False)
 
 
@@ -132,7 +135,8 @@ def cmd_slurm(args) -> int:
 
     _check(args)
     study_path = Path(args.study).expanduser().absolute()
-    study = load_study(study_path, quick=args.quick)  # refuse a bad study here, not after the queue
+    # refuse a bad study (or override) here, not after the queue
+    study = load_study(study_path, quick=args.quick, overrides=args.overrides, name=args.name)
     _check_trial_fits(study, args)
     sbatch = None
     if args.submit:

@@ -62,7 +62,9 @@ def run_arguments(args) -> list[str]:
             out += ["--" + flag.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
     if args.no_figures:
         out.append("--no-figures")
-    return out
+    from sweeper.overrides import arguments
+
+    return out + arguments(args)  # each one array element of RUN_ARGS, quoted by `render`
 
 
 def render(args, study_path: Path, job_name: str, log_dir: str) -> str:
