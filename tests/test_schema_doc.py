@@ -65,7 +65,7 @@ def test_schema_doc_names_every_column_a_quick_run_writes(store):
 
 
 def test_the_duckdb_example_runs_as_written(store, tmp_path):
-    duckdb = pytest.importorskip("duckdb")  # in the test extra: pip install -e '.[test]'
+    import duckdb  # in the test extra (pyproject.toml): a missing duckdb fails here, never skips
     sql = re.search(r"```sql\n(.*?)```", DOC.read_text(), re.S).group(1)
     assert "'store/quickstart/trials/*.parquet'" in sql
     # a small real store of the quickstart's shape: two depths, a failed trial, and one trial whose
