@@ -60,7 +60,7 @@ def _statuses(store: Store, name: str) -> tuple[dict[str, str], dict[str, str], 
     return status, dict(st.failed), sorted(st.damaged)
 
 
-def _stored(store: Store, name: str, metric: str) -> pd.DataFrame:
+def _stored(store: Store, name: str) -> pd.DataFrame:
     return store.read(name, "trials") if store.files(name, "trials") else pd.DataFrame(columns=["trial_id"])
 
 
@@ -69,7 +69,7 @@ def of_study(study, store: Store) -> Overview:
     metric, mode = metric_of(study.experiment)
     specs = study.specs()
     status, errors, damaged = _statuses(store, study.name)
-    stored = _stored(store, study.name, metric).drop_duplicates("trial_id").set_index("trial_id")
+    stored = _stored(store, study.name).drop_duplicates("trial_id").set_index("trial_id")
     axes = [a for a in _declared_axes(study) if a != "seed"]
     rows = []
     for spec in specs:
@@ -89,7 +89,7 @@ def of_store(store: Store, name: str) -> Overview:
     """A study known only by its name: the trials the store has, the axes those trials vary over."""
     from sweeper.experiments import EXPERIMENTS
 
-    stored = _stored(store, name, "").drop_duplicates("trial_id")
+    stored = _stored(store, name).drop_duplicates("trial_id")
     kinds = sorted({str(k) for k in stored.get("experiment", pd.Series(dtype=str)).dropna()})
     experiment = kinds[0] if kinds else "train"
     metric, mode = metric_of(experiment)
