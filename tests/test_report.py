@@ -88,7 +88,7 @@ def test_markdown_report_links_figures_written_beside_it(filled, tmp_path, capsy
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links and all(link.startswith("rep_files/") for link in links)
     assert all((out.parent / link).read_bytes().startswith(b"\x89PNG") for link in links)
-    assert "### `trainable`" in md and "### `weight_init`" in md and "Failed trials (" in md
+    assert "### trainable" in md and "### weight_init" in md and "Failed trials (" in md
     # again: the figures folder is replaced whole, nothing else left beside the page
     assert report(capsys, filled["file"], "--store", filled["store"].root, "--out", out)[0] == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["rep.md", "rep_files"]

@@ -64,25 +64,37 @@ def _figure_names(experiment: str, wanted: list[str] | None) -> list[str]:
 
 def draw(store, study: str, names: list[str]) -> tuple[dict[str, bytes], list[str]]:
     """Draw `names` of the study into a temporary folder (never into the store); the PNGs, and a
-    note per figure not drawn."""
+    note per figure not drawn. All in one pass (each table read once); should one figure fail,
+    again one by one, so that the others still make the page and the failure is named."""
     from sweeper.analysis.draw import draw_study
+
+    def pngs(drawn, name: str) -> list[Path]:
+        return [f for f in drawn.written.get(f"{study}/{name}", []) if f.suffix == ".png"]
 
     figures: dict[str, bytes] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sweeper-report-") as tmp:
-        for name in names:
-            try:
-                drawn = draw_study(store, study, out=Path(tmp), names=[name])
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # noqa: BLE001 - one figure that cannot be drawn is noted, the page goes on
-                notes.append(f"{name}: could not be drawn ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-                continue
-            pngs = [f for files in drawn.written.values() for f in files if f.suffix == ".png"]
-            if pngs:
-                figures[name] = pngs[0].read_bytes()
-            else:
-                notes.append(f"{name}: no data for it in this study")
+        try:
+            batches = [(names, draw_study(store, study, out=Path(tmp), names=names))]
+        except KeyboardInterrupt:
+            raise
+        except Exception:  # noqa: BLE001 - found again below, figure by figure
+            batches = []
+            for name in names:
+                try:
+                    batches.append(([name], draw_study(store, study, out=Path(tmp), names=[name])))
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # noqa: BLE001 - one figure that cannot be drawn is noted
+                    why = str(e).splitlines()[0] if str(e) else ""
+                    notes.append(f"{name}: could not be drawn ({type(e).__name__}: {why})")
+        for batch, drawn in batches:
+            for name in batch:
+                files = pngs(drawn, name)
+                if files:
+                    figures[name] = files[0].read_bytes()
+                else:
+                    notes.append(f"{name}: no data for it in this study")
     return figures, notes
 
 

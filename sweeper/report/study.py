@@ -169,7 +169,7 @@ def axis_blocks(ov: Overview, level: str = "h2") -> list[Block]:
         for value, group in ov.trials.groupby(axis, sort=False, dropna=False):
             counts = [int((group["status"] == s).sum()) for s in shown]
             rows.append([value, *counts, _mean_std(group[ov.metric]), int(group[ov.metric].notna().sum())])
-        blocks += [("h3" if level == "h2" else "p", f"`{axis}`"),
+        blocks += [("h3", axis) if level == "h2" else ("p", f"`{axis}`"),  # headings take no inline markup
                    ("table", [axis, *shown, f"{ov.metric} mean ± std", "n"], rows)]
     return blocks
 
