@@ -164,3 +164,20 @@ def test_nightly_shows_the_same_per_axis_and_failure_tables(filled, tmp_path, ca
     assert len(table_rows) == 4 + len(failed)  # two axes of two values; the failures
     for line in table_rows:
         assert line in nightly_md, line
+
+
+def test_a_figure_that_cannot_be_drawn_is_named_and_the_others_still_drawn(filled, tmp_path, capsys, monkeypatch):
+    from sweeper.analysis import figures
+
+    def broken(tables, out):
+        raise ValueError("this figure cannot be drawn")
+
+    monkeypatch.setitem(figures()._entries, "broken_figure", broken)  # registered for this test only
+    study_file = tmp_path / "rep.py"  # the same study (same trials), listing the broken figure first
+    study_file.write_text(STUDY.replace('measure=["bn"],', 'measure=["bn"], figures=["broken_figure"],'))
+    out = tmp_path / "broken.html"
+    code, stdout, err = report(capsys, study_file, "--store", filled["store"].root, "--out", out)
+    assert code == 0, err
+    page = out.read_text()
+    assert "broken_figure: could not be drawn (ValueError: this figure cannot be drawn)" in page
+    assert page.count("data:image/png;base64,") >= 2 and "accuracy_vs_bn_params" in page
