@@ -23,7 +23,8 @@ from sweeper.report.layout import (REPORTS, SNAPSHOT, SUMMARY, as_json, figure_p
                                    prune, report_path, write_text)
 from sweeper.report.night import StudyNight, build_report
 from sweeper.report.render import fmt_seconds, to_html, to_markdown
-from sweeper.report.snapshot import metric_of, previous_snapshots, snapshot_bytes, study_snapshot
+from sweeper.report.snapshot import metric_of, previous_snapshots, snapshot_bytes
+from sweeper.report.study import of_study
 from sweeper.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_REGRESSION = 0, 1, 2, 3, 4
@@ -150,7 +151,8 @@ def run_nightly(
         for study, night in zip(studies, nights):
             _draw(study, store, name, night)
             try:
-                night.snapshot = study_snapshot(study, store)
+                night.overview = of_study(study, store)  # what `sweeper report` shows, its snapshot too
+                night.snapshot = night.overview.snapshot
             except Exception as e:  # noqa: BLE001
                 night.error = night.error or f"snapshot: {type(e).__name__}: {e}"
                 continue

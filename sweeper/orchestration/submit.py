@@ -95,14 +95,45 @@ def cmd_submit(args) -> int:
     print(f"submitted {job_id}: {entrypoint(args, study_path.name)}")
     if args.no_wait:
         return 0
-    shown = 0
-    status = None
-    while status not in TERMINAL:
-        time.sleep(1.0)
-        status = str(client.get_job_status(job_id)).split(".")[-1]
-        logs = client.get_job_logs(job_id)
-        sys.stdout.write(logs[shown:])
-        sys.stdout.flush()
-        shown = len(logs)
+    status = follow(client, job_id, sys.stdout)
     print(f"job {job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def follow(client, job_id: str, out) -> str:
+    """Write the job's log to `out` as it grows, each line once, and return the job's final status.
+
+    Ray's `tail_job_logs` streams the log over a websocket, so each chunk comes once and nothing is
+    downloaded twice (the loop it replaced fetched the whole log every second, a long sweep's log
+    megabytes a second). What no library does for us: should the stream break before the job ends
+    (a dashboard restart, a dropped connection), wait for the end and write only the part of the
+    log not yet shown."""
+    import asyncio
+
+    shown = 0
+
+    async def tail() -> None:
+        nonlocal shown
+        async for chunk in client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+            shown += len(chunk)
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError as e:  # the stream broke (Ray raises RuntimeError for a closed socket)
+        print(f"(log stream interrupted: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+              "waiting for the job to end)", file=sys.stderr)
+    status = _status(client, job_id)
+    while status not in TERMINAL:
+        time.sleep(2.0)
+        status = _status(client, job_id)
+    rest = client.get_job_logs(job_id)[shown:]
+    if rest:  # a chunk the broken stream never delivered (empty when the stream ran to the end)
+        out.write(rest)
+        out.flush()
+    return status
+
+
+def _status(client, job_id: str) -> str:
+    return str(client.get_job_status(job_id)).split(".")[-1]
