@@ -57,7 +57,8 @@ def test_cli_run_exits_0_writes_store_and_figure(tmp_path):
                       figures=["accuracy_vs_bn_params"])
     """))
     store = tmp_path / "store"
-    env = {"RAY_AUTH_MODE": "disabled", "PATH": "/usr/bin:/bin"}
+    env = {"RAY_AUTH_MODE": "disabled", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(REPO)}  # this checkout's sweeper, whatever the venv has installed
     r = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", str(study), "--store", str(store)],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
