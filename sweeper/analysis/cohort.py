@@ -41,8 +41,34 @@ def canon(value) -> str:
     return json.dumps(value, default=str)
 
 
+def _canonical(column: pd.Series) -> pd.Series:
+    """`canon` of each value of a column, computed once per distinct value (a big study's trials
+    table has few distinct values per field)."""
+    codes, uniques = pd.factorize(column.astype(object), use_na_sentinel=False)
+    texts = np.array([canon(v) for v in uniques] + [None], dtype=object)
+    return pd.Series(texts[codes], index=column.index)
+
+
 def _shown(text: str) -> str:
     return text[1:-1] if text.startswith('"') and text.endswith('"') else text
+
+
+def _order(text: str):
+    """Numbers by value (8 before 14), then text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if numeric else (1, 0, text)
+
+
+def _choices(values: list[str], most: int = 4) -> str:
+    """A field's planned values as a reader says them: `0.1`, `8 or 14`, `8, 14, 20, 32 or 5 more`."""
+    shown = [_shown(v) for v in values]
+    if len(shown) > most:
+        return ", ".join(shown[:most]) + f" or {len(shown) - most} more"
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 @dataclass
@@ -60,12 +86,13 @@ class Plan:
     def of(cls, study, source: str = "the study file") -> "Plan":
         """The plan of a `sweeper.study.Study` (duck-typed: analysis imports no study loader)."""
         specs = study.specs()
-        values: dict[str, set[str]] = {}
-        for spec in specs:
+        raw: dict[str, set] = {}
+        for spec in specs:  # a row's values are scalars: collect the distinct ones, then canonicalise
             for f, v in spec.to_row().items():
-                values.setdefault(f, set()).add(canon(v))
+                raw.setdefault(f, set()).add(v)
+        values = {f: {canon(v) for v in vs} for f, vs in raw.items()}
         free = tuple(sorted(study.search.space)) if getattr(study, "search", None) is not None else ()
-        return cls(study.name, frozenset(s.trial_id for s in specs), {f: sorted(v) for f, v in values.items()},
+        return cls(study.name, frozenset(s.trial_id for s in specs), {f: sorted(v, key=_order) for f, v in values.items()},
                    free, source)
 
     def to_json(self) -> str:
@@ -90,23 +117,33 @@ class Plan:
         if self.free:  # a search's samples: every field but the searched ones as planned
             sampled = pd.Series(True, index=trials.index)
             for f in self.fixed(trials.columns):
-                sampled &= trials[f].map(canon).isin(self.values[f])
+                sampled &= _canonical(trials[f]).isin(self.values[f])
             inside |= sampled
         return inside
 
-    def differences(self, row: Mapping, columns: Iterable[str]) -> tuple[tuple[str, str], ...]:
-        """(field, value) pairs of a trial that the plan has no trial with."""
-        return tuple((f, canon(row[f])) for f in self.fixed(columns) if canon(row[f]) not in self.values[f])
+    def differences(self, trials: pd.DataFrame) -> pd.DataFrame:
+        """Per row, for each field where some row has a value the plan has not: that value (as
+        text), else None."""
+        out = {}
+        for f in self.fixed(trials.columns):
+            text = _canonical(trials[f])
+            unplanned = ~text.isin(self.values[f])
+            if unplanned.any():
+                out[f] = text.where(unplanned, None)
+        return pd.DataFrame(out, index=trials.index)
 
     def left_out(self, trials: pd.DataFrame) -> list[str]:
         """One line per kind of trial outside the plan, the most common first."""
         if trials.empty:
             return []
         outside = trials[~self.members(trials)]
+        diff = self.differences(outside)
         counts: dict[tuple, int] = {}
-        for _, row in outside.iterrows():
-            key = self.differences(row, trials.columns)
-            counts[key] = counts.get(key, 0) + 1
+        for values, n in (diff.value_counts(dropna=False).items() if len(diff.columns) else
+                          [((), len(outside))] if len(outside) else []):
+            values = values if isinstance(values, tuple) else (values,)
+            key = tuple((f, v) for f, v in zip(diff.columns, values) if isinstance(v, str))
+            counts[key] = counts.get(key, 0) + int(n)
         lines = []
         for key, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
             trials_word = "trial" if n == 1 else "trials"
@@ -114,9 +151,9 @@ class Plan:
                 lines.append(f"left out {n} {trials_word} not in the current plan (each of its values is in "
                              f"{self.source}, but not this combination)")
                 continue
-            had = ", ".join(f"{f}={_shown(v)}" for f, v in key)
-            now = [", ".join(_shown(v) for v in self.values[f]) for f, _ in key]
-            says = now[0] if len(key) == 1 else ", ".join(f"{f}={n_}" for (f, _), n_ in zip(key, now))
+            had = "; ".join(f"{f}={_shown(v)}" for f, v in key)
+            now = [_choices(self.values[f]) for f, _ in key]
+            says = now[0] if len(key) == 1 else "; ".join(f"{f}={n_}" for (f, _), n_ in zip(key, now))
             where = "the study file now says" if self.source == "the study file" else f"{self.source} has"
             lines.append(f"left out {n} {trials_word} with {had} ({where} {says})")
         return lines
