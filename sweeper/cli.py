@@ -131,14 +131,19 @@ def cmd_run(args) -> int:
     )
     for tid, error in list(summary.failed.items())[:10]:
         print(f"  failed {tid}: {error.splitlines()[0] if error else ''}")
+    from sweeper.analysis.cohort import Plan, record_plan
+
+    plan = Plan.of(study)
+    record_plan(store, plan)  # figures and status drawn later without the study file use it
     if not args.no_figures:
         from sweeper.analysis.draw import draw_study
 
         # An object store's figures are drawn into a local folder (named below) and copied to it.
-        drawn = draw_study(store, study.name, names=study.figures or None)
+        drawn = draw_study(store, study.name, names=study.figures or None, plan=plan)
         for key, files in drawn.written.items():
             print(f"  figure {key}: {files[0]}")
         _say_where(drawn)
+        _say_left_out(drawn, "  figures of ")
     return 0 if summary.ok else 1
 
 
@@ -146,6 +151,13 @@ def _say_where(drawn) -> None:
     """For figures of an object store: the local folder they were drawn into, and the copy's."""
     for study, url in sorted(drawn.copied.items()):
         print(f"  figures of {study} drawn locally in {drawn.folders[study]} and copied to {url}")
+
+
+def _say_left_out(drawn, prefix: str = "") -> None:
+    """The trials a study's figures did not use: those outside its current plan, one line a kind."""
+    for study, lines in sorted(drawn.left_out.items()):
+        for line in lines:
+            print(f"{prefix}{study}: {line}")
 
 
 # -- params --------------------------------------------------------------------------------------
@@ -182,13 +194,29 @@ def cmd_figures(args) -> int:
     store.check_reachable()  # an object store: one line within seconds when it cannot be read
     if not store.studies():
         raise SweeperError("no study results here", args.store)
-    drawn = draw_store(store, Path(args.out) if args.out else None, args.study or None)
+    plans = _plans(args.studies)
+    # study files name the studies to draw (their current plans only), unless --study names others
+    studies = args.study or list(plans) or None
+    drawn = draw_store(store, Path(args.out) if args.out else None, studies, plans=plans)
     for key, files in sorted(drawn.written.items()):
         print(f"drew    {key}: {', '.join(str(f) for f in files)}")
     for key, why in sorted(drawn.skipped.items()):
         print(f"skipped {key}: {why}")
     _say_where(drawn)
+    _say_left_out(drawn, "figures of ")
     return 0
+
+
+def _plans(paths: list[str]) -> dict:
+    """Study name -> the current plan of each study file given (sweeper.analysis.cohort)."""
+    from sweeper.analysis.cohort import Plan
+    from sweeper.study import load_study
+
+    plans = {}
+    for path in paths:
+        study = load_study(path)
+        plans[study.name] = Plan.of(study)
+    return plans
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -197,22 +225,26 @@ def cmd_status(args) -> int:
 
     store = Store(args.store)
     store.check_reachable()
-    planned: dict[str, set[str]] = {}
-    for path in args.studies:
-        from sweeper.study import load_study
+    from sweeper.analysis.cohort import plan_counts, recorded_plan
 
-        s = load_study(path)
-        planned[s.name] = {spec.trial_id for spec in s.specs()}
-    rows, files = [], []
+    planned = _plans(args.studies)
+    rows, files, left_out = [], [], []
     for name in sorted(set(store.studies()) | set(planned)):
         st = store.trial_status(name)
-        trials = store.read(name, "trials", columns=["ended_at"]) if st.done or st.failed else None
+        # counted over the study's current plan (its study file's, else its last run's): trials
+        # of an earlier recipe are `other`, and said what they are
+        plan = planned.get(name) or recorded_plan(store, name)
+        cols = ["ended_at", "trial_id", *(plan.values if plan else ())]
+        trials = store.read(name, "trials", columns=cols) if st.done or st.failed else None
+        counts = {"done": len(st.done), "failed": len(st.failed), "missing": None, "other": 0, "left_out": []}
+        if plan is not None:
+            counts = plan_counts(trials, st.done, st.failed, plan)
+            left_out += [f"{name}: {line}" for line in counts["left_out"]]
         damaged = sorted(p for paths in st.damaged.values() for p in paths)
         rows.append({
             "study": name,
-            "done": len(st.done),
-            "failed": len(st.failed),
-            "missing": len(planned[name] - st.done - set(st.failed)) if name in planned else None,
+            **counts,
+            "plan": None if plan is None else ("study file" if name in planned else "last run"),
             "corrupt": len(st.corrupt),
             "damaged": len(st.damaged),
             "stray": len(st.stray),
@@ -236,7 +268,10 @@ def cmd_status(args) -> int:
     if not rows:
         print("empty store")
         return 0
-    print(_table(rows, ["study", "done", "failed", "missing", "corrupt", "damaged", "stray", "duplicate", "last_run"]))
+    print(_table(rows, ["study", "done", "failed", "missing", "other", "corrupt", "damaged", "stray", "duplicate",
+                        "last_run"]))
+    for line in left_out:
+        print(line)
     why = {"corrupt": "unreadable or mistyped; its trial runs again",
            "damaged": "a done trial's table, missing or unreadable; the trial runs again",
            "stray": "holds no row of the trial it is named for (a copy?); readers ignore it",
@@ -322,6 +357,8 @@ def build_parser() -> Parser:
 
     figures = sub.add_parser("figures", help="redraw every figure a store has data for")
     figures.add_argument("store")
+    figures.add_argument("studies", nargs="*", help="study files: draw these studies from the trials of their "
+                         "current plans (default: each study's last run's plan, when one is recorded)")
     figures.add_argument("--out", default=None, help="folder (default: <store>/<study>/figures; for an "
                          "s3:// or gs:// store ./figures/<bucket>/<prefix>/<study>, copied to the store)")
     figures.add_argument("--study", action="append", help="only this study (repeatable)")
@@ -329,7 +366,8 @@ def build_parser() -> Parser:
 
     status = sub.add_parser("status", help="per study: trials done, failed, missing; the last run")
     status.add_argument("store")
-    status.add_argument("studies", nargs="*", help="study files, to count missing trials")
+    status.add_argument("studies", nargs="*", help="study files: count their current plans' trials (done, "
+                        "failed, missing) and say what else the store holds")
     status.add_argument("--json", action="store_true")
     status.set_defaults(fn=cmd_status)
 

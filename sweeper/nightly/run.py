@@ -77,12 +77,15 @@ def _run_study(study, path: str, store: Store, current: str, *, address, data_ro
 
 def _draw(study, store: Store, name: str, night: StudyNight) -> None:
     """Redraw the study's figures into the store and keep a copy of each PNG with the report."""
+    from sweeper.analysis.cohort import Plan, record_plan
     from sweeper.analysis.draw import draw_study
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = None if store.local else Path(tmp)
-            drawn = draw_study(store, study.name, out=out, names=study.figures or None)
+            plan = Plan.of(study)  # the study file's current plan: trials of an earlier recipe stay out
+            record_plan(store, plan)
+            drawn = draw_study(store, study.name, out=out, names=study.figures or None, plan=plan)
             for key, files in sorted(drawn.written.items()):
                 figure = key.split("/", 1)[1]
                 for f in files:
