@@ -44,7 +44,7 @@ def cmd_plan(args) -> int:
     from sweeper.plan import describe
     from sweeper.study import load_study
 
-    study = load_study(args.study, quick=args.quick)
+    study = load_study(args.study, scale=scale_of(args))
     specs = study.specs()
     done = set()
     if args.store:  # a folder or an s3:// / gs:// URI: a missing folder or prefix has no trials yet
@@ -101,7 +101,7 @@ def cmd_run(args) -> int:
     from sweeper.store import Store
     from sweeper.study import load_study
 
-    study = load_study(args.study, quick=args.quick)
+    study = load_study(args.study, scale=scale_of(args))
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
     # Before any work: the store takes writes, the data are there, the cluster answers. The store's
@@ -257,6 +257,30 @@ def add_wait_option(p) -> None:
                         "with --address, 0 on the local one, which never grows")
 
 
+def add_scale_option(p) -> None:
+    """`--scale`, beside each command's `--quick` (kept as it was: the same as `--scale quick`)."""
+    from sweeper.study import SCALES
+
+    p.add_argument("--scale", choices=SCALES, default=None,
+                   help="the study's size: quick (a smoke run, minutes), cpu (a laptop's hours, big enough to "
+                        "show the papers' effects), full (as declared, the default); --quick is --scale quick")
+
+
+def scale_of(args) -> str:
+    """The scale a command's --scale and --quick ask for; both, disagreeing, is bad input."""
+    scale = getattr(args, "scale", None)
+    if getattr(args, "quick", False):
+        if scale not in (None, "quick"):
+            raise SweeperError(f"--quick is --scale quick; it cannot go with --scale {scale}", "--scale")
+        return "quick"
+    return scale or "full"
+
+
+def scale_arguments(scale: str) -> list[str]:
+    """The options that ask a passed-on command for `scale` (`--quick` as before for quick)."""
+    return {"quick": ["--quick"], "full": []}.get(scale, ["--scale", scale])
+
+
 def build_parser() -> Parser:
     p = Parser(prog="sweeper", description="Sweeps of BatchNorm-only training on Ray Tune.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -265,6 +289,7 @@ def build_parser() -> Parser:
     plan = sub.add_parser("plan", help="list a study's trials without running anything")
     plan.add_argument("study")
     plan.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
+    add_scale_option(plan)
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--store", default=None, help="mark trials this store already has")
     plan.add_argument("--cpus-per-trial", type=float, default=None, help="as `run` would ask (default: the study's)")
@@ -284,6 +309,7 @@ def build_parser() -> Parser:
     run.add_argument("--address", default=None, help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
     run.add_argument("--data-root", default=None, help="dataset root (or $SWEEPER_DATA_ROOT)")
     run.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
+    add_scale_option(run)
     run.add_argument("--cpus-per-trial", type=float, default=None)
     run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions share a GPU (e.g. 0.25)")
     run.add_argument("--max-failures", type=int, default=2, help="retries of a trial lost to a node fault")

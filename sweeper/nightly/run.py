@@ -112,6 +112,7 @@ def run_nightly(
     address: str | None = None,
     data_root: str | None = None,
     quick: bool = False,
+    scale: str | None = None,
     rerun_stale: bool = False,
     tolerance: float = 0.02,
     keep_reports: int = 30,
@@ -128,7 +129,8 @@ def run_nightly(
     store = Store(store_uri)
     # Everything checked before the store sees a write (a refusal leaves no trace); then the
     # store's first file, and the lock.
-    studies = _load(study_paths, quick)
+    scale = "quick" if quick else (scale or "full")
+    studies = _load(study_paths, scale)
     check_environment(studies, store, data_root, address, files=study_paths, marker=False)
     store.write_marker()
     with NightlyLock(store, say):  # first, so that a second nightly exits at once
@@ -162,7 +164,7 @@ def run_nightly(
             "report": name, "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
             "seconds": time.perf_counter() - t0, "status": status, "exit_code": code,
             "code_version": current, "host": socket.gethostname(), "store": store.uri,
-            "tolerance": tolerance, "rerun_stale": rerun_stale, "quick": quick,
+            "tolerance": tolerance, "rerun_stale": rerun_stale, "quick": scale == "quick", "scale": scale,
             "command": " ".join(sys.argv),
         }
         blocks = build_report(meta, nights, store, name)
@@ -182,12 +184,12 @@ def run_nightly(
         return NightResult(code, report_path(store, name), nights)
 
 
-def _load(paths: list[str], quick: bool) -> list:
+def _load(paths: list[str], scale: str) -> list:
     from sweeper.study import load_study
 
     if not paths:
         raise SweeperError("name at least one study file", "nightly")
-    studies = [load_study(p, quick=quick) for p in paths]
+    studies = [load_study(p, scale=scale) for p in paths]
     seen: dict[str, str] = {}
     for path, study in zip(paths, studies):
         if study.name == REPORTS:
