@@ -86,9 +86,10 @@ def test_norm_types_cpu_sets_bn_only_against_the_random_baseline_for_every_layer
 
 
 def test_cpu_variants_cost_about_three_hours_on_two_cores_at_this_machines_bf16_rate():
-    """The sizing rule, in FLOPs (what `sweeper plan --scale cpu` divides by the measured rate): the
-    three together at most 2.5e15 FLOPs, about 3 hours of two 1-thread bf16 trials at ~115 GFLOP/s
-    each (BENCHMARKS.md's bf16 BN-only step of ResNet-14: 13.6 GFLOP in 0.120 s)."""
+    """The sizing rule, in FLOPs (what `sweeper plan --scale cpu` divides by the measured rate; the
+    rate itself moves with the machine's load): the three together 2.0-2.5e15 FLOPs, about 3 hours
+    of two 1-thread bf16 trials at BENCHMARKS.md's bf16 BN-only step rate (ResNet-14 at width 16:
+    13.6 GFLOP in 0.120 s, 113 GFLOP/s). Width-8 networks reach less of it: expect more on a laptop."""
     from sweeper.plan import trial_cost
 
     total = sum(trial_cost(s).flops for p in CPU_GRIDS for s in load_study(STUDIES / p, scale="cpu").specs())
