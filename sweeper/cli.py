@@ -84,6 +84,8 @@ def cmd_plan(args) -> int:
     if any(a in axes for a in ("model", "family", "depth", "width")) and "model" in rows[0]:
         axes = ["model"] + [a for a in axes if a not in ("model", "family")]
     shown = ["trial_id"] + [a for a in axes if a in rows[0]]
+    if "trainable" in shown and "random_k" not in shown and len({r.get("random_k") for r in rows}) > 1:
+        shown.insert(shown.index("trainable") + 1, "random_k")  # an axis value random(k=N) sets it
     shown += ["done"]
     print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
     print(_table(rows, shown))

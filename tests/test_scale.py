@@ -162,3 +162,12 @@ def test_scale_is_passed_on_by_schedule_submit_and_slurm(tiny, tmp_path):
     # and the nightly a schedule line runs takes it
     nightly = parser.parse_args(["nightly", str(tiny), "--store", store, "--scale", "cpu"])
     assert cli.scale_of(nightly) == "cpu"
+
+
+def test_plan_shows_k_when_the_trainable_axis_sets_it(tmp_path, capsys):
+    path = tmp_path / "k.py"
+    path.write_text(TINY.replace('["bn", "output"]', '["bn", "random", "random(k=3)"]'))
+    assert cli.main(["plan", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["trial_id", "trainable", "random_k", "done"]
+    assert [line.split()[1:3] for line in lines[2:5]] == [["bn", "2"], ["random", "2"], ["random", "3"]]
