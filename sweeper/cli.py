@@ -45,7 +45,7 @@ def cmd_plan(args) -> int:
     from sweeper.plan import describe
     from sweeper.study import load_study
 
-    study = load_study(args.study, quick=args.quick, overrides=args.overrides, name=args.name)
+    study = load_study(args.study, scale=scale_of(args), overrides=args.overrides, name=args.name)
     changed = overrides.describe(args.overrides, args.name)
     specs = study.specs()
     done = set()
@@ -86,6 +86,8 @@ def cmd_plan(args) -> int:
     if any(a in axes for a in ("model", "family", "depth", "width")) and "model" in rows[0]:
         axes = ["model"] + [a for a in axes if a not in ("model", "family")]
     shown = ["trial_id"] + [a for a in axes if a in rows[0]]
+    if "trainable" in shown and "random_k" not in shown and len({r.get("random_k") for r in rows}) > 1:
+        shown.insert(shown.index("trainable") + 1, "random_k")  # an axis value random(k=N) sets it
     shown += ["done"]
     print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
     if changed:
@@ -105,7 +107,7 @@ def cmd_run(args) -> int:
     from sweeper.store import Store
     from sweeper.study import load_study
 
-    study = load_study(args.study, quick=args.quick, overrides=args.overrides, name=args.name)
+    study = load_study(args.study, scale=scale_of(args), overrides=args.overrides, name=args.name)
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
     # Before any work: the store takes writes, the data are there, the cluster answers. The store's
@@ -311,6 +313,30 @@ def add_overrides(p) -> None:
     add_options(p)
 
 
+def add_scale_option(p) -> None:
+    """`--scale`, beside each command's `--quick` (kept as it was: the same as `--scale quick`)."""
+    from sweeper.study import SCALES
+
+    p.add_argument("--scale", choices=SCALES, default=None,
+                   help="the study's size: quick (a smoke run, minutes), cpu (a laptop's hours, big enough to "
+                        "show the papers' effects), full (as declared, the default); --quick is --scale quick")
+
+
+def scale_of(args) -> str:
+    """The scale a command's --scale and --quick ask for; both, disagreeing, is bad input."""
+    scale = getattr(args, "scale", None)
+    if getattr(args, "quick", False):
+        if scale not in (None, "quick"):
+            raise SweeperError(f"--quick is --scale quick; it cannot go with --scale {scale}", "--scale")
+        return "quick"
+    return scale or "full"
+
+
+def scale_arguments(scale: str) -> list[str]:
+    """The options that ask a passed-on command for `scale` (`--quick` as before for quick)."""
+    return {"quick": ["--quick"], "full": []}.get(scale, ["--scale", scale])
+
+
 def build_parser() -> Parser:
     p = Parser(prog="sweeper", description="Sweeps of BatchNorm-only training on Ray Tune.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -319,6 +345,7 @@ def build_parser() -> Parser:
     plan = sub.add_parser("plan", help="list a study's trials without running anything")
     plan.add_argument("study")
     plan.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
+    add_scale_option(plan)
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--store", default=None, help="mark trials this store already has")
     plan.add_argument("--cpus-per-trial", type=float, default=None, help="as `run` would ask (default: the study's)")
@@ -339,6 +366,7 @@ def build_parser() -> Parser:
     run.add_argument("--address", default=None, help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
     run.add_argument("--data-root", default=None, help="dataset root (or $SWEEPER_DATA_ROOT)")
     run.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
+    add_scale_option(run)
     run.add_argument("--cpus-per-trial", type=float, default=None)
     run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions share a GPU (e.g. 0.25)")
     run.add_argument("--max-failures", type=int, default=2, help="retries of a trial lost to a node fault")

@@ -1,5 +1,5 @@
 """Command-line overrides of a study file: `--set recipe.lr=0.05`, `--set axes.seed=0,1,2`,
-`--set quick.recipe.epochs=1`, and `--name NAME` for the variant's own folder in the store.
+`--set quick.recipe.epochs=1` (or `cpu.`), and `--name NAME` for the variant's own folder in the store.
 
 One value changed should not mean a copied study file. An override edits the Study before its
 trials are expanded, so the result is validated exactly as the file is (the spec's types, ranges and
@@ -14,10 +14,11 @@ Grammar (Hydra's habits, without its config groups):
                                 `normal(mean=0, std=0.05)`, do not split); `[...]` is a literal
                                 list, needed for list-valued fields ([[0.5,0.75],[0.25]]) and
                                 joint axes ([{"depth": 8, "width": 8}])
-    quick.recipe.KEY=VALUE, quick.axes.KEY=...   what --quick changes
+    quick.recipe.KEY=VALUE, quick.axes.KEY=...   what --quick (--scale quick) changes
+    cpu.recipe.KEY=VALUE, cpu.axes.KEY=...       what --scale cpu changes
 Setting recipe.KEY on an axis fixes that axis to the one value; setting axes.KEY on a recipe
-value sweeps it. With --quick, recipe.* and axes.* apply to the quick variant, after what the
-file's `quick` sets: the command line has the last word.
+value sweeps it. With --quick or --scale cpu, recipe.* and axes.* apply to that variant, after
+what the file's `quick`/`cpu` sets: the command line has the last word.
 """
 from __future__ import annotations
 
@@ -32,21 +33,23 @@ from sweeper.checks import check_study_name
 from sweeper.errors import SweeperError
 
 SECTIONS = ("recipe", "axes")
-_FORMS = "recipe.KEY=VALUE, axes.KEY=V1,V2,..., quick.recipe.KEY=VALUE or quick.axes.KEY=V1,V2,..."
+#: The study variants an override may edit before the variant is taken (sweeper.study.SCALES but `full`).
+VARIANTS = ("quick", "cpu")
+_FORMS = "recipe.KEY=VALUE, axes.KEY=V1,V2,..., quick.recipe.KEY=VALUE, cpu.axes.KEY=V1,V2,..."
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NONE = ("none", "null")
 
 
 @dataclasses.dataclass(frozen=True)
 class Override:
-    quick: bool  # edits the study's `quick` variant
+    variant: str | None  # edits the study's `quick` or `cpu` variant (None: the study as taken)
     section: str  # "recipe" or "axes"
     key: str
     text: str  # the value as typed
 
     @property
     def target(self) -> str:
-        return f"{'quick.' if self.quick else ''}{self.section}.{self.key}"
+        return f"{self.variant + '.' if self.variant else ''}{self.section}.{self.key}"
 
     @property
     def where(self) -> str:
@@ -61,10 +64,10 @@ def add_options(p) -> None:
     """`--set` and `--name`, shared by run, plan, submit, nightly, schedule and slurm."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change the study without editing it (repeatable): recipe.KEY=VALUE, "
-                        "axes.KEY=V1,V2,..., quick.recipe.KEY=VALUE, quick.axes.KEY=V1,V2,...")
+                        "axes.KEY=V1,V2,..., quick.recipe.KEY=VALUE, cpu.axes.KEY=V1,V2,...")
     p.add_argument("--name", default=None, metavar="NAME",
                    help="store the (overridden) study under this name, its own folder in the store "
-                        "(NAME-quick with --quick)")
+                        "(NAME-quick with --quick, NAME-cpu with --scale cpu)")
 
 
 def arguments(args) -> list[str]:
@@ -85,12 +88,12 @@ def parse(items: list[str] | None) -> list[Override]:
     for item in items or []:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
-        quick = parts[0] == "quick"
-        if quick:
+        variant = parts[0] if parts[0] in VARIANTS else None
+        if variant:
             parts = parts[1:]
         if not sep or len(parts) != 2 or parts[0] not in SECTIONS or not parts[1].isidentifier():
             raise SweeperError(f"cannot read {item!r}; expected {_FORMS}", "--set")
-        override = Override(quick, parts[0], parts[1], text.strip())
+        override = Override(variant, parts[0], parts[1], text.strip())
         if override.target in seen:
             raise SweeperError("is given twice; set each key once", override.where)
         if override.section == "axes" and not override.text:
@@ -107,9 +110,9 @@ def describe(items: list[str] | None, name: str | None = None) -> str | None:
 
 
 # -- applying -----------------------------------------------------------------------------------
-def apply(study, items: list[str] | None = None, quick: bool = False, name: str | None = None):
-    """The study as the command line asks: renamed, its quick variant changed, taken (with
-    `quick`), then its recipe and axes changed. Raises SweeperError naming the `--set` at fault."""
+def apply(study, items: list[str] | None = None, scale: str = "full", name: str | None = None):
+    """The study as the command line asks: renamed, its variants changed, the one for `scale`
+    taken, then its recipe and axes changed. Raises SweeperError naming the `--set` at fault."""
     overrides = parse(items)
     if name is not None:
         check_study_name(name, "--name")
@@ -117,13 +120,15 @@ def apply(study, items: list[str] | None = None, quick: bool = False, name: str 
 
         if name == REPORTS:
             raise SweeperError(f"the study name {REPORTS!r} is reserved for the nightly reports", "--name")
-        renamed = dict(study.quick or {}, name=f"{name}-quick") if study.quick is not None else None
-        study = dataclasses.replace(study, name=name, quick=renamed)
+        renamed = {v: dict(getattr(study, v), name=f"{name}-{v}") for v in VARIANTS if getattr(study, v) is not None}
+        study = dataclasses.replace(study, name=name, **renamed)
     spec_type = study.spec_type if overrides else None
-    later = [o for o in overrides if not o.quick]
-    early = [o for o in overrides if o.quick]
-    if early:
-        variant = dict(study.quick or {})
+    later = [o for o in overrides if not o.variant]
+    for v in VARIANTS:
+        early = [o for o in overrides if o.variant == v]
+        if not early:
+            continue
+        variant = dict(getattr(study, v) or {})
         for o in early:
             part = variant.get(o.section)
             if o.section == "axes" and isinstance(part, list):  # several grids: each gets it
@@ -133,9 +138,8 @@ def apply(study, items: list[str] | None = None, quick: bool = False, name: str 
                 part[o.key] = _axis(o, spec_type, part.get(o.key)) if o.section == "axes" \
                     else _value(o, spec_type)
                 variant[o.section] = part
-        study = dataclasses.replace(study, quick=variant)
-    if quick:
-        study = study.quick_variant()
+        study = dataclasses.replace(study, **{v: variant})
+    study = study.variant(scale)
     for o in later:
         study = _set_axis(study, o, spec_type) if o.section == "axes" else _set_recipe(study, o, spec_type)
     return study

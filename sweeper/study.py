@@ -16,6 +16,9 @@ Axes form a grid (their cartesian product, in the order given); the seed is an a
 other. An axis whose values are dicts is a joint axis: each dict sets several fields together.
 `axes` may also be a list of such dicts: several grids, whose trials are their union.
 `quick` overrides axes and recipe for a CPU-sized smoke run (`--quick`), stored as `<name>-quick`.
+`cpu` overrides them the same way for a laptop-scale run big enough to show the papers' effects
+(`--scale cpu`, hours on a laptop's cores), stored as `<name>-cpu`. `--scale full` (the default)
+is the study as declared.
 """
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ from typing import Any
 
 from sweeper.checks import CPUS, GPUS, SEED, at_least, check_study_name, check_text
 from sweeper.errors import SweeperError
+
+#: The sizes a study runs at (`--scale`): `quick`, a minutes-long smoke run; `cpu`, a laptop's
+#: hours, big enough to show the papers' effects; `full`, the papers' own scale (a cluster's).
+SCALES = ("quick", "cpu", "full")
 
 
 @dataclasses.dataclass
@@ -103,31 +110,43 @@ class Study:
     measure: list[str] | None = None
     figures: list[str] = dataclasses.field(default_factory=list)
     quick: dict[str, Any] | None = None
+    cpu: dict[str, Any] | None = None
     resources: dict[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     search: Search | None = None
     description: str = ""
 
     # -- variants ------------------------------------------------------------------------------
     def quick_variant(self) -> "Study":
-        if self.quick is None:
-            raise SweeperError("this study declares no quick variant", "quick")
-        unknown = set(self.quick) - {"axes", "recipe", "resources", "name", "figures", "dataset", "measure"}
+        return self.variant("quick")
+
+    def variant(self, scale: str) -> "Study":
+        """The study at `scale` (SCALES): `full` as declared; `quick` and `cpu` with that field's
+        overrides, under the name `<name>-<scale>` (their own folder of the store)."""
+        if scale not in SCALES:
+            raise SweeperError(f"unknown scale {scale!r}; valid choices: {', '.join(SCALES)}", "scale")
+        if scale == "full":
+            return self
+        overrides = getattr(self, scale)
+        if overrides is None:
+            raise SweeperError(f"this study declares no {scale} variant", scale)
+        unknown = set(overrides) - {"axes", "recipe", "resources", "name", "figures", "dataset", "measure"}
         if unknown:
             raise SweeperError(
                 f"unknown keys {sorted(unknown)}; valid keys: axes, dataset, figures, measure, name, recipe, resources",
-                "quick",
+                scale,
             )
         return dataclasses.replace(
             self,
-            name=self.quick.get("name", f"{self.name}-quick"),
-            dataset=self.quick.get("dataset", self.dataset),
-            axes=self.quick["axes"] if isinstance(self.quick.get("axes"), list) or isinstance(self.axes, list)
-            else {**self.axes, **self.quick.get("axes", {})},
-            recipe={**self.recipe, **self.quick.get("recipe", {})},
-            measure=self.quick.get("measure", self.measure),
-            figures=self.quick.get("figures", self.figures),
-            resources={**self.resources, **self.quick.get("resources", {})},
+            name=overrides.get("name", f"{self.name}-{scale}"),
+            dataset=overrides.get("dataset", self.dataset),
+            axes=overrides["axes"] if isinstance(overrides.get("axes"), list) or isinstance(self.axes, list)
+            else {**self.axes, **overrides.get("axes", {})},
+            recipe={**self.recipe, **overrides.get("recipe", {})},
+            measure=overrides.get("measure", self.measure),
+            figures=overrides.get("figures", self.figures),
+            resources={**self.resources, **overrides.get("resources", {})},
             quick=None,
+            cpu=None,
         )
 
     # -- expansion -----------------------------------------------------------------------------
@@ -290,11 +309,15 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def load_study(path: str | Path, quick: bool = False, overrides: list[str] | None = None,
-               name: str | None = None) -> Study:
-    """Import a study file and return its Study, reporting every failure as one SweeperError: a
-    file that does not parse, raises, exits (sys.exit), runs longer than IMPORT_SECONDS, or does not
-    assign a Study to the name `study`. What it prints goes to stderr. `overrides` (`--set` texts)
-    and `name` (`--name`) change it as `sweeper.overrides.apply` says, validated as the file is."""
+               name: str | None = None, scale: str | None = None) -> Study:
+    """Import a study file and return its Study at `scale` (SCALES; `quick=True` is scale
+    "quick"), reporting every failure as one SweeperError: a file that does not parse, raises,
+    exits (sys.exit), runs longer than IMPORT_SECONDS, or does not assign a Study to the name
+    `study`. What it prints goes to stderr. `overrides` (`--set` texts) and `name` (`--name`)
+    change it as `sweeper.overrides.apply` says, validated as the file is."""
+    scale = "quick" if quick else (scale or "full")
+    if scale not in SCALES:
+        raise SweeperError(f"unknown scale {scale!r}; valid choices: {', '.join(SCALES)}", "--scale")
     check_text(path, "study file", "has")
     path = Path(path)
     if not path.is_file():
@@ -341,7 +364,7 @@ def load_study(path: str | Path, quick: bool = False, overrides: list[str] | Non
     from sweeper import overrides as command_line
 
     try:
-        study = command_line.apply(study, overrides, quick, name)
+        study = command_line.apply(study, overrides, scale, name)
         try:
             study.specs()  # validate every trial before anything runs
         except SweeperError as e:

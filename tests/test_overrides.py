@@ -25,11 +25,12 @@ ONE_TRIAL = ["--set", "axes.trainable=bn", "--set", "recipe.epochs=1"]
 def study() -> Study:
     return Study(name="tiny", dataset="digits", axes={"trainable": ["bn", "output"], "seed": [0]},
                  recipe={"model": "resnet-8-4", "epochs": 1, "augment": "none", "lr": 0.1},
-                 quick={"recipe": {"epochs": 1}, "axes": {"trainable": ["bn"]}})
+                 quick={"recipe": {"epochs": 1}, "axes": {"trainable": ["bn"]}},
+                 cpu={"recipe": {"epochs": 2}, "axes": {"trainable": ["output"]}})
 
 
-def applied(*sets: str, quick: bool = False, name: str | None = None) -> Study:
-    s = overrides.apply(study(), list(sets), quick, name)
+def applied(*sets: str, quick: bool = False, name: str | None = None, scale: str = "full") -> Study:
+    s = overrides.apply(study(), list(sets), "quick" if quick else scale, name)
     try:
         s.specs()
     except SweeperError as e:
@@ -62,7 +63,7 @@ def test_recipe_values_take_the_fields_type(text, field, expected):
 
 
 def test_bools_and_optionals_are_read_from_text():
-    o = overrides.Override(False, "recipe", "flag", "")
+    o = overrides.Override(None, "recipe", "flag", "")
     assert [overrides._typed(t, bool, o) for t in ("true", "False", "yes", "off", "1", "0")] == \
         [True, False, True, False, True, False]
     with pytest.raises(SweeperError, match="expected true or false, got 'maybe'"):
@@ -99,6 +100,15 @@ def test_quick_overrides_and_the_command_line_has_the_last_word():
     assert [s.epochs for s in applied("recipe.epochs=3", quick=True).specs()] == [3]
     assert applied(name="tiny-lr").name == "tiny-lr"
     assert applied(name="tiny-lr", quick=True).name == "tiny-lr-quick"
+
+
+def test_cpu_overrides_edit_the_laptop_variant_before_it_is_taken():
+    # `cpu.` edits what --scale cpu runs, as `quick.` does for --quick; the others ignore it
+    assert [s.epochs for s in applied("cpu.recipe.epochs=5", scale="cpu").specs()] == [5]
+    assert [s.trainable for s in applied("cpu.axes.trainable=bn", scale="cpu").specs()] == ["bn"]
+    assert [s.epochs for s in applied("cpu.recipe.epochs=5", quick=True).specs()] == [1]
+    assert [s.epochs for s in applied("recipe.epochs=3", scale="cpu").specs()] == [3]  # the command line wins
+    assert applied(name="tiny-lr", scale="cpu").name == "tiny-lr-cpu"
 
 
 # -- bad input: one line naming the --set, exit 2 ------------------------------------------------

@@ -116,6 +116,7 @@ def run_nightly(
     address: str | None = None,
     data_root: str | None = None,
     quick: bool = False,
+    scale: str | None = None,
     rerun_stale: bool = False,
     tolerance: float = 0.02,
     keep_reports: int = 30,
@@ -135,7 +136,8 @@ def run_nightly(
     store = Store(store_uri)
     # Everything checked before the store sees a write (a refusal leaves no trace); then the
     # store's first file, and the lock.
-    studies = load_studies(study_paths, quick, overrides, name)
+    scale = "quick" if quick else (scale or "full")
+    studies = load_studies(study_paths, scale, overrides, name)
     check_environment(studies, store, data_root, address, files=study_paths, marker=False)
     store.write_marker()
     with NightlyLock(store, say):  # first, so that a second nightly exits at once
@@ -170,7 +172,7 @@ def run_nightly(
             "report": name, "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
             "seconds": time.perf_counter() - t0, "status": status, "exit_code": code,
             "code_version": current, "host": socket.gethostname(), "store": store.uri,
-            "tolerance": tolerance, "rerun_stale": rerun_stale, "quick": quick,
+            "tolerance": tolerance, "rerun_stale": rerun_stale, "quick": scale == "quick", "scale": scale,
             "command": " ".join(sys.argv),
         }
         blocks = build_report(meta, nights, store, name)
@@ -190,14 +192,14 @@ def run_nightly(
         return NightResult(code, report_path(store, name), nights)
 
 
-def load_studies(paths: list[str], quick: bool, overrides: list[str] | None = None, name: str | None = None) -> list:
+def load_studies(paths: list[str], scale: str, overrides: list[str] | None = None, name: str | None = None) -> list:
     from sweeper.study import load_study
 
     if not paths:
         raise SweeperError("name at least one study file", "nightly")
     if name is not None and len(paths) > 1:
         raise SweeperError(f"renames one study, and {len(paths)} study files are given", "--name")
-    studies = [load_study(p, quick=quick, overrides=overrides, name=name) for p in paths]
+    studies = [load_study(p, scale=scale, overrides=overrides, name=name) for p in paths]
     seen: dict[str, str] = {}
     for path, study in zip(paths, studies):
         if study.name == REPORTS:

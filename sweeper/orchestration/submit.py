@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--store", required=True, help="a store every node reaches: s3://..., gs://... or a shared path")
     p.add_argument("--data-root", default=None, help="dataset root as the cluster sees it")
     p.add_argument("--quick", action="store_true")
+    from sweeper.cli import add_scale_option
+
+    add_scale_option(p)
     p.add_argument("--cpus-per-trial", type=float, default=None)
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
@@ -41,8 +44,9 @@ def entrypoint(args, study_name: str) -> str:
     parts = ["python", "-m", "sweeper.cli", "run", study_name, "--address", "auto", "--store", args.store]
     if args.data_root:
         parts += ["--data-root", args.data_root]
-    if args.quick:
-        parts.append("--quick")
+    from sweeper.cli import scale_arguments, scale_of
+
+    parts += scale_arguments(scale_of(args))
     for flag in ("cpus_per_trial", "gpus_per_trial", "wait_for_resources"):
         value = getattr(args, flag)
         if value is not None:
@@ -53,11 +57,12 @@ def entrypoint(args, study_name: str) -> str:
 
 
 def cmd_submit(args) -> int:
+    from sweeper.cli import scale_of
     from sweeper.study import load_study
 
     study_path = Path(args.study).resolve()
     # refuse a bad study (or override) here, not on the cluster
-    load_study(study_path, quick=args.quick, overrides=args.overrides, name=args.name)
+    load_study(study_path, scale=scale_of(args), overrides=args.overrides, name=args.name)
     if "://" not in args.store and not Path(args.store).is_absolute():
         raise SweeperError("must be an absolute path or a URI that every node of the cluster reaches", "--store")
     try:
