@@ -84,6 +84,8 @@ study = Study(
         "accuracy_vs_bn_params",
         "gamma_distribution",
         "gamma_sparsity",
+        "gamma_by_layer",  # per-layer mean |γ|, input to output
+        "beta_distribution",
         "table1_params",
     ],
     resources={"cpu": 4, "gpu": 1},  # one g5.xlarge worker per trial (docs/cluster.md)
@@ -112,7 +114,7 @@ study = Study(
         "recipe": CPU_RECIPE,
         # Fig. 1 (all vs all-but-bn) needs subsets this variant leaves out
         "figures": ["accuracy_vs_depth_width", "accuracy_vs_bn_params", "gamma_distribution", "gamma_sparsity",
-                    "table1_params"],
+                    "gamma_by_layer", "beta_distribution", "table1_params"],
         "resources": {"cpu": 1, "gpu": 0},
     },
 )

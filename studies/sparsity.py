@@ -52,6 +52,8 @@ study = Study(
         "gamma_sparsity",
         "clamp_accuracy",
         "dead_relu",
+        "gamma_by_layer",
+        "beta_distribution",
         "accuracy_vs_depth_width",
         "accuracy_vs_bn_params",
         "table1_params",
