@@ -82,6 +82,9 @@ def test_the_duckdb_example_runs_as_written(store, tmp_path):
     assert len(pd.read_parquet(tmp_path / "store" / "quickstart" / "trials")) == 6  # a plain read doubles it
 
     got = duckdb.sql(sql.replace("store/quickstart", str(tmp_path / "store" / "quickstart"))).df()
+    # the README shows the same query (as a Python string): what runs here is what it says
+    readme = re.search(r'duckdb\.sql\("""\n(.*?)"""\)', (REPO / "README.md").read_text(), re.S).group(1)
+    assert " ".join(readme.split()) == " ".join(sql.split()).rstrip(";").strip()
     done = pd.DataFrame(rows)
     expected = done.groupby("depth")["test_acc"].agg(["mean", "count"]).reset_index()
     assert got["depth"].tolist() == [8, 14] and got["trials"].tolist() == expected["count"].tolist() == [2, 2]
