@@ -4,11 +4,14 @@ file in table `search` names the chosen one."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
+from sweeper.orchestration.checkpoints import checkpoint_config, keep_newest_checkpoint
 from sweeper.orchestration.connect import connect
 from sweeper.orchestration.progress import RunSummary, progress_callback
 from sweeper.orchestration.resources import await_then_mark, trial_resources
+from sweeper.orchestration.trackers import tracker_callbacks
 from sweeper.orchestration.trainable import trial_config, tune_trial
 from sweeper.store import Store
 from sweeper.study import Study
@@ -16,7 +19,7 @@ from sweeper.study import Study
 
 def run_search(study: Study, store: Store, base, *, address=None, data_root=None, cpus_per_trial=None,
                gpus_per_trial=None, max_failures=2, checkpoint_seconds=30.0, say=print,
-               wait_for_resources=None) -> RunSummary:
+               wait_for_resources=None, trackers=None, view=None) -> RunSummary:
     """An Optuna search (Ray Tune's OptunaSearch, optionally with ASHA) over `study.search.space`
     around the study's one base trial. Sampled trials are ordinary trials in the store; a one-row
     file in table `search` names the chosen one."""
@@ -60,12 +63,14 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
                 name=f"search-{search_id}-{int(time.time())}",
                 **store.tune_storage(study.name),
                 verbose=0,
-                callbacks=[progress_callback(search.num_samples, 0, say, search.metric, search.mode)],
+                callbacks=[progress_callback(search.num_samples, 0, say, search.metric, search.mode, view),
+                           keep_newest_checkpoint(), *tracker_callbacks(trackers or [], store, study.name, say)],
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=checkpoint_config(),
             ),
         )
-        results = tuner.fit()
+        with view or nullcontext():
+            results = tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
