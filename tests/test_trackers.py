@@ -22,6 +22,7 @@ QUICKSTART = REPO / "studies" / "quickstart.py"
 
 def sweeper(*args, cwd, env=None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", **(env or {})}
+    environment = {k: v for k, v in environment.items() if v is not None}  # None: unset
     return subprocess.run([sys.executable, "-m", "sweeper.cli", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=900)
 
@@ -108,7 +109,7 @@ def wandb_run(path: Path) -> dict:
 
 # -- the sweep -----------------------------------------------------------------------------------
 def test_quickstart_with_all_three_trackers(tmp_path):
-    env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc")}  # not logged in
+    env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc")}  # not logged in
     store = tmp_path / "store"
     run = sweeper("run", str(QUICKSTART), "--quick", "--store", str(store), "--no-figures", "--progress", "lines",
                   "--log", "tensorboard", "--log", "mlflow", "--log", "wandb", cwd=tmp_path, env=env)

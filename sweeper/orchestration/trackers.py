@@ -145,8 +145,11 @@ def _wandb(tracker: Tracker, store, study: str):
             import ray
             from ray.air.util.node import _force_on_current_node
 
-            key = {"WANDB_API_KEY": os.environ["WANDB_API_KEY"]} if os.environ.get("WANDB_API_KEY") else {}
-            self._remote_logger_class = ray.remote(num_cpus=0, max_restarts=0, runtime_env={"env_vars": key},
+            # the mode chosen here, whatever the worker inherited (wandb refuses an unknown WANDB_MODE)
+            env = {"WANDB_MODE": self.kwargs["mode"]}
+            if os.environ.get("WANDB_API_KEY"):
+                env["WANDB_API_KEY"] = os.environ["WANDB_API_KEY"]
+            self._remote_logger_class = ray.remote(num_cpus=0, max_restarts=0, runtime_env={"env_vars": env},
                                                    **_force_on_current_node())(self._logger_actor_cls)
 
         # Tune's callback puts each result on the trial's queue actor and waits for the put: the
