@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 
 from sweeper.store import Store
@@ -197,13 +198,49 @@ def test_tracker_values():
     check_installed([Tracker("tensorboard"), Tracker("mlflow"), Tracker("wandb")])  # the test extra has them
 
 
-def test_an_object_store_keeps_its_trackers_local(tmp_path, monkeypatch):
-    """An s3:// store cannot hold a live SQLite file or an appended event file: the trackers'
-    default folders are local, under ./trackers/<bucket>/<prefix>/<study>."""
-    from sweeper.trackers import mlflow_uri, tensorboard_dir, tracker_root
+def test_an_object_store_keeps_its_trackers_local(s3_store, tmp_path):
+    """An s3:// store cannot hold a live SQLite file or an appended event file: with one, the
+    trackers write under ./trackers/<bucket>/<prefix>/<study>/ (the run says so), nothing of
+    theirs goes to the bucket, and the results do."""
+    (tmp_path / "tiny.py").write_text(
+        "from sweeper import Study\n"
+        "study = Study(name='tiny', dataset='digits', measure=[], recipe={'model': 'resnet-8-4', 'epochs': 2,"
+        " 'augment': 'none', 'batch_size': 256, 'train_size': 256, 'test_size': 128})\n")
+    run = sweeper("run", "tiny.py", "--store", s3_store, "--no-figures", "--log", "tensorboard", "--log", "mlflow",
+                  cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    import sweeper as api
 
-    monkeypatch.chdir(tmp_path)
-    store = Store("s3://bucket/sweeps?endpoint_override=127.0.0.1:9&scheme=http")
-    assert tracker_root(store, "q") == tmp_path / "trackers" / "bucket" / "sweeps" / "q"
-    assert tensorboard_dir(Tracker("tensorboard"), store, "q") == tmp_path / "trackers/bucket/sweeps/q/tensorboard"
-    assert mlflow_uri(Tracker("mlflow"), store, "q") == f"sqlite:///{tmp_path}/trackers/bucket/sweeps/q/mlruns/mlflow.db"
+    (row,) = api.load(s3_store, "tiny").to_dict("records")
+    bucket = s3_store.split("/")[2]
+    local = tmp_path / "trackers" / bucket / "sweeps" / "tiny"
+    assert str(local / "tensorboard") in run.stdout and str(local / "mlruns") in run.stdout
+    acc = dict(tensorboard_scalars(local / "tensorboard" / row["trial_id"])["ray/tune/test_acc"])
+    assert acc[2] == pytest.approx(row["test_acc"], abs=1e-6)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{local / 'mlruns' / 'mlflow.db'}")
+    (r,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert r.info.run_name == row["trial_id"] and r.data.metrics["test_acc"] == pytest.approx(row["test_acc"])
+    store = Store(s3_store)
+    assert not {"tensorboard", "mlruns", "wandb"} & {i.base_name for i in store.fs.get_file_info(
+        pafs.FileSelector(store.path("tiny")))}
+
+
+def test_submit_and_nightly_take_log():
+    """`submit` hands --log on to the job's `sweeper run`; `nightly` takes it (not `schedule`,
+    whose --log is its log file)."""
+    from argparse import Namespace
+
+    from sweeper.cli import build_parser
+    from sweeper.orchestration.submit import entrypoint
+
+    args = build_parser().parse_args(["submit", "s.py", "--address", "http://h:8265", "--store", "s3://b/p",
+                                      "--log", "mlflow=http://m:5000", "--log", "wandb"])
+    assert args.log == [Tracker("mlflow", "http://m:5000"), Tracker("wandb")]
+    assert "--log mlflow=http://m:5000 --log wandb" in entrypoint(args, "s.py")
+    assert "--log" not in entrypoint(Namespace(**{**vars(args), "log": []}), "s.py")
+    nightly = build_parser().parse_args(["nightly", "s.py", "--store", "st", "--log", "tensorboard=tb"])
+    assert nightly.log == [Tracker("tensorboard", "tb")]
+    schedule = build_parser().parse_args(["schedule", "s.py", "--store", "st", "--log", "night.log"])
+    assert schedule.log == "night.log"
