@@ -16,6 +16,7 @@ these folders are local, `./trackers/<bucket>/<prefix>/<study>/...`, as figures 
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ TRACKERS: dict[str, tuple[str, str]] = {
     "mlflow": ("mlflow", "mlflow"),
     "wandb": ("wandb", "wandb"),
 }
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb accepts
 # The folders they write inside a study of a local store are not tables: sweeper.store.NOT_TABLES.
 
 
@@ -61,6 +63,10 @@ def check_installed(trackers: list[Tracker]) -> None:
         if importlib.util.find_spec(module) is None:
             raise SweeperError(f"{t.kind} needs the {module} package: pip install 'sweeper[{extra}]'",
                                f"--log {t.kind}")
+        mode = os.environ.get("WANDB_MODE")
+        if t.kind == "wandb" and mode and mode not in WANDB_MODES:
+            raise SweeperError(f"WANDB_MODE={mode!r} is no W&B mode; choose from {', '.join(WANDB_MODES)}",
+                               "--log wandb")
 
 
 def tracker_root(store, study: str) -> Path:
@@ -103,8 +109,6 @@ def wandb_dir(store, study: str) -> Path:
 def wandb_mode() -> str | None:
     """W&B's mode for this sweep: the user's WANDB_MODE if set; else online when they are logged in
     (an API key in the environment or in ~/.netrc from `wandb login`), else offline."""
-    import os
-
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):

@@ -189,6 +189,13 @@ def test_a_missing_tracker_library_names_its_extra(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_bad_wandb_mode_is_one_line(tmp_path):
+    run = sweeper("run", str(QUICKSTART), "--quick", "--store", str(tmp_path / "s"), "--log", "wandb", cwd=tmp_path,
+                  env={"WANDB_MODE": "bogus"})
+    assert run.returncode == 2 and "WANDB_MODE='bogus'" in run.stderr and "offline" in run.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_tracker_values():
     assert parse_tracker("tensorboard") == Tracker("tensorboard")
     assert parse_tracker("mlflow=http://127.0.0.1:5000") == Tracker("mlflow", "http://127.0.0.1:5000")

@@ -9,6 +9,7 @@ They run in the driver, so their files are on the driver's machine (see sweeper.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from sweeper.trackers import (Tracker, mlflow_artifacts, mlflow_uri, tensorboard_dir, wandb_dir,
@@ -204,6 +205,19 @@ def _wandb(tracker: Tracker, store, study: str):
                     return
                 self._last[trial] = self._trial_queues[trial].actor.put.remote(held.pop(0), None)
             self._held.pop(trial, None)
+
+        def _cleanup_logging_actor(self, trial):
+            # Tune drops a logging actor whose run has ended without looking at how: a W&B run that
+            # failed (a bad WANDB_MODE, an entity without access) would leave no trace but a gap.
+            import ray
+
+            try:
+                ray.get(self._trial_logging_futures[trial], timeout=0)
+            except Exception as e:  # noqa: BLE001 - whatever wandb raised, said in one line
+                text = " ".join(str(e).split())
+                print(f"sweeper: warning: wandb: the run of trial {_name(trial)} failed: {text[-300:]}",
+                      file=sys.stderr, flush=True)
+            super()._cleanup_logging_actor(trial)
 
         def log_trial_start(self, trial):
             exclude = self._exclude_results + self.excludes + ([] if self.log_config else ["config"])
