@@ -106,7 +106,9 @@ def cmd_run(args) -> int:
     from sweeper.preflight import check_environment
     from sweeper.store import Store
     from sweeper.study import load_study
+    from sweeper.trackers import check_installed
 
+    check_installed(args.log)  # a tracker's missing library: one line naming its extra, before any work
     study = load_study(args.study, scale=scale_of(args), overrides=args.overrides, name=args.name)
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
@@ -114,8 +116,10 @@ def cmd_run(args) -> int:
     # first file waits until the sweep starts (a sweep that waits for nodes in vain leaves none).
     check_environment([study], store, data_root, args.address, marker=False)
 
+    from sweeper.orchestration.live import LiveView, choose
     from sweeper.orchestration.sweep import run_study
 
+    view = LiveView(study.name) if choose(args.progress) == "live" else None
     summary = run_study(
         study,
         store,
@@ -126,6 +130,9 @@ def cmd_run(args) -> int:
         max_failures=args.max_failures,
         checkpoint_seconds=args.checkpoint_seconds,
         wait_for_resources=args.wait_for_resources,
+        trackers=args.log,
+        view=view,
+        say=view.say if view else print,
     )
     print(
         f"{study.name}: {summary.done} ran and done, {len(summary.failed)} failed, {summary.missing} missing, "
@@ -337,6 +344,26 @@ def scale_arguments(scale: str) -> list[str]:
     return {"quick": ["--quick"], "full": []}.get(scale, ["--scale", scale])
 
 
+def tracker(text: str):
+    """A `--log` value, KIND or KIND=TARGET (an argparse type)."""
+    from sweeper.trackers import parse_tracker
+
+    try:
+        return parse_tracker(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_log_option(p) -> None:
+    """`--log`, shared by run, nightly and submit (`schedule` has its own `--log`: its log file)."""
+    p.add_argument("--log", action="append", type=tracker, default=[], metavar="TRACKER[=WHERE]",
+                   help="report every trial (its spec as parameters, each epoch's metrics) to a tracker, "
+                        "through Ray Tune's callbacks; repeatable: tensorboard[=DIR] (default "
+                        "<store>/<study>/tensorboard), mlflow[=URI] (default sqlite in <store>/<study>/mlruns), "
+                        "wandb[=PROJECT] (default: the study's name; offline unless logged in). For an "
+                        "s3:// or gs:// store the default folders are under ./trackers/")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="sweeper", description="Sweeps of BatchNorm-only training on Ray Tune.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -374,6 +401,10 @@ def build_parser() -> Parser:
     run.add_argument("--no-figures", action="store_true", help="do not redraw figures at the end")
     add_wait_option(run)
     add_overrides(run)
+    add_log_option(run)
+    run.add_argument("--progress", choices=["auto", "live", "lines"], default="auto",
+                     help="live: a view of the running trials redrawn in place; lines: one line per finished "
+                          "trial (for logs); auto: live on a terminal, else lines (default)")
     run.set_defaults(fn=cmd_run)
 
     params = sub.add_parser("params", help="parameter counts by group (Table 1)")

@@ -7,6 +7,7 @@ Layout (documented in the README; pandas, pyarrow and DuckDB read it directly):
     <store>/<study>/<table>/<trial_id>.parquet curves, bn, clamp, dead_relu, layers, ...
     <store>/<study>/figures/                   PNG and PDF figures redrawn from the tables
     <store>/<study>/_tune/                     Ray Tune's experiment state (checkpoints)
+    <store>/<study>/tensorboard/, mlruns/, wandb/  what `--log` trackers write (sweeper.trackers)
     <store>/reports/                           nightly reports and their lock (sweeper.report)
 
 A store is a local folder or an object store URI (`s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX`), read
@@ -57,6 +58,8 @@ from sweeper.objectstore import (RetryingS3FileSystem, _rebuild_s3, checking_fs,
 
 SCHEMA_VERSION = 1
 TRIALS = "trials"
+# Folders in a study that are not tables: figures, and what `--log` trackers write (sweeper.trackers)
+NOT_TABLES = frozenset({"figures", "tensorboard", "mlruns", "wandb"})
 _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # a folder name, and a word of the `tables` column
 
 # Columns every trials row has, whatever the experiment.
@@ -310,7 +313,7 @@ class Store:
         return sorted(
             i.base_name for i in infos
             if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_"))
-            and i.base_name != "figures"
+            and i.base_name not in NOT_TABLES
         )
 
     def files(self, study: str, table: str) -> list[str]:

@@ -42,11 +42,15 @@ SCRIPT = textwrap.dedent(r'''
             killed = None
             deadline = time.time() + 300
             while killed is None and time.time() < deadline and t.is_alive():
-                for result in glob.glob(os.path.join(store_path, "lost", "_tune", "*", "*", "result.json")):
-                    lines = open(result).read().splitlines()
-                    ckpts = glob.glob(os.path.join(os.path.dirname(result), "checkpoint_*"))
-                    if lines and ckpts:
-                        node = json.loads(lines[-1])["node_id"]
+                # a checkpoint names the node that wrote it (Tune's result.json reaches the store
+                # only at its periodic sync, no longer after every checkpoint)
+                for meta in glob.glob(os.path.join(store_path, "lost", "_tune", "*", "*", "checkpoint_*",
+                                                   ".metadata.json")):
+                    try:
+                        node = json.load(open(meta))["node_id"]
+                    except (OSError, ValueError, KeyError):  # being written, or deleted as a newer one landed
+                        continue
+                    if node:
                         victim = [w for w in workers if w.node_id == node][0]
                         cluster.remove_node(victim, allow_graceful=False)
                         killed = node

@@ -212,16 +212,18 @@ CLUSTER_SCRIPT = textwrap.dedent(r'''
         while killed is None and time.time() < deadline and t.is_alive():
             sel = pafs.FileSelector(store.path("lost", "_tune"), recursive=True, allow_not_found=True)
             infos = store.fs.get_file_info(sel)
-            checkpointed = {i.path.rsplit("/", 2)[0] for i in infos if "/checkpoint_" in i.path}
             for info in infos:
-                if info.base_name == "result.json" and info.path.rsplit("/", 1)[0] in checkpointed:
-                    with store.fs.open_input_stream(info.path) as f:
-                        lines = f.read().decode().splitlines()
-                    if lines:  # the node the trial runs on, from its last reported result
-                        node = json.loads(lines[-1])["node_id"]
-                        cluster.remove_node([w for w in workers if w.node_id == node][0], allow_graceful=False)
-                        killed = node
-                        break
+                # a checkpoint names the node that wrote it: the node the trial runs on (Tune's
+                # result.json reaches the bucket only at its periodic sync)
+                if info.base_name == ".metadata.json" and "/checkpoint_" in info.path:
+                    try:
+                        with store.fs.open_input_stream(info.path) as f:
+                            node = json.loads(f.read().decode())["node_id"]
+                    except (OSError, ValueError, KeyError):  # deleted as a newer one landed
+                        continue
+                    cluster.remove_node([w for w in workers if w.node_id == node][0], allow_graceful=False)
+                    killed = node
+                    break
             time.sleep(0.3)
         t.join()
         out.update(lost=box.get("code"), killed=killed)

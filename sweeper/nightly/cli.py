@@ -41,6 +41,9 @@ def add_parser(subparsers) -> None:
                     "well; 1 failures; 2 bad input; 3 another nightly holds the lock; 4 a regression.",
     )
     add_nightly_options(p)
+    from sweeper.cli import add_log_option
+
+    add_log_option(p)  # not in the shared options: `schedule` has a --log of its own (its log file)
     p.set_defaults(fn=cmd_nightly)
 
 
@@ -51,7 +54,9 @@ def _on_sigterm(signum, frame):  # cron or systemd stopping us: unwind, so the l
 def cmd_nightly(args) -> int:
     from sweeper.cli import scale_of
     from sweeper.data import normalize_root
+    from sweeper.trackers import check_installed
 
+    check_installed(args.log)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
     try:
         previous, handled = signal.signal(signal.SIGTERM, _on_sigterm), True
@@ -63,6 +68,7 @@ def cmd_nightly(args) -> int:
             rerun_stale=args.rerun_stale, tolerance=args.tolerance, keep_reports=args.keep_reports,
             say=lambda line: print(line, flush=True), wait_for_resources=args.wait_for_resources,
             overrides=args.overrides, name=args.name,
+            trackers=args.log,
         )
     except LockHeld as e:
         print(f"sweeper: {e}", file=sys.stderr, flush=True)

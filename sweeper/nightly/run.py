@@ -39,7 +39,7 @@ def _code_versions(store: Store, study: str) -> dict[str, Any]:
 
 
 def _run_study(study, path: str, store: Store, current: str, *, address, data_root, rerun_stale: bool,
-               say, wait_for_resources: float | None = None) -> StudyNight:
+               say, wait_for_resources: float | None = None, trackers=None) -> StudyNight:
     from sweeper.orchestration.sweep import run_study
 
     night = StudyNight(study=study.name, file=path, experiment=study.experiment, stale_rerun=rerun_stale)
@@ -59,7 +59,7 @@ def _run_study(study, path: str, store: Store, current: str, *, address, data_ro
             say(f"{study.name}: {len(night.stale)} trials done under another code version; {verb} them "
                 f"(current {current})")
         summary = run_study(study, store, address=address, data_root=data_root, rerun=rerun, say=say,
-                            wait_for_resources=wait_for_resources)
+                            wait_for_resources=wait_for_resources, trackers=trackers)
         night.skipped, night.ran, night.done = summary.skipped, summary.ran, summary.done
         night.failed, night.missing = dict(summary.failed), summary.missing
     except KeyboardInterrupt:
@@ -124,6 +124,7 @@ def run_nightly(
     wait_for_resources: float | None = None,
     overrides: list[str] | None = None,
     name: str | None = None,
+    trackers: list | None = None,
 ) -> NightResult:
     """One nightly: run, redraw, compare, report. Raises LockHeld when another nightly runs and
     SweeperError for bad input; trial failures and regressions are in the result's exit code.
@@ -148,7 +149,7 @@ def run_nightly(
         for path, study in zip(study_paths, studies):
             night = _run_study(study, str(Path(path).resolve()), store, current, address=address,
                                data_root=data_root, rerun_stale=rerun_stale, say=say,
-                               wait_for_resources=wait_for_resources)
+                               wait_for_resources=wait_for_resources, trackers=trackers)
             nights.append(night)
         name = new_report_name(store, started)
         previous = previous_snapshots(store, [s.name for s in studies], before=name)

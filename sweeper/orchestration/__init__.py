@@ -13,7 +13,10 @@ One job per module:
   connect.py    join a cluster or start the local one; token authentication; address checks
   resources.py  what one trial asks for; waiting for a node that holds it (a cluster from zero)
   trainable.py  the Tune trainable around `sweeper.trial.execute`: epoch reports, checkpoints
-  progress.py   the sweep's progress lines and its summary
+  progress.py   the sweep's state (counts, running trials, ETA), its progress lines and its summary
+  live.py       the live view of that state on a terminal (rich)
+  checkpoints.py  one checkpoint per trial without Tune's forced experiment snapshots
+  trackers.py   `--log` trackers as Tune's TensorBoard / MLflow / W&B callbacks
   sweep.py      `run_study`: the grid of a study's missing trials
   search.py     `run_search`: an Optuna search (optionally with ASHA) around one base trial
   submit.py     `sweeper submit`: a sweep as a Ray job on a remote cluster

@@ -1,7 +1,9 @@
-"""What a sweep tells its user: one line per finished trial (counts, the best value so far), and
-the summary it returns."""
+"""What a sweep tells its user: the sweep's state (done / running / pending / failed, the running
+trials' epochs, an ETA), said as one line per finished trial or drawn live (live.py), and the
+summary it returns."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,53 +33,132 @@ def _discard(line: str) -> None:
     """What a restored copy of the progress callback says: nothing (the driver that ran it is gone)."""
 
 
-def progress_callback(total: int, skipped: int, say: Callable[[str], None], metric: str, mode: str):
-    """A Tune callback saying one line per finished trial; `skipped` trials were done before."""
+@dataclass
+class Running:
+    """A trial the sweep has started and not finished: what the live view shows of it."""
+
+    label: str
+    started: float  # time.monotonic()
+    epochs: int = 0  # 0: the trial's kind has no epochs
+    epoch: int = 0
+    value: float | None = None  # its last reported metric (test_acc)
+
+
+@dataclass
+class SweepState:
+    """Where a sweep stands, kept by the progress callback in the driver: counts, the running
+    trials, the best value so far, and what finished trials took (for the ETA)."""
+
+    total: int  # trials this run plans (a search: its samples)
+    skipped: int  # done before this run
+    metric: str
+    mode: str
+    started: float = field(default_factory=time.monotonic)
+    running: dict[str, Running] = field(default_factory=dict)  # Tune's trial id -> trial
+    finished: int = 0
+    failed: int = 0
+    seconds: list[float] = field(default_factory=list)  # durations of the trials that finished done
+    most_running: int = 0  # the sweep's parallelism, as seen
+    best: tuple[float, str] | None = None
+
+    @property
+    def done(self) -> int:
+        return self.finished - self.failed
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.finished - len(self.running))
+
+    def elapsed(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.started
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds until the last trial ends, from the mean duration of the trials finished so far
+        and the parallelism seen: the running trials' remaining share plus the pending trials,
+        spread over that many slots. None until a trial has finished."""
+        if not self.seconds:
+            return None
+        now = time.monotonic() if now is None else now
+        mean = sum(self.seconds) / len(self.seconds)
+        left = self.pending * mean + sum(max(0.0, mean - (now - r.started)) for r in self.running.values())
+        return left / max(1, self.most_running)
+
+    def start(self, key: str, label: str, epochs: int) -> None:
+        if key not in self.running:  # a retried trial starts again: keep its first start
+            self.running[key] = Running(label, time.monotonic(), epochs)
+        self.most_running = max(self.most_running, len(self.running))
+
+    def result(self, key: str, result: dict) -> None:
+        trial = self.running.get(key)
+        if trial is None:
+            return
+        if isinstance(result.get("epoch"), (int, float)):
+            trial.epoch = int(result["epoch"])
+        if isinstance(result.get(self.metric), (int, float)):
+            trial.value = float(result[self.metric])
+
+    def finish(self, key: str, ok: bool, label: str, value=None) -> None:
+        trial = self.running.pop(key, None)
+        self.finished += 1
+        if not ok:
+            self.failed += 1
+            return
+        if trial is not None:
+            self.seconds.append(time.monotonic() - trial.started)
+        lower = self.mode == "min"
+        if isinstance(value, float) and (self.best is None or (value < self.best[0] if lower else value > self.best[0])):
+            self.best = (value, label)
+
+    def line(self, last: str) -> str:
+        """The line-per-event mode's line (the format of sweeper before the live view)."""
+        best = f" · best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        return (f"[{self.finished + self.skipped}/{self.total + self.skipped}] {self.done} done, "
+                f"{len(self.running)} running, {self.pending} pending, {self.failed} failed{best}  <- {last}")
+
+
+def progress_callback(total: int, skipped: int, say: Callable[[str], None], metric: str, mode: str, view=None):
+    """A Tune callback keeping the sweep's `SweepState` and saying one line per finished trial;
+    `skipped` trials were done before. `view` (sweeper.orchestration.live.LiveView) draws the state
+    live; it and `say` stay in the driver (a pickled copy has neither)."""
     from ray import tune
 
     class Progress(tune.Callback):
-        """One line per finished trial: counts and the best accuracy so far."""
+        """One line per finished trial (counts, the best value so far); the live view's state."""
 
         def __init__(self):
-            self.started, self.finished, self.failed, self.best = set(), 0, 0, None
+            self.state = SweepState(total, skipped, metric, mode)
+            if view is not None:
+                view.watch(self.state)
 
         def __reduce__(self):
-            # Tune pickles its callbacks into the experiment state; `say` (print, a logger) is the
-            # driver's alone and need not be picklable, so a restored copy starts afresh.
+            # Tune pickles its callbacks into the experiment state; `say` (print, a logger) and the
+            # view (a terminal) are the driver's alone and need not be picklable, so a restored copy
+            # starts afresh.
             return progress_callback, (total, skipped, _discard, metric, mode)
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.started.add(trial.trial_id)
+            spec = trial.config["point"]["spec"] if "point" in trial.config else trial.config.get("base", {})
+            self.state.start(trial.trial_id, _trial_label(trial), int(spec.get("epochs") or 0))
 
-        def _line(self, trials, last):
-            running = len(self.started) - self.finished
-            pending = total - self.finished - running
-            best = f" · best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-            say(
-                f"[{self.finished + skipped}/{total + skipped}] {self.finished - self.failed} done, "
-                f"{running} running, {pending} pending, {self.failed} failed{best}  <- {last}"
-            )
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.state.result(trial.trial_id, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
-            self.finished += 1
             label = _trial_label(trial)
+            value = result.get(metric)
             if result.get("status") != "done":
-                self.failed += 1
+                self.state.finish(trial.trial_id, False, label)
                 last = f"{label}: FAILED"
             else:
-                value = result.get(metric)
-                lower = mode == "min"
-                if isinstance(value, float) and (self.best is None or (value < self.best[0] if lower else value > self.best[0])):
-                    self.best = (value, label)
+                self.state.finish(trial.trial_id, True, label, value)
                 last = f"{label}: {metric} {value:.4f}" if isinstance(value, float) else label
-            self._line(trials, last)
+            say(self.state.line(last))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.finished += 1
-            self.failed += 1
+            self.state.finish(trial.trial_id, False, _trial_label(trial))
             record_lost_trial(trial)
-            self._line(trials, f"{_trial_label(trial)}: ERROR (retries exhausted)")
+            say(self.state.line(f"{_trial_label(trial)}: ERROR (retries exhausted)"))
 
     return Progress()
 

@@ -10,12 +10,15 @@ trials so far, so that its random start-up suggestions are not the first run's o
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
+from sweeper.orchestration.checkpoints import checkpoint_config, keep_newest_checkpoint
 from sweeper.orchestration.connect import connect
 from sweeper.orchestration.progress import RunSummary, progress_callback
 from sweeper.orchestration.resources import await_then_mark, trial_resources
 from sweeper.orchestration.optuna_study import search_key, told_trials, trial_count, trial_id_of
+from sweeper.orchestration.trackers import tracker_callbacks
 from sweeper.orchestration.trainable import trial_config, tune_trial
 from sweeper.searchstorage import open_storage, save
 from sweeper.store import Store
@@ -24,7 +27,7 @@ from sweeper.study import Study
 
 def run_search(study: Study, store: Store, base, *, address=None, data_root=None, cpus_per_trial=None,
                gpus_per_trial=None, max_failures=2, checkpoint_seconds=30.0, say=print,
-               wait_for_resources=None) -> RunSummary:
+               wait_for_resources=None, trackers=None, view=None) -> RunSummary:
     """An Optuna search (Ray Tune's OptunaSearch, optionally with ASHA) over `study.search.space`
     around the study's one base trial. Sampled trials are ordinary trials in the store; a one-row
     file in table `search` names the chosen one."""
@@ -69,7 +72,8 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
         if remaining > 0:
             results = _fit(study, store, base, space, remaining, OptunaSearch(seed=seed, storage=storage, study_name=name),
                            data_root=data_root, cpus=cpus, gpus=gpus, checkpoint_seconds=checkpoint_seconds,
-                           max_failures=max_failures, search_id=search_id, say=say)
+                           max_failures=max_failures, search_id=search_id, say=say,
+                           trackers=trackers, view=view)
     finally:
         if started_ray:
             ray.shutdown()
@@ -104,7 +108,7 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
 
 
 def _fit(study, store, base, space, num_samples, searcher, *, data_root, cpus, gpus, checkpoint_seconds,
-         max_failures, search_id, say):
+         max_failures, search_id, say, trackers=None, view=None):
     """One Tune run of `num_samples` more trials suggested by `searcher`."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -130,12 +134,14 @@ def _fit(study, store, base, space, num_samples, searcher, *, data_root, cpus, g
             name=f"search-{search_id}-{int(time.time())}",
             **store.tune_storage(study.name),
             verbose=0,
-            callbacks=[progress_callback(num_samples, 0, say, search.metric, search.mode)],
+            callbacks=[progress_callback(num_samples, 0, say, search.metric, search.mode, view),
+                       keep_newest_checkpoint(), *tracker_callbacks(trackers or [], store, study.name, say)],
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=checkpoint_config(),
         ),
     )
-    return tuner.fit()
+    with view or nullcontext():
+        return tuner.fit()
 
 
 def _search_point(config: dict[str, Any]) -> None:

@@ -31,12 +31,13 @@ def add_parser(sub) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=None)
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    from sweeper.cli import add_wait_option
+    from sweeper.cli import add_log_option, add_wait_option
 
     add_wait_option(p)  # passed on to the job's `sweeper run` (default there: 900 s)
     from sweeper.overrides import add_options
 
     add_options(p)  # checked here, passed on to the job's `sweeper run`
+    add_log_option(p)  # passed on: the job's driver, on the head, writes them
     p.set_defaults(fn=cmd_submit)
 
 
@@ -51,6 +52,8 @@ def entrypoint(args, study_name: str) -> str:
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
+    for tracker in getattr(args, "log", None) or []:
+        parts += ["--log", str(tracker)]
     from sweeper.overrides import arguments
 
     return shlex.join(parts + arguments(args))

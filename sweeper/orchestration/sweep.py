@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any, Callable
 
+from sweeper.orchestration.checkpoints import checkpoint_config, keep_newest_checkpoint
 from sweeper.orchestration.connect import connect
 from sweeper.orchestration.progress import RunSummary, progress_callback, spec_label
 from sweeper.orchestration.resources import await_then_mark, trial_resources
 from sweeper.orchestration.search import run_search
+from sweeper.orchestration.trackers import tracker_callbacks
 from sweeper.orchestration.trainable import trial_config, tune_trial
 from sweeper.store import Store
 from sweeper.study import Study
@@ -28,19 +31,23 @@ def run_study(
     say: Callable[[str], None] = print,
     reuse_actors: bool = True,
     wait_for_resources: float | None = None,
+    trackers: list | None = None,
+    view=None,
 ) -> RunSummary:
     """Run every trial of `study` that the store does not have as done. Failed trials are
     retried; trials in `rerun` run again even when done. `reuse_actors=False` is Tune's default
     (a fresh worker per trial), kept for `sweeper bench` to compare against.
     `wait_for_resources`: seconds to wait for a node that can hold one trial (see
-    `resources.await_resources`); None: REMOTE_WAIT_S on a cluster joined by address, 0 on the local one."""
+    `resources.await_resources`); None: REMOTE_WAIT_S on a cluster joined by address, 0 on the local one.
+    `trackers`: `sweeper.trackers.Tracker`s (`--log`) that see every trial's parameters and epochs.
+    `view`: a `live.LiveView` that draws the sweep while it runs (None: the lines `say` says)."""
     started = time.perf_counter()
     specs = study.specs()
     if study.search is not None:
         return run_search(study, store, specs[0], address=address, data_root=data_root,
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                           max_failures=max_failures, checkpoint_seconds=checkpoint_seconds, say=say,
-                          wait_for_resources=wait_for_resources)
+                          wait_for_resources=wait_for_resources, trackers=trackers, view=view)
     status = store.trial_status(study.name)
     for path in status.corrupt:
         say(f"warning: {path}: unreadable trials file; its trial runs again")
@@ -69,6 +76,7 @@ def run_study(
         from sweeper.experiments import EXPERIMENTS
 
         experiment = EXPERIMENTS[study.experiment]
+        progress = progress_callback(len(todo), summary.skipped, say, experiment.metric, experiment.mode, view)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -81,12 +89,13 @@ def run_study(
                 name=f"sweep-{int(time.time())}",
                 **store.tune_storage(study.name),  # storage_path, and an object store's filesystem
                 verbose=0,
-                callbacks=[progress_callback(len(todo), summary.skipped, say, experiment.metric, experiment.mode)],
+                callbacks=[progress, keep_newest_checkpoint(), *tracker_callbacks(trackers or [], store, study.name, say)],
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=checkpoint_config(),
             ),
         )
-        tuner.fit()
+        with view or nullcontext():
+            tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()

@@ -83,7 +83,11 @@ def tune_trial(config: dict[str, Any]) -> None:
         if progress.state is not None and time.monotonic() - last[0] >= every:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(progress.state(), os.path.join(d, "state.pt"))
-                tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+                checkpoint = tune.Checkpoint.from_directory(d)
+                # which node wrote it, at which epoch: readable in the checkpoint as it lands (Tune's
+                # result.json reaches the store only at its periodic sync, see checkpoints.py)
+                checkpoint.set_metadata({"node_id": ctx.node_id, "epoch": progress.epoch})
+                tune.report(report, checkpoint=checkpoint)
             last[0] = time.monotonic()
         else:
             tune.report(report)
