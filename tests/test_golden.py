@@ -69,7 +69,7 @@ RECORDED = {
          "sgd_argmax_agreement": 0.27605633802816903, "construction_minus_sgd_acc": 0.4957746478873239,
          "weight_residual": 3.658706608711276e-14, "condition_number": 48.69717820778889,
          "outside_linear_frac": 0.0},
-        {"construction_layers": "3b1b49d4ce0a35ba", "sgd_curve": "85ae50fdd8a8932e"},
+        {"construction_layers": "19a0deeae658ede6", "sgd_curve": "85ae50fdd8a8932e"},
     ),
     "decomposed": (
         {"rc": True, "rs": "none", "nl": "relu", "batch": 8, "width": 64, "depth": 30},
