@@ -337,6 +337,24 @@ def test_run_is_deterministic():
         pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
+def test_cifar_cnn_target_reproduced_by_a_bn_only_source(cifar_root):
+    """A small CNN trained on CIFAR-10 (a few hundred images) and a random source whose γ/β alone
+    are solved to reproduce it: the same logits within the expected error (0 above the threshold:
+    the float32 floor), so the same accuracy."""
+    spec = ConstructionSpec.from_values(dict(target="cifar-cnn", dataset="cifar10", cnn_channels=4, train_size=300,
+                                             test_size=100, target_epochs=5, width_ratio=1.2, output_gamma="solve",
+                                             sgd_epochs=0))
+    row, tables = run(spec, str(cifar_root))
+    layers = tables["construction_layers"]
+    assert list(layers["kind"]) == ["conv", "conv", "linear"]
+    assert list(layers["P"]) == [4 * 3 * 9, 4 * 4 * 9, 4 * 4 * 4 * 10]
+    assert row["expected_rel_error"] == 0.0 and row["weight_residual"] < 1e-9
+    assert row["relative_error"] < 1e-4
+    assert row["argmax_agreement"] >= 0.99
+    assert abs(row["test_acc"] - row["target_test_acc"]) <= 0.01
+    assert row["target_test_acc"] > 0.15  # the target learned something (10 classes; 0.22 when recorded)
+
+
 # -- figures -------------------------------------------------------------------------------------------
 def _synthetic_trials() -> pd.DataFrame:
     rows = []
