@@ -368,7 +368,8 @@ def _synthetic_trials() -> pd.DataFrame:
                                  "relative_error": err, "test_acc": 0.95 - err, "target_test_acc": 0.95,
                                  "sgd_test_acc": 0.93, "sgd_relative_error": 0.4, "m_over_P": ratio + 1e-3,
                                  "condition_number": 1e4 if ratio == 1.0 else 30.0, "weight_residual": err / 10,
-                                 "construction_minus_sgd_acc": 0.02 - err})
+                                 "construction_minus_sgd_acc": 0.02 - err,
+                                 "expected_rel_error": math.sqrt(max(0.0, 1 - ratio))})
     rows.append({"trial_id": "x", "status": "failed", "target": "mlp", "activation": "relu", "source_depth": 1,
                  "width_ratio": 3.0, "seed": 0})
     return pd.DataFrame(rows)
@@ -383,6 +384,20 @@ def test_figures_write_png_and_pdf(tmp_path):
         assert sorted(p.suffix for p in paths) == [".pdf", ".png"], name
         assert all(p.exists() and p.stat().st_size > 1000 for p in paths), name
         assert paths[0].stem == name
+
+
+def test_figures_draw_the_expected_error_beside_the_measured_one():
+    from matplotlib.figure import Figure
+
+    df = _synthetic_trials()
+    df = df[(df["status"] == "done") & (df["activation"] == "relu") & (df["source_depth"] == 1)]
+    ax = Figure().subplots()
+    assert AC._expected(ax, df, "width_ratio", "C0")
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_xdata(), [0.5, 0.9])  # only below the threshold, where it is > 0
+    np.testing.assert_allclose(line.get_ydata(), np.sqrt(1 - np.array([0.5, 0.9])))
+    assert line.get_linestyle() == "--"
+    assert not AC._expected(Figure().subplots(), df.drop(columns=["expected_rel_error"]), "width_ratio", "C0")
 
 
 def test_figures_return_nothing_without_data(tmp_path):
