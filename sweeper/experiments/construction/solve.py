@@ -146,8 +146,26 @@ def solve_linear_output(A: np.ndarray, B: np.ndarray, W: np.ndarray, method: str
     # h = 0 would need g = ∞: only at the degenerate boundary m + n_out = P; keep the sign, bound the size
     h = np.where(np.abs(h) < 1e-8, np.copysign(1e-8, h), h)
     es, info = solve_multilinear(A, [], B, W, lm_iters, tol, dense_limit, es0=[x[:m], 1.0 / h], output_scale=True)
-    return es, SolveInfo(f"{method}+{info.method}", info.residual, info.condition_number, info.condition_method,
-                         info.iterations + 1, time.perf_counter() - t0)
+    info = SolveInfo(f"{method}+{info.method}", info.residual, info.condition_number, info.condition_method,
+                     info.iterations + 1, time.perf_counter() - t0)
+    if m >= P:  # g = 1 is exact too: keep whichever solution cancels less (float32 rounding grows with it)
+        e_fixed, fixed = solve_linear(A, B, W, method, dense_limit, tol, iter_lim)
+        ones = np.ones(n_out)
+        if fixed.residual <= max(info.residual, 10 * tol) and \
+                cancellation(A, B, [e_fixed, ones]) <= cancellation(A, B, es):
+            return [e_fixed, ones], SolveInfo(fixed.method, fixed.residual, fixed.condition_number,
+                                              fixed.condition_method, fixed.iterations + info.iterations,
+                                              time.perf_counter() - t0)
+    return es, info
+
+
+def cancellation(A: np.ndarray, B: np.ndarray, es: list[np.ndarray]) -> float:
+    """|| |g| |B| |diag(e)| |A| || / || g B diag(e) A ||: how much larger the terms of the block's sums
+    are than their result. The network computes those sums in float32 (after BN shifts the
+    following BN removes), so its rounding error grows with this ratio."""
+    e, g = es[0], es[1] if len(es) > 1 else np.ones(B.shape[0])
+    terms = (np.abs(g)[:, None] * np.abs(B)) @ (np.abs(e)[:, None] * np.abs(A))
+    return float(np.linalg.norm(terms) / max(np.linalg.norm((g[:, None] * B * e) @ A), 1e-300))
 
 
 def _factors(A: np.ndarray, Rs: list[np.ndarray], B: np.ndarray, output_scale: bool) -> list[np.ndarray]:
