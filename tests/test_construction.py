@@ -13,7 +13,8 @@ from threadpoolctl import threadpool_limits
 from sweeper.experiments.construction import ROW_COLUMNS
 from sweeper.experiments.construction.networks import build_source, build_target, construct
 from sweeper.experiments.construction.run import load_data, run as run_trial
-from sweeper.experiments.construction.solve import khatri_rao, multilinear_map, scales_gram, solve_linear, solve_multilinear
+from sweeper.experiments.construction.solve import (degrees_of_freedom, expected_residual, khatri_rao, multilinear_map,
+                                                    scales_gram, solve_linear, solve_linear_output, solve_multilinear)
 from sweeper.experiments.construction.spec import ConstructionSpec
 from sweeper.analysis import construction as AC
 from sweeper.errors import SweeperError
@@ -146,6 +147,51 @@ def test_multilinear_map_matches_explicit_product():
     np.testing.assert_allclose(multilinear_map(A, Rs, B, es), explicit, rtol=1e-12, atol=1e-12)
 
 
+# -- the block's last BN scale solved too (the paper's construction) ----------------------------------
+@pytest.mark.parametrize("method", ["dense", "lsqr"])
+def test_output_scale_makes_depth1_exact_below_m_equals_p(method):
+    n_out, n_in = 6, 9
+    P = n_out * n_in
+    for m in (P - n_out + 1, P - n_out + 3):  # m + n_out - 1 >= P: exact capacity, yet m < P
+        A, B, W = _problem(n_out, n_in, m, seed=m)
+        (e, g), info = solve_linear_output(A, B, W, method, tol=1e-15)
+        assert _rel(np.diag(g) @ B @ np.diag(e) @ A, W) < 1e-9 and info.residual < 1e-9
+        assert np.ptp(g) > 1e-3  # a genuine per-unit scale, not one constant
+        _, fixed = solve_linear(A, B, W, "dense")  # the output scale fixed: m unknowns, P equations
+        assert fixed.residual > 0.1
+    assert degrees_of_freedom(P - n_out + 1, n_out, 1, True) == P
+    assert degrees_of_freedom(P - n_out + 1, n_out, 1, False) == P - n_out + 1
+
+
+def test_output_scale_below_threshold_never_worse_than_fixed():
+    n_out, n_in = 6, 9
+    for m in (20, 40):
+        A, B, W = _problem(n_out, n_in, m, seed=m)
+        es, info = solve_linear_output(A, B, W, "dense")
+        _, fixed = solve_linear(A, B, W, "dense")
+        assert info.residual <= fixed.residual + 1e-12
+        assert _rel(multilinear_map(A, [], B, es), W) == pytest.approx(info.residual, rel=1e-9)
+    # depth 2: the output scale is one more factor of the Levenberg-Marquardt solve
+    A, Rs, B, W = _deep_problem(n_out, n_in, 27, 2)  # 2m + n_out - 2 = 58 >= P = 54
+    es, info = solve_multilinear(A, Rs, B, W, iters=300, output_scale=True)
+    assert len(es) == 3 and len(es[-1]) == n_out and info.residual < 1e-6
+    _, without = solve_multilinear(A, Rs, B, W, iters=300)  # 2m - 1 = 53 < P
+    assert without.residual > 1e-3
+
+
+def test_expected_residual_is_sqrt_one_minus_m_over_p_for_gaussian_targets():
+    """Least squares projects W onto the m-dimensional span of the b_k a_kᵀ: E||residual||² / ||W||²
+    = 1 - m / P (solve.expected_residual's argument); at P = 192 the ratio is within a few % of it."""
+    n_out, n_in = 12, 16
+    P = n_out * n_in
+    for m in (48, 96, 144):
+        measured = [solve_linear(*_problem(n_out, n_in, m, seed=s), method="dense")[1].residual for s in range(3)]
+        expected = expected_residual(degrees_of_freedom(m, n_out, 1, False), P)
+        assert expected == pytest.approx(math.sqrt(1 - m / P))
+        assert np.mean(measured) == pytest.approx(expected, rel=0.08)
+    assert expected_residual(P, P) == 0.0 and expected_residual(2 * P, P) == 0.0
+
+
 # -- genuine torch networks ----------------------------------------------------------------------------
 FAST = dict(hidden=8, target_epochs=4, sgd_epochs=1, batch_size=128)
 
@@ -162,6 +208,14 @@ def test_spec_defaults_are_plain_values_and_validated():
         ConstructionSpec(width_ratio=0)
     with pytest.raises(SweeperError, match="weight_init"):
         ConstructionSpec(weight_init="nope")
+    with pytest.raises(SweeperError, match="output_gamma.*fixed, solve"):
+        ConstructionSpec(output_gamma="nope")
+    with pytest.raises(SweeperError, match="unknown target 'nope'; valid choices: cifar-cnn, cnn, mlp"):
+        ConstructionSpec(target="nope")
+    with pytest.raises(SweeperError, match="target cifar-cnn reads 3x32x32 images.*valid datasets: cifar10, cifar100") as e:
+        ConstructionSpec(target="cifar-cnn")  # the default dataset is digits
+    assert e.value.where == "dataset"
+    assert ConstructionSpec(target="cifar-cnn", dataset="cifar10").target == "cifar-cnn"
 
 
 def test_relu_mlp_reproduced_at_width_ratio_1_2():
@@ -182,6 +236,52 @@ def test_relu_mlp_reproduced_at_width_ratio_1_2():
     for t in tables.values():
         assert not any(t[c].isna().all() for c in t.columns)
         assert all(t[c].dtype != object for c in t.columns if c not in ("kind", "solver_used", "condition_method"))
+
+
+def _output_scales(source) -> list[torch.Tensor]:
+    """Each block's last BN as the eval-mode scale γ / sqrt(var + eps) it applies per unit."""
+    from sweeper.experiments.construction.networks import BNBlock
+
+    out = []
+    for block in (m for m in source if isinstance(m, BNBlock)):
+        bn = block.norms()[-1]
+        out.append(bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps))
+    return out
+
+
+def test_last_bn_gamma_solved_makes_an_exact_capacity_network_exact():
+    # hidden 4: layer 1 has P = 256, n_out = 4, m = ceil(0.99 * 256) = 254 < P, yet m + n_out - 1 = 257 >= P
+    base = dict(hidden=4, width_ratio=0.99, target_epochs=4, sgd_epochs=0, batch_size=128)
+    spec_fixed, spec_solved = ConstructionSpec(**base), ConstructionSpec(output_gamma="solve", **base)
+    fixed, t_fixed = run(spec_fixed)
+    solved, t_solved = run(spec_solved)
+    assert list(t_fixed["construction_layers"]["m"]) == [254, 40]
+    assert fixed["weight_residual"] > 0.03 and fixed["relative_error"] > 3e-3 and fixed["expected_rel_error"] > 0.05
+    assert solved["weight_residual"] < 1e-9 and solved["relative_error"] < 1e-3 and solved["expected_rel_error"] == 0
+    assert solved["relative_error"] < fixed["relative_error"] / 10
+    assert solved["argmax_agreement"] == 1.0
+    assert list(t_solved["construction_layers"]["dof"]) == [254 + 4 - 1, 40 + 10 - 1]
+    # the last BN's γ: fixed gives one scale 1/gain for every unit of a block; solved, one per unit in
+    # layer 1 (m < P). Layer 2 has m = P, where g = 1 is exact too and is kept when it cancels less.
+    x_tr = load_data(spec_fixed)[0]
+    scales = {}
+    for spec in (spec_fixed, spec_solved):
+        target = build_target(spec, (1, 8, 8), 10)
+        source = build_source(target, spec)
+        construct(target, source, x_tr, spec)
+        scales[spec.output_gamma] = _output_scales(source)
+    assert all(s.max() - s.min() <= 1e-12 * s.abs().max() for s in scales["fixed"])
+    first = scales["solve"][0]
+    assert first.max() - first.min() > 1e-3 * first.abs().max()
+
+
+def test_expected_rel_error_beside_the_measured_one_for_a_gaussian_target():
+    # target_epochs 0: the target keeps its random init, so W is independent of the Gaussian source
+    row, tables = run(ConstructionSpec(width_ratio=0.5, target_epochs=0, sgd_epochs=0, hidden=8))
+    layers = tables["construction_layers"]
+    np.testing.assert_allclose(layers["expected_rel_error"], np.sqrt(1 - layers["dof"] / layers["P"]))
+    assert row["expected_rel_error"] == pytest.approx(math.sqrt(0.5), rel=0.01)
+    assert row["weight_residual"] == pytest.approx(row["expected_rel_error"], rel=0.1)
 
 
 def test_only_bn_parameters_are_set_by_the_construction():
@@ -241,6 +341,24 @@ def test_run_is_deterministic():
         pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
+def test_cifar_cnn_target_reproduced_by_a_bn_only_source(cifar_root):
+    """A small CNN trained on CIFAR-10 (a few hundred images) and a random source whose γ/β alone
+    are solved to reproduce it: the same logits within the expected error (0 above the threshold:
+    the float32 floor), so the same accuracy."""
+    spec = ConstructionSpec.from_values(dict(target="cifar-cnn", dataset="cifar10", cnn_channels=4, train_size=300,
+                                             test_size=100, target_epochs=5, width_ratio=1.2, output_gamma="solve",
+                                             sgd_epochs=0))
+    row, tables = run(spec, str(cifar_root))
+    layers = tables["construction_layers"]
+    assert list(layers["kind"]) == ["conv", "conv", "linear"]
+    assert list(layers["P"]) == [4 * 3 * 9, 4 * 4 * 9, 4 * 4 * 4 * 10]
+    assert row["expected_rel_error"] == 0.0 and row["weight_residual"] < 1e-9
+    assert row["relative_error"] < 1e-4
+    assert row["argmax_agreement"] >= 0.99
+    assert abs(row["test_acc"] - row["target_test_acc"]) <= 0.01
+    assert row["target_test_acc"] > 0.15  # the target learned something (10 classes; 0.22 when recorded)
+
+
 # -- figures -------------------------------------------------------------------------------------------
 def _synthetic_trials() -> pd.DataFrame:
     rows = []
@@ -254,7 +372,8 @@ def _synthetic_trials() -> pd.DataFrame:
                                  "relative_error": err, "test_acc": 0.95 - err, "target_test_acc": 0.95,
                                  "sgd_test_acc": 0.93, "sgd_relative_error": 0.4, "m_over_P": ratio + 1e-3,
                                  "condition_number": 1e4 if ratio == 1.0 else 30.0, "weight_residual": err / 10,
-                                 "construction_minus_sgd_acc": 0.02 - err})
+                                 "construction_minus_sgd_acc": 0.02 - err,
+                                 "expected_rel_error": math.sqrt(max(0.0, 1 - ratio))})
     rows.append({"trial_id": "x", "status": "failed", "target": "mlp", "activation": "relu", "source_depth": 1,
                  "width_ratio": 3.0, "seed": 0})
     return pd.DataFrame(rows)
@@ -269,6 +388,20 @@ def test_figures_write_png_and_pdf(tmp_path):
         assert sorted(p.suffix for p in paths) == [".pdf", ".png"], name
         assert all(p.exists() and p.stat().st_size > 1000 for p in paths), name
         assert paths[0].stem == name
+
+
+def test_figures_draw_the_expected_error_beside_the_measured_one():
+    from matplotlib.figure import Figure
+
+    df = _synthetic_trials()
+    df = df[(df["status"] == "done") & (df["activation"] == "relu") & (df["source_depth"] == 1)]
+    ax = Figure().subplots()
+    assert AC._expected(ax, df, "width_ratio", "C0")
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_xdata(), [0.5, 0.9])  # only below the threshold, where it is > 0
+    np.testing.assert_allclose(line.get_ydata(), np.sqrt(1 - np.array([0.5, 0.9])))
+    assert line.get_linestyle() == "--"
+    assert not AC._expected(Figure().subplots(), df.drop(columns=["expected_rel_error"]), "width_ratio", "C0")
 
 
 def test_figures_return_nothing_without_data(tmp_path):

@@ -22,8 +22,11 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 STUDY_IDS = {
     ("bn_decomposed.py", False): ("f2b3191330cc6266", "bdee956a16c16f28", 645),
     ("bn_decomposed.py", True): ("442116d4b4f1f141", "44b0dc2f6900e6ee", 31),
-    ("construction.py", False): ("d401407c4e592139", "59a81f5fa5beb8c8", 326),
-    ("construction.py", True): ("51b9c6840375a7e1", "9fc50b42ece7a62a", 10),
+    # issue 16: output_gamma "solve" (the paper's construction) in every group, "fixed" beside it
+    ("construction.py", False): ("fbfc19da367bca42", "0cb77713f14f962b", 374),
+    ("construction.py", True): ("61187f945d7a0bdc", "9fc50b42ece7a62a", 20),
+    ("construction_cifar.py", False): ("0a6d36787fe523cd", "e269a93738bd1e9b", 30),
+    ("construction_cifar.py", True): ("8c5a60a45f768784", "a05a2839c9904bcd", 2),
     ("depth_vs_width.py", False): ("25a3433e0022683e", "19fb281b22384b11", 216),
     ("depth_vs_width.py", True): ("dfa46f090e1967a8", "852d063d2645ba2f", 60),
     ("imagenet.py", False): ("66e1fa5b9dfb4ed8", "8b4dbe97ffcaf34b", 12),
@@ -73,7 +76,7 @@ RECORDED = {
          "sgd_argmax_agreement": 0.27605633802816903, "construction_minus_sgd_acc": 0.4957746478873239,
          "weight_residual": 3.658706608711276e-14, "condition_number": 48.69717820778889,
          "outside_linear_frac": 0.0},
-        {"construction_layers": "3b1b49d4ce0a35ba", "sgd_curve": "85ae50fdd8a8932e"},
+        {"construction_layers": "19a0deeae658ede6", "sgd_curve": "85ae50fdd8a8932e"},
     ),
     "decomposed": (
         {"rc": True, "rs": "none", "nl": "relu", "batch": 8, "width": 64, "depth": 30},

@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from sweeper.analysis.style import save
 
 # Spec fields that can tell series apart (seed and width_ratio are the averaging and x axes).
-SERIES_FIELDS = ("target", "activation", "source_depth", "weight_init", "hidden", "hidden_layers",
-                 "cnn_channels", "kernel_size", "dataset", "dtype", "solver", "refit_output",
+SERIES_FIELDS = ("target", "activation", "source_depth", "output_gamma", "weight_init", "hidden", "hidden_layers",
+                 "cnn_channels", "kernel_size", "dataset", "train_size", "dtype", "solver", "refit_output",
                  "sgd_objective", "sgd_optimizer", "sgd_epochs", "sgd_lr", "shift_margin", "linear_scale")
 X = "width_ratio"
 X_LABEL = "BN width per target weight, D·m / P"
@@ -83,6 +83,24 @@ def _plot(ax, df: pd.DataFrame, x: str, y: str, label: str, log: bool, **style) 
                 label=label or None, **style)
 
 
+EXPECTED = "expected_rel_error"
+EXPECTED_LABEL = "expected below the threshold, sqrt(1 - dof/P) (dashed)"
+
+
+def _expected(ax, df: pd.DataFrame, x: str, color: str) -> bool:
+    """The error to expect below the threshold (the trials' expected_rel_error, worst layer), dashed
+    in the series' colour; nothing where it is 0 (at and above the threshold) or absent."""
+    if EXPECTED not in df.columns:
+        return False
+    sub = df.assign(**{EXPECTED: pd.to_numeric(df[EXPECTED], errors="coerce")})
+    sub = sub[sub[EXPECTED] > 0]
+    if not len(sub):
+        return False
+    a = _agg(sub, x, EXPECTED)
+    ax.plot(a[x].to_numpy(float), a["mean"].to_numpy(float), color=color, ls="--", lw=1)
+    return True
+
+
 def _threshold(ax, x: float = 1.0, label: str = THRESHOLD_LABEL) -> None:
     ax.axvline(x, color="0.4", ls=":", lw=1, label=label)
 
@@ -107,9 +125,14 @@ def construction_error(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[P
         return []
     keys = _series(df)
     fig, (ax_err, ax_acc) = _new(2)
+    colors, expected = iter(f"C{i % 10}" for i in range(1000)), False
     for label, sub in _groups(df, keys):
-        _plot(ax_err, sub, X, "relative_error", label, log=True)
-        _plot(ax_acc, sub, X, "test_acc", label, log=False)
+        c = next(colors)
+        _plot(ax_err, sub, X, "relative_error", label, log=True, color=c)
+        expected |= _expected(ax_err, sub, X, c)
+        _plot(ax_acc, sub, X, "test_acc", label, log=False, color=c)
+    if expected:
+        ax_err.plot([], [], color="0.3", ls="--", lw=1, label=EXPECTED_LABEL)
     if "target_test_acc" in df.columns and df["target_test_acc"].notna().any():
         _plot(ax_acc, df.dropna(subset=["target_test_acc"]), X, "target_test_acc", "target", log=False,
               color="0.2", ls="--", marker="")
@@ -187,10 +210,15 @@ def depth_width_tradeoff(tables: dict[str, pd.DataFrame], out_dir: Path) -> list
     keys = ["source_depth"] + _series(df, exclude=("source_depth",))
     has_res = "weight_residual" in df.columns and df["weight_residual"].notna().any()
     fig, axes = _new(2 if has_res else 1)
+    colors, expected = iter(f"C{i % 10}" for i in range(1000)), False
     for label, sub in _groups(df, keys):
-        _plot(axes[0], sub, x, "relative_error", label, log=True)
-        if has_res:
-            _plot(axes[1], sub.dropna(subset=["weight_residual"]), x, "weight_residual", label, log=True)
+        c = next(colors)
+        _plot(axes[0], sub, x, "relative_error", label, log=True, color=c)
+        if has_res:  # the expectation is about the weight residual: drawn beside it
+            _plot(axes[1], sub.dropna(subset=["weight_residual"]), x, "weight_residual", label, log=True, color=c)
+            expected |= _expected(axes[1], sub, x, c)
+    if expected:
+        axes[1].plot([], [], color="0.3", ls="--", lw=1, label=EXPECTED_LABEL)
     for ax in axes:
         _threshold(ax)
         ax.set_yscale("log")

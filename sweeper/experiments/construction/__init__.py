@@ -18,12 +18,17 @@ ROW_COLUMNS: dict[str, type] = {
     "width_ratio": float, "source_depth": int,
     "P": int,  # target weights, summed over target layers (biases excluded)
     "m": int,  # total BN width of the source (D * m per target layer, summed; output BNs excluded)
-    "m_over_P": float, "dof": int, "bn_params": int,
+    "m_over_P": float,
+    "dof": int,  # free scales, summed over layers: D*m - (D-1) per layer, D*m + n_out - D with output_gamma solve
+    "bn_params": int,
     "relative_error": float,  # ||source(x) - target(x)|| / ||target(x)||, test logits
     "argmax_agreement": float, "test_acc": float, "target_test_acc": float,
     "sgd_test_acc": float, "sgd_relative_error": float, "sgd_argmax_agreement": float,
     "construction_minus_sgd_acc": float,
     "weight_residual": float,  # worst layer's ||F(e) - W|| / ||W|| (float64 solve)
+    # the worst layer's sqrt(1 - dof / P) (0 at and above the threshold): the weight residual to
+    # expect below it; exact in expectation at depth 1 with output_gamma fixed (solve.expected_residual)
+    "expected_rel_error": float,
     "condition_number": float,  # worst layer's
     "outside_linear_frac": float, "solver_used": str,
     "solve_seconds": float, "construction_seconds": float, "sgd_seconds": float, "target_seconds": float,

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from sweeper import seeds
-from sweeper.experiments.construction.solve import SolveInfo, solve_linear, solve_multilinear
+from sweeper.experiments.construction.solve import SolveInfo, solve_linear, solve_linear_output, solve_multilinear
 from sweeper.experiments.construction.spec import ConstructionSpec
+from sweeper.experiments.construction.targets import build_layers, init_uniform
 from sweeper.nn.activations import ACTIVATIONS, activation
 from sweeper.nn.init import WEIGHT_INITS
 
@@ -47,28 +49,10 @@ def _source_init(name: str, weight: torch.Tensor, g: torch.Generator) -> None:
 
 
 def build_target(spec: ConstructionSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Sequential:
-    """The target network (float32, seeded init): an MLP or a small CNN with the spec's activation."""
-    c, h, w = in_shape
-    if spec.target == "mlp":
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = c * h * w
-        for _ in range(spec.hidden_layers):
-            layers += [nn.Linear(width, spec.hidden), activation(spec.activation)]
-            width = spec.hidden
-        layers.append(nn.Linear(width, num_classes))
-    else:
-        k, ch = spec.kernel_size, spec.cnn_channels
-        layers = [nn.Conv2d(c, ch, k, padding=k // 2), activation(spec.activation), nn.MaxPool2d(2),
-                  nn.Conv2d(ch, ch, k, padding=k // 2), activation(spec.activation),
-                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, num_classes)]
-    net = nn.Sequential(*layers)
-    g = generator(spec.seed, 0)
+    """The target network (float32, seeded init): the spec's entry of the target registry."""
+    net = nn.Sequential(*build_layers(spec, in_shape, num_classes))
     with torch.no_grad():
-        for mod in net:
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                nn.init.kaiming_uniform_(mod.weight, a=math.sqrt(5), generator=g)
-                bound = 1 / math.sqrt(mod.weight[0].numel())
-                mod.bias.uniform_(-bound, bound, generator=g)
+        init_uniform(net, generator(spec.seed, 0))
     return net
 
 
@@ -156,30 +140,107 @@ def linear_half_width(spec: ConstructionSpec) -> float:
     return spec.linear_scale if spec.linear_scale > 0 else region.half_width(DTYPES[spec.dtype])
 
 
+#: Bytes one float64 intermediate of a block may take during calibration (and, at float32 width, one
+#: chunk of evaluation): CIFAR-sized blocks are m ≈ P channels at full resolution, megabytes per image.
+CHUNK_BYTES = 2**28
+
+
+def chunk_rows(model: nn.Module, x: torch.Tensor, itemsize: int = 8, most: int | None = None) -> int:
+    """Rows of `x` per chunk so that the widest layer of `model` (channels x the input's spatial
+    size, an upper bound) stays within CHUNK_BYTES."""
+    widths = [m.num_features for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    widths += [m.out_features if isinstance(m, nn.Linear) else m.out_channels
+               for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    per_row = max(widths + [1]) * max(1, math.prod(x.shape[2:])) * itemsize
+    rows = max(1, CHUNK_BYTES // per_row)
+    return min(rows, most) if most else rows
+
+
+def split(x: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    return [x[i:i + rows] for i in range(0, len(x), rows)]
+
+
+class ChannelStats:
+    """Per-channel mean, variance (unbiased, as torch.var), min and max of activations seen chunk by
+    chunk (Chan et al.'s pairwise merge). One chunk gives exactly torch's own mean and var, so a
+    calibration set that fits one chunk gives the same bits as an unchunked computation."""
+
+    def __init__(self) -> None:
+        self.n, self.chunks = 0, 0
+
+    def add(self, z: torch.Tensor) -> None:
+        zc = _channels(z)
+        n, mean = zc.shape[1], zc.mean(1)
+        lo, hi = zc.amin(1), zc.amax(1)
+        if self.chunks == 0:
+            self.var1 = zc.var(1)
+            self.mean, self.m2, self.lo, self.hi = mean, ((zc - mean[:, None]) ** 2).sum(1), lo, hi
+        else:
+            m2 = ((zc - mean[:, None]) ** 2).sum(1)
+            total = self.n + n
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n / total)
+            self.m2 = self.m2 + m2 + delta * delta * (self.n * n / total)
+            self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
+        self.n += n
+        self.chunks += 1
+
+    @property
+    def var(self) -> torch.Tensor:
+        return self.var1 if self.chunks == 1 else self.m2 / max(self.n - 1, 1)
+
+    def spread(self, scale: torch.Tensor) -> torch.Tensor:
+        """max |scale_k (z_k - mean_k)| per unit."""
+        return scale.abs() * torch.maximum(self.hi - self.mean, self.mean - self.lo)
+
+
+def _stats(f: Callable[[torch.Tensor], torch.Tensor], chunks: list[torch.Tensor]) -> ChannelStats:
+    acc = ChannelStats()
+    for c in chunks:
+        acc.add(f(c))
+    return acc
+
+
 @torch.no_grad()
-def construct_block(target_layer: nn.Module, block: BNBlock, x: torch.Tensor, spec: ConstructionSpec) -> SolveInfo:
+def construct_block(target_layer: nn.Module, block: BNBlock, x: torch.Tensor, spec: ConstructionSpec,
+                    rows: int | None = None) -> SolveInfo:
     """Set every BN of `block` (float64, in place) so that block(x') ≈ target_layer(x') for every
     input x' (exactly, up to the activation's linearisation, when the solve is exact); `x` is the
-    calibration batch of block inputs. Returns the solver's report."""
+    calibration batch of block inputs, seen `rows` at a time. Returns the solver's report.
+
+    With spec.output_gamma == "solve" the block's last BN scale is one more unknown of the scale
+    equations (diag(g) B diag(e_D) ... A = W), as in the paper, which uses every γ; with "fixed" it
+    only undoes the gains of the linear-region placement (1 / gain)."""
     region = ACTIVATIONS[spec.activation].linear_region
     eps_lin = linear_half_width(spec)
     Wt = _flat(target_layer.weight)
     mats = [_flat(wl.weight) for wl in block.weights()]
     A, Rs, B = mats[0], mats[1:-1], mats[-1]
-    if block.depth == 1:
+    solve_output = spec.output_gamma == "solve"
+    if block.depth == 1 and not solve_output:
         e, info = solve_linear(A, B, Wt, spec.solver, spec.dense_limit, spec.tol, spec.lsqr_iters)
+        es, g = [e], None
+    elif block.depth == 1:
+        (e, g), info = solve_linear_output(A, B, Wt, spec.solver, spec.dense_limit, spec.tol, spec.lsqr_iters,
+                                           spec.lm_iters)
         es = [e]
     else:
-        es, info = solve_multilinear(A, Rs, B, Wt, spec.lm_iters, spec.tol, spec.dense_limit)
-    weights, norms = block.weights(), block.norms()
-    acts = [m for m in block if not isinstance(m, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm))]
-    z = weights[0](x)
+        es, info = solve_multilinear(A, Rs, B, Wt, spec.lm_iters, spec.tol, spec.dense_limit,
+                                     output_scale=solve_output)
+        es, g = (es[:-1], es[-1]) if solve_output else (es, None)
+    mods, norms = list(block), block.norms()
+    wpos = [i for i, mod in enumerate(mods) if isinstance(mod, (nn.Linear, nn.Conv2d))]
+    chunks = split(x, rows or len(x))
+
+    def prefix(upto: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return nn.Sequential(*mods[:upto + 1])  # the block up to and including module `upto`
+
     gain = 1.0
     for l in range(block.depth):
-        zc = _channels(z)
-        mean, var = zc.mean(1), zc.var(1)
+        st = _stats(prefix(wpos[l]), chunks)  # BN l sees the real forward pass through BNs < l
+        mean, var = st.mean, st.var
         d = torch.from_numpy(es[l])
-        spread = (d[:, None] * (zc - mean[:, None])).abs().amax(1)  # |e_k (z_k - mean_k)| range per unit
+        spread = st.spread(d)  # |e_k (z_k - mean_k)| range per unit
         top = max(float(spread.max()), 1e-300)
         if region.mode == "positive":
             lam = max(1.0, region.onset) / top
@@ -189,14 +250,19 @@ def construct_block(target_layer: nn.Module, block: BNBlock, x: torch.Tensor, sp
             shift = torch.zeros_like(spread)
         _set_bn(norms[l], mean, var, lam * d, shift)
         gain *= lam * region.slope
-        z = weights[l + 1](acts[l](norms[l](z)))
-    vc = _channels(z)
-    v_mean, v_var = vc.mean(1), vc.var(1)
-    tc = _channels(target_layer(x))
-    t_mean = tc.mean(1)
-    if spec.refit_output:
-        v0, t0 = vc - v_mean[:, None], tc - t_mean[:, None]
-        scale = (v0 * t0).sum(1) / (v0 * v0).sum(1).clamp_min(1e-300)
+    out = prefix(wpos[block.depth])
+    vs, ts = _stats(out, chunks), _stats(target_layer, chunks)
+    v_mean, v_var, t_mean = vs.mean, vs.var, ts.mean
+    if spec.refit_output:  # per-unit regression of the target's pre-activation on the block's output
+        vt = torch.zeros_like(v_mean)
+        vv = torch.zeros_like(v_mean)
+        for c in chunks:
+            v0 = _channels(out(c)) - v_mean[:, None]
+            t0 = _channels(target_layer(c)) - t_mean[:, None]
+            vt, vv = vt + (v0 * t0).sum(1), vv + (v0 * v0).sum(1)
+        scale = vt / vv.clamp_min(1e-300)
+    elif g is not None:
+        scale = torch.from_numpy(g) / gain
     else:
         scale = torch.full_like(v_mean, 1.0 / gain)
     _set_bn(norms[-1], v_mean, v_var, scale, t_mean)
@@ -207,15 +273,17 @@ def construct_block(target_layer: nn.Module, block: BNBlock, x: torch.Tensor, sp
 def construct(target: nn.Sequential, source: nn.Sequential, x_calib: torch.Tensor,
               spec: ConstructionSpec) -> list[SolveInfo]:
     """Set the source's BN layers block by block (in float64; the source is left in float64, eval
-    mode). Each block is calibrated on the source's own outputs of the blocks before it."""
+    mode). Each block is calibrated on the source's own outputs of the blocks before it, in chunks
+    small enough for CIFAR-sized blocks (one chunk on digits)."""
     t64 = copy.deepcopy(target).double().eval()
     source.double().eval()
     h = x_calib.double()
     infos = []
     for tmod, smod in zip(t64, source):
+        rows = chunk_rows(smod, h)
         if isinstance(smod, BNBlock):
-            infos.append(construct_block(tmod, smod, h, spec))
-        h = smod(h)
+            infos.append(construct_block(tmod, smod, h, spec, rows))
+        h = torch.cat([smod(c) for c in split(h, rows)])
     return infos
 
 
@@ -223,7 +291,8 @@ def construct(target: nn.Sequential, source: nn.Sequential, x_calib: torch.Tenso
 def logits(model: nn.Module, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     model.eval()
     dtype = next(model.parameters()).dtype
-    return torch.cat([model(x[i:i + chunk].to(dtype)) for i in range(0, len(x), chunk)])
+    rows = chunk_rows(model, x, torch.finfo(dtype).bits // 8, most=chunk)
+    return torch.cat([model(c.to(dtype)) for c in split(x, rows)])
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

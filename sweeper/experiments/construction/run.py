@@ -8,6 +8,7 @@ plus tables. No Ray here; a pure, seeded function of its spec.
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import pandas as pd
@@ -21,15 +22,41 @@ from sweeper.experiments.construction.networks import (
     BNBlock,
     build_source,
     build_target,
+    chunk_rows,
     construct,
     linear_half_width,
     logits,
     relative_error,
+    split,
     weight_layers,
 )
+from sweeper.experiments.construction.solve import degrees_of_freedom, expected_residual
 from sweeper.experiments.construction.spec import ConstructionSpec
 from sweeper.experiments.construction.training import train_bn_only, train_target
 from sweeper.nn.activations import ACTIVATIONS
+
+
+class _RelError:
+    """||a - b|| / ||b|| over chunks. One chunk is relative_error itself (the same bits as an
+    unchunked evaluation); several sum the squares."""
+
+    def __init__(self) -> None:
+        self.first: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.chunks, self.diff, self.ref = 0, 0.0, 0.0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        if self.chunks == 0:
+            self.first = (a, b)
+        self.chunks += 1
+        a, b = a.double(), b.double()
+        self.diff += float(((a - b) ** 2).sum())
+        self.ref += float((b ** 2).sum())
+
+    @property
+    def value(self) -> float:
+        if self.chunks == 1:
+            return relative_error(*self.first)
+        return math.sqrt(self.diff) / max(math.sqrt(self.ref), 1e-300)
 
 
 @torch.no_grad()
@@ -37,50 +64,58 @@ def layer_report(target: nn.Sequential, source: nn.Sequential, x: torch.Tensor,
                  spec: ConstructionSpec) -> list[dict]:
     """Per target weight layer, on inputs x: the block's error given the target's own layer input
     (local), the error of the network up to and including it (cumulative), and the fraction of the
-    block's inner pre-activations outside the linear region."""
+    block's inner pre-activations outside the linear region. Seen in chunks (CIFAR-sized blocks)."""
     region = ACTIVATIONS[spec.activation].linear_region
     eps_lin = linear_half_width(spec)
     target.eval()
     source.eval()
     dtype = next(source.parameters()).dtype
-    t, s = x.to(dtype), x.to(dtype)
-    out = []
-    for i, (tmod, smod) in enumerate(zip(target, source)):
-        if isinstance(smod, BNBlock):
-            local = relative_error(smod(t), tmod(t))
-            outside, total = 0, 0
-            h = s
-            for mod in smod:
-                if not isinstance(mod, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
-                    if region.mode == "positive":
-                        outside += int((h < region.onset).sum())
-                    else:
-                        outside += int((h.abs() > 10 * eps_lin).sum())
-                    total += h.numel()
-                h = mod(h)
-            t, s = tmod(t), h
-            out.append({"module": i, "local_rel_error": local, "cumulative_rel_error": relative_error(s, t),
-                        "outside_linear_frac": outside / max(total, 1)})
-        else:
-            t, s = tmod(t), smod(s)
-    return out
+    blocks = [i for i, smod in enumerate(source) if isinstance(smod, BNBlock)]
+    local = {i: _RelError() for i in blocks}
+    cumulative = {i: _RelError() for i in blocks}
+    outside = {i: 0 for i in blocks}
+    total = {i: 0 for i in blocks}
+    for chunk in split(x, chunk_rows(source, x, torch.finfo(dtype).bits // 8, most=len(x))):
+        t, s = chunk.to(dtype), chunk.to(dtype)
+        for i, (tmod, smod) in enumerate(zip(target, source)):
+            if isinstance(smod, BNBlock):
+                local[i].add(smod(t), tmod(t))
+                h = s
+                for mod in smod:
+                    if not isinstance(mod, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
+                        if region.mode == "positive":
+                            outside[i] += int((h < region.onset).sum())
+                        else:
+                            outside[i] += int((h.abs() > 10 * eps_lin).sum())
+                        total[i] += h.numel()
+                    h = mod(h)
+                t, s = tmod(t), h
+                cumulative[i].add(s, t)
+            else:
+                t, s = tmod(t), smod(s)
+    return [{"module": i, "local_rel_error": local[i].value, "cumulative_rel_error": cumulative[i].value,
+             "outside_linear_frac": outside[i] / max(total[i], 1)} for i in blocks]
 
 
 LAYER_COLUMNS = {
     "layer": "int64", "kind": "str", "n_out": "int64", "n_in": "int64", "P": "int64", "m": "int64",
     "source_depth": "int64", "total_width": "int64", "dof": "int64", "width_ratio_actual": "float64",
     "solver_used": "str", "iterations": "int64", "weight_residual": "float64", "condition_number": "float64",
-    "condition_method": "str", "solve_seconds": "float64", "local_rel_error": "float64",
+    "condition_method": "str", "solve_seconds": "float64",
+    "expected_rel_error": "float64",  # sqrt(1 - dof / P): the residual to expect (solve.expected_residual)
+    "local_rel_error": "float64",
     "cumulative_rel_error": "float64", "outside_linear_frac": "float64",
 }
 
 
 def load_data(spec: ConstructionSpec, data_root: str | None = None):
-    """(x_train, y_train, x_test, y_test) with images as float32 in [0, 1]."""
-    from sweeper.data import load_arrays
+    """(x_train, y_train, x_test, y_test) with images as float32 in [0, 1]; class-balanced subsets
+    when train_size / test_size are set."""
+    from sweeper.data import balanced_subset, load_arrays
 
     x_tr, y_tr, x_te, y_te = load_arrays(spec.dataset, data_root)
-    return x_tr.float() / 255.0, y_tr, x_te.float() / 255.0, y_te
+    tr, te = balanced_subset(y_tr, spec.train_size), balanced_subset(y_te, spec.test_size)
+    return x_tr[tr].float() / 255.0, y_tr[tr], x_te[te].float() / 255.0, y_te[te]
 
 
 def run(spec: ConstructionSpec, data_root: str | None = None, *, threads: int | None = None,
@@ -93,7 +128,9 @@ def run(spec: ConstructionSpec, data_root: str | None = None, *, threads: int | 
         raise SweeperError(f"expected a ConstructionSpec, got {type(spec).__name__}")
     dtype = DTYPES[spec.dtype]
     x_tr, y_tr, x_te, y_te = load_data(spec, data_root)
-    num_classes = int(max(int(y_tr.max()), int(y_te.max())) + 1)
+    from sweeper.data import DATASETS
+
+    num_classes = DATASETS[spec.dataset].num_classes
 
     t0 = time.perf_counter()
     target = build_target(spec, tuple(x_tr.shape[1:]), num_classes)
@@ -130,11 +167,13 @@ def run(spec: ConstructionSpec, data_root: str | None = None, *, threads: int | 
         layer, block = target[i], source[i]
         n_out, n_in = layer.weight.shape[0], layer.weight[0].numel()
         P, m = n_out * n_in, block.width
+        dof = degrees_of_freedom(m, n_out, D, spec.output_gamma == "solve")
         rows.append({"layer": k, "kind": "conv" if block.conv else "linear", "n_out": n_out, "n_in": n_in,
-                     "P": P, "m": m, "source_depth": D, "total_width": D * m, "dof": D * m - (D - 1),
+                     "P": P, "m": m, "source_depth": D, "total_width": D * m, "dof": dof,
                      "width_ratio_actual": D * m / P, "solver_used": info.method, "iterations": info.iterations,
                      "weight_residual": info.residual, "condition_number": info.condition_number,
                      "condition_method": info.condition_method, "solve_seconds": info.seconds,
+                     "expected_rel_error": expected_residual(dof, P),
                      "local_rel_error": rep["local_rel_error"],
                      "cumulative_rel_error": rep["cumulative_rel_error"],
                      "outside_linear_frac": rep["outside_linear_frac"]})
@@ -162,6 +201,7 @@ def run(spec: ConstructionSpec, data_root: str | None = None, *, threads: int | 
         "sgd_argmax_agreement": float((b_logits.argmax(1) == t_logits.argmax(1)).double().mean()),
         "construction_minus_sgd_acc": test_acc - sgd_acc,
         "weight_residual": float(layer_table["weight_residual"].max()),
+        "expected_rel_error": float(layer_table["expected_rel_error"].max()),
         "condition_number": float(layer_table["condition_number"].max()),
         "outside_linear_frac": float(max(outside) if outside else 0.0),
         "solver_used": "+".join(sorted(set(layer_table["solver_used"]))),

@@ -13,7 +13,9 @@ from sweeper.checks import SEED, Range, at_least, positive
 from sweeper.errors import SweeperError
 from sweeper.spec import Spec
 
-TARGETS = ("mlp", "cnn")
+#: the block's last BN scale: fixed at 1 / gain (it only undoes the linear-region scaling), or solved
+#: with the inner scales (the paper's construction, which uses every γ)
+OUTPUT_GAMMAS = ("fixed", "solve")
 SOLVERS = ("auto", "dense", "lsqr")
 DTYPES = ("float32", "float64")
 SGD_OPTIMIZERS = ("adam", "sgd")
@@ -50,9 +52,11 @@ class ConstructionSpec(Spec):
         "tol": positive(),
         "sgd_epochs": Range(0, 1_000_000, integer=True),
         "sgd_lr": positive(),
+        "train_size": at_least(0, integer=True),
+        "test_size": at_least(0, integer=True),
     }
 
-    target: str = "mlp"  # "mlp" | "cnn"
+    target: str = "mlp"  # the target registry (targets.py): mlp | cnn | cifar-cnn
     hidden: int = 16  # MLP hidden width
     hidden_layers: int = 1  # MLP hidden layers
     cnn_channels: int = 8  # CNN: conv(k x k, C -> c), act, maxpool 2, conv(c -> c), act, avgpool, linear
@@ -62,6 +66,8 @@ class ConstructionSpec(Spec):
     activation: str = "relu"  # target and source activation (sweeper.nn.activations)
     weight_init: str = "normal"  # random source weights: normal | uniform | signed_constant (kaiming scale)
     dataset: str = "digits"
+    train_size: int = 0  # 0: the whole training set; else a class-balanced subset (target, calibration, SGD)
+    test_size: int = 0  # 0: the whole test set; else a class-balanced subset
     seed: int = 0
     target_epochs: int = 30  # Adam epochs for the target (seconds on digits)
     target_lr: float = 0.01
@@ -74,6 +80,9 @@ class ConstructionSpec(Spec):
     lsqr_iters: int = 20_000
     lm_iters: int = 100  # Levenberg-Marquardt iterations (D >= 2)
     tol: float = 1e-13  # relative weight residual at which the solvers stop
+    # "solve" (the paper's): the block's last BN scale is an unknown of the scale equations too, so a
+    # block is exact from D*m + n_out - D >= P on; "fixed": 1 / gain, exact from D*m - (D-1) >= P on
+    output_gamma: str = "fixed"
     refit_output: bool = False  # fit each block's output BN scale by regression (helps below m = P)
     dtype: str = "float32"  # dtype the constructed and target networks are evaluated in
     sgd_epochs: int = 20  # BN-only baseline on the same random source; 0 = untrained (γ=1, β=0)
@@ -90,13 +99,29 @@ class ConstructionSpec(Spec):
             want = {"int": int, "float": (int, float), "str": str, "bool": bool}[f.type]
             if not isinstance(v, want) or (f.type != "bool" and isinstance(v, bool)):
                 bad(f.name, f"expected {f.type}, got {v!r}")
-        choices = {"target": TARGETS, "solver": SOLVERS, "dtype": DTYPES,
+        choices = {"output_gamma": OUTPUT_GAMMAS, "solver": SOLVERS, "dtype": DTYPES,
                    "sgd_optimizer": SGD_OPTIMIZERS, "sgd_objective": SGD_OBJECTIVES,
                    "weight_init": SOURCE_INITS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 bad(name, f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(sorted(valid))}")
+        from sweeper.data import DATASETS
+        from sweeper.experiments.construction.targets import TARGETS
         from sweeper.nn.activations import ACTIVATIONS
+
+        try:
+            target = TARGETS[self.target]
+        except SweeperError as e:
+            raise e.at("target") from None
+        try:
+            dataset = DATASETS[self.dataset]
+        except SweeperError as e:
+            raise e.at("dataset") from None
+        if target.input_shape is not None and tuple(dataset.shape) != target.input_shape:
+            fits = sorted(n for n in DATASETS if tuple(DATASETS[n].shape) == target.input_shape)
+            bad("dataset", f"target {self.target} reads {'x'.join(map(str, target.input_shape))} images, "
+                           f"dataset {self.dataset} has {'x'.join(map(str, dataset.shape))}; "
+                           f"valid datasets: {', '.join(fits)}")
 
         try:
             act = ACTIVATIONS.canonical(self.activation)
@@ -113,7 +138,8 @@ class ConstructionSpec(Spec):
         for name, v in positive.items():
             if not v > 0:
                 bad(name, f"must be > 0, got {v!r}")
-        for name in ("target_epochs", "sgd_epochs", "calibration_size", "lm_iters", "seed", "linear_scale"):
+        for name in ("target_epochs", "sgd_epochs", "calibration_size", "lm_iters", "seed", "linear_scale",
+                     "train_size", "test_size"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)!r}")
         if self.shift_margin < 1:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper.experiments.construction.networks import generator, logits, relative_error
+from sweeper.experiments.construction.networks import chunk_rows, generator, logits, relative_error
 from sweeper.experiments.construction.spec import ConstructionSpec
 from sweeper.nn.norms import recalibrate
 
@@ -23,6 +23,7 @@ def _batches(n: int, batch_size: int, g: torch.Generator) -> Iterable[torch.Tens
 
 def _chunks(model: nn.Module, x: torch.Tensor, chunk: int = 4096) -> Iterable[torch.Tensor]:
     dtype = next(model.parameters()).dtype
+    chunk = chunk_rows(model, x, torch.finfo(dtype).bits // 8, most=chunk)  # CIFAR-sized blocks
     return (x[i:i + chunk].to(dtype) for i in range(0, len(x), chunk))
 
 
