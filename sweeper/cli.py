@@ -18,7 +18,7 @@ DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
 COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench.cli",
-                              "sweeper.orchestration.submit", "sweeper.slurm.cli"]
+                              "sweeper.orchestration.submit", "sweeper.slurm.cli", "sweeper.compact"]
 
 
 class Parser(argparse.ArgumentParser):
