@@ -127,6 +127,9 @@ def cmd_run(args) -> int:
     )
     for tid, error in list(summary.failed.items())[:10]:
         print(f"  failed {tid}: {error.splitlines()[0] if error else ''}")
+    from sweeper.compact import maybe_compact
+
+    maybe_compact(store, study.name, say=print)  # a table of many small files: merged before figures read it
     if not args.no_figures:
         from sweeper.analysis.draw import draw_study
 

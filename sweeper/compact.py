@@ -27,6 +27,7 @@ damaged, corrupt and stray files stay where `sweeper status` shows them.
 """
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -53,6 +55,10 @@ AUTO_FILES = 256
 # Parts of a compaction whose process is not on this host are garbage once this old (a compaction of
 # 10,000 ResNet-110 trials takes minutes, not an hour).
 ABANDONED_SECONDS = 3600.0
+# A compaction that would leave more live segments than this rewrites them all into one (as it does
+# when a trial it merges is in a segment already: rerun since, or merged twice by compactions at once),
+# so that a glob over a table's files reads each trial once and the parts stay few.
+MAX_SEGMENTS = 8
 FAULT_ENV = "SWEEPER_COMPACT_FAULT"  # tests: SIGKILL this process at the named step
 
 
@@ -147,6 +153,21 @@ def collect_garbage(store: Store, study: str, tables: list[str]) -> int:
     return removed
 
 
+def _drop_replaced(store: Store, study: str, segs: seglib.Segments, tables: list[str]) -> None:
+    """Delete the files of segments rewritten into a newer one: parts first, then the manifest (a
+    reader that still finds the manifest ignores it: the newer one names it in `replaces`)."""
+    for name in segs.replaced:
+        for table in tables:
+            sel = pafs.FileSelector(store.table_dir(study, table), allow_not_found=True)
+            for f in store.fs.get_file_info(sel):
+                if f.base_name.startswith(f"{seglib.PREFIX}{name}-"):
+                    store.fs.delete_file(f.path)
+        try:
+            store.fs.delete_file(seglib.manifest_path(store, study, name))
+        except FileNotFoundError:
+            pass
+
+
 def _delete_if_same(store: Store, path: str, stamp: str) -> bool:
     """Delete `path` if it is still the file stamped `stamp`; a rewrite (a trial rerun meanwhile)
     stays. Locally the file is first renamed aside, so that a rewrite landing between the check
@@ -232,11 +253,49 @@ class _PartWriter:
         return self.parts
 
 
-def _merge_table(store: Store, study: str, table: str, sources: dict[str, pafs.FileInfo], segment: str,
-                 say) -> tuple[_PartWriter | None, dict[str, str]]:
-    """Write the rows of `sources` (trial id -> its own file) into parts; returns the writer (its
-    parts) and the stamps of the files merged. A file gone meanwhile (another compaction merged it)
-    is left out."""
+def _own_rows(store: Store, table: str, sources: dict[str, pafs.FileInfo], tids: list[str]):
+    """(trial id, its rows, its file's stamp) from each own file, in trial id order; a file gone
+    meanwhile (another compaction merged it) is left out."""
+    for tid in tids:
+        info = sources[tid]
+        try:
+            with store.fs.open_input_file(info.path) as f:
+                rows = pq.read_table(f)
+        except FileNotFoundError:
+            continue
+        if storecheck.KEY in rows.column_names:
+            rows = rows.filter(pc.equal(rows.column(storecheck.KEY).cast(pa.string()), tid))
+        yield tid, (rows.slice(0, 1) if table == TRIALS else rows), seglib.stamp(info)
+
+
+def _part_rows(store: Store, part: seglib.Part, keep: set[str]):
+    """(trial id, its rows, None) of the trials `keep` of a part, in the part's (trial id) order:
+    read row group by row group, cut where the trial id changes (a trial's rows are contiguous)."""
+    keep_ids = pa.array(sorted(keep), pa.string())
+    with store.fs.open_input_file(part.path) as f:
+        pf = pq.ParquetFile(f)
+        carry = None
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g)
+            t = t.filter(pc.is_in(t.column(storecheck.KEY), keep_ids))
+            if carry is not None:
+                t = pa.concat_tables([carry, t])
+            if not len(t):
+                continue
+            ids = t.column(storecheck.KEY).to_numpy()
+            cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist()]
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                yield ids[lo], t.slice(lo, hi - lo), None
+            carry = t.slice(cuts[-1])  # the last trial may go on in the next row group
+        if carry is not None and len(carry):
+            yield carry.column(storecheck.KEY)[0].as_py(), carry, None
+
+
+def _merge_table(store: Store, study: str, table: str, sources: dict[str, pafs.FileInfo], old: list,
+                 segment: str) -> tuple[_PartWriter | None, dict[str, str]]:
+    """Write the rows of `sources` (trial id -> its own file) and of `old` ((part, trial ids to keep)
+    of segments being rewritten) into parts, all in trial id order; returns the writer (its parts)
+    and the stamps of the own files merged."""
     metas = {}
     for tid, info in sources.items():
         try:
@@ -247,24 +306,20 @@ def _merge_table(store: Store, study: str, table: str, sources: dict[str, pafs.F
         except Exception as e:  # noqa: BLE001 - damaged since the status looked: leave it to status
             if store._store_failed(e):
                 raise
-    if not metas:
+    schemas = [m.schema.to_arrow_schema() for m in metas.values()]
+    for part, _ in old:
+        with store.fs.open_input_file(part.path) as f:
+            schemas.append(pq.read_schema(f))
+    if not schemas:
         return None, {}
-    schema = pa.unify_schemas([m.schema.to_arrow_schema() for m in metas.values()], promote_options="permissive")
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
     out = _PartWriter(store, study, table, segment, schema)
     stamps = {}
-    for tid in sorted(metas):  # sorted by trial id: row-group statistics then bound each group's ids
-        info = sources[tid]
-        try:
-            with store.fs.open_input_file(info.path) as f:
-                rows = pq.read_table(f)
-        except FileNotFoundError:
-            continue
-        if storecheck.KEY in rows.column_names:
-            rows = rows.filter(pc.equal(rows.column(storecheck.KEY).cast(pa.string()), tid))
-        if table == TRIALS:
-            rows = rows.slice(0, 1)
+    streams = [_own_rows(store, table, sources, sorted(metas))] + [_part_rows(store, p, keep) for p, keep in old]
+    for tid, rows, stamp in heapq.merge(*streams, key=lambda x: x[0]):  # row groups then bound their ids
         out.add(tid, _conform(rows, schema))
-        stamps[tid] = seglib.stamp(info)
+        if stamp is not None:
+            stamps[tid] = stamp
     out.finish()
     return out, stamps
 
@@ -291,26 +346,39 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
     sources = {TRIALS: {t: i for t, i in own[TRIALS].items() if t in final}}
     for table in tables[1:]:
         sources[table] = {t: i for t, i in own[table].items() if t in st.done}
-    if max((len(s) for s in sources.values()), default=0) < max(min_files, 1):
+    again = any(segs.has(t, tid) for t, files in sources.items() for tid in files)  # rerun since merged
+    rewrite = bool(segs.names) and (again or segs.doubled() or len(segs.names) >= MAX_SEGMENTS)
+    if not rewrite and max((len(s) for s in sources.values()), default=0) < max(min_files, 1):
+        _drop_replaced(store, study, segs, tables)
         result.files_after = _study_files(store, study, tables)
         result.seconds = time.perf_counter() - started
         return result
+    old = {t: [] for t in tables}
+    if rewrite:  # every live segment into the new one, less the trials merged again from own files
+        for table in tables:
+            for part in segs.parts.get(table, []):
+                keep = {tid for tid in part.trials if segs.holder[table][tid] is part and tid not in sources[table]}
+                if keep:
+                    old[table].append((part, keep))
     segment = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:6]}"
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": _proc_start(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     store.write_bytes(seglib.pending_path(store, study, segment), json.dumps(holder).encode())
-    manifest = {"format": seglib.FORMAT, "segment": segment, "created": holder["started"], "tables": {}}
-    writers = []
+    manifest = {"format": seglib.FORMAT, "segment": segment, "created": holder["started"], "tables": {},
+                "replaces": segs.names if rewrite else []}
+    writers, merged = [], {}
     for table in tables:
-        if not sources[table]:
+        if not sources[table] and not old[table]:
             continue
-        say(f"{study}: merging {len(sources[table])} {table} files ...")
-        writer, stamps = _merge_table(store, study, table, sources[table], segment, say)
+        say(f"{study}: merging {len(sources[table])} {table} files" + (" into a rewrite of the segments" if rewrite else ""))
+        writer, stamps = _merge_table(store, study, table, sources[table], old[table], segment)
         if writer is None:
             continue
         writers.append(writer)
-        manifest["tables"][table] = {"parts": writer.parts, "stamps": stamps}
-        result.trials[table] = len(stamps)
+        merged[table] = stamps
+        carried = {t: v for t, v in segs.stamps.get(table, {}).items() if rewrite and t not in stamps}
+        manifest["tables"][table] = {"parts": writer.parts, "stamps": {**carried, **stamps}}
+        result.trials[table] = sum(len(p["trials"]) for p in writer.parts)
     _fault("written")
     for writer in writers:
         for where, final_path in writer.written:
@@ -320,11 +388,14 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
     store.write_bytes(seglib.manifest_path(store, study, segment), json.dumps(manifest).encode())  # the commit
     result.segment = segment
     _fault("committed")
-    doomed = [(sources[t][tid].path, s) for t, entry in manifest["tables"].items() for tid, s in entry["stamps"].items()]
+    doomed = [(sources[t][tid].path, s) for t, stamps in merged.items() for tid, s in stamps.items()]
     for i, (path, stamp) in enumerate(doomed):
         if i == len(doomed) // 2:
             _fault("deleting")
         result.deleted += _delete_if_same(store, path, stamp)
+    if rewrite:
+        segs.replaced = sorted(set(segs.replaced) | set(segs.names))
+    _drop_replaced(store, study, segs, tables)
     store.fs.delete_file(seglib.pending_path(store, study, segment))
     result.files_after = _study_files(store, study, tables)
     result.seconds = time.perf_counter() - started

@@ -62,7 +62,12 @@ class Segments:
     holder: dict[str, dict[str, Part]] = field(default_factory=dict)  # table -> trial id -> newest part
     # table -> trial id -> "size:mtime_ns" of the own file the segment merged (to finish its deletion)
     stamps: dict[str, dict[str, str]] = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)  # committed segment names, oldest first
+    names: list[str] = field(default_factory=list)  # live segment names, oldest first
+    replaced: list[str] = field(default_factory=list)  # committed, but rewritten into a newer one
+
+    def doubled(self) -> bool:
+        """Whether some trial is in two live parts of a table (two compactions ran at once)."""
+        return any(sum(len(p.trials) for p in parts) != len(self.holder.get(t, {})) for t, parts in self.parts.items())
 
     def tables(self) -> list[str]:
         return sorted(self.parts)
@@ -106,19 +111,28 @@ def read_segments(store, study: str) -> Segments:
 
     segs = Segments()
     names = sorted(i.base_name[: -len(".json")] for i in listing(store, study) if i.base_name.endswith(".json"))
+    docs = {}
     for name in names:
         path = manifest_path(store, study, name)
         try:
             with store.fs.open_input_stream(path) as f:
                 doc = json.loads(f.read().decode())
         except FileNotFoundError:
-            continue  # a superseded manifest deleted since the listing
+            continue  # a replaced manifest deleted since the listing
         except (ValueError, UnicodeDecodeError) as e:
             raise SweeperError(f"{store.url(study, FOLDER, name + '.json')} is not a compaction manifest ({e}); "
                                "move it aside and run `sweeper compact` again", "--store") from None
         if not isinstance(doc, dict) or doc.get("format", 0) > FORMAT:
             raise SweeperError(f"{store.url(study, FOLDER, name + '.json')}: a newer manifest format; upgrade "
                                "sweeper", "--store")
+        docs[name] = doc
+    # A segment rewritten into a newer one (whose manifest names it in `replaces`) is dead from the
+    # moment that manifest lands; its files go after.
+    replaced = {r for doc in docs.values() for r in doc.get("replaces", [])}
+    segs.replaced = sorted(n for n in docs if n in replaced)
+    for name, doc in docs.items():
+        if name in replaced:
+            continue
         segs.names.append(name)
         for table, entry in doc["tables"].items():
             for p in entry["parts"]:
