@@ -76,6 +76,22 @@ def test_compaction_reads_the_same_with_few_files_sorted_with_statistics(tmp_pat
     assert compact_study(store, STUDY).segment is None  # nothing left to merge
 
 
+def test_damaged_stray_and_corrupt_files_stay_out_of_compaction_where_status_shows_them(tmp_path):
+    root = tmp_path / "store"
+    make(root, trials=8)
+    store = Store(root)
+    ids = sorted(p.stem for p in (root / STUDY / "bn").glob("*.parquet"))
+    (root / STUDY / "bn" / f"{ids[0]}.parquet").write_bytes(b"not parquet")  # damaged: reruns
+    (root / STUDY / "bn" / f"{ids[1]} (1).parquet").write_bytes((root / STUDY / "bn" / f"{ids[1]}.parquet").read_bytes())
+    result = compact_study(store, STUDY)
+    assert result.trials == {"trials": 7, "bn": 7}  # the damaged trial keeps its own files (it reruns)
+    st = store.trial_status(STUDY)
+    assert ids[0] in st.damaged and len(st.done) == 7 and st.stray == [str(root / STUDY / "bn" / f"{ids[1]} (1).parquet")]
+    assert (root / STUDY / "bn" / f"{ids[0]}.parquet").exists()
+    bn = store.read(STUDY, "bn")
+    assert bn["trial_id"].nunique() == 7 and bn.groupby("trial_id").size().eq(ROWS).all()
+
+
 def test_load_pushes_columns_and_filters_down(tmp_path):
     root = tmp_path / "store"
     make(root, trials=12)
