@@ -178,6 +178,21 @@ def test_a_writer_committing_during_compaction_loses_nothing(tmp_path):
     assert len(pd.read_parquet(root / STUDY / "bn")) == 60 * ROWS  # after the last compaction, a glob too
 
 
+def test_two_compactions_at_once_both_commit_and_the_next_rewrites_them_into_one(tmp_path):
+    root = tmp_path / "store"
+    make(root, trials=30)
+    store = Store(root)
+    want = snapshot(store)
+    procs = [subprocess.Popen([sys.executable, "-m", "sweeper.cli", "compact", str(root)], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert_same(want, snapshot(store))
+    compact_study(store, STUDY)
+    assert_same(want, snapshot(store))
+    assert len(files(root / STUDY / FOLDER)) == 1 and len(files(root / STUDY, "*.parquet")) == 2
+
+
 @pytest.mark.parametrize("point", ["written", "visible", "committed", "deleting"])
 def test_sigkill_at_each_step_leaves_a_store_that_reads_correctly_and_the_next_run_finishes(tmp_path, point):
     root = tmp_path / "store"
