@@ -400,15 +400,17 @@ def _to_arrow(frame: pd.DataFrame) -> pa.Table:
 
 
 def load(store: str | os.PathLike, study: str | None = None, table: str = TRIALS, columns: list[str] | None = None,
-         filters=None) -> pd.DataFrame:
+         filters=None, categorical: list[str] = ()) -> pd.DataFrame:
     """A table as a DataFrame: one study's, or every study's concatenated when `study` is None.
     `columns` reads only those columns; `filters` only the rows it selects, inside the Parquet
     scan (row groups whose statistics rule them out are skipped): a pyarrow expression, e.g.
     `pyarrow.compute.field("layer_index") == 0`, or pyarrow's tuples, e.g.
-    `[("trial_id", "in", ids), ("gamma", "<", 0.01)]`. Compacted and per-trial files alike."""
+    `[("trial_id", "in", ids), ("gamma", "<", 0.01)]`. Compacted and per-trial files alike.
+    `categorical` text columns come back as pandas categoricals (`["trial_id"]` for the `bn` table:
+    integer codes instead of one string per row)."""
     s = Store(store)
     if study is not None:
-        return s.read(study, table, columns=columns, filters=filters)
-    frames = [s.read(name, table, columns=columns, filters=filters) for name in s.studies()]
+        return s.read(study, table, columns=columns, filters=filters, categorical=categorical)
+    frames = [s.read(name, table, columns=columns, filters=filters, categorical=categorical) for name in s.studies()]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or [])

@@ -105,6 +105,8 @@ def test_load_pushes_columns_and_filters_down(tmp_path):
         assert list(got.columns) == ["trial_id", "gamma"]
         pd.testing.assert_frame_equal(got.sort_values(["trial_id", "gamma"]).reset_index(drop=True),
                                       want.sort_values(["trial_id", "gamma"]).reset_index(drop=True))
+        cat = load(root, STUDY, "bn", columns=["trial_id"], categorical=["trial_id"])
+        assert isinstance(cat["trial_id"].dtype, pd.CategoricalDtype) and len(cat) == len(full)
         expr = load(root, STUDY, "bn", columns=["gamma"], filters=pc.field("gamma") < 0.1)
         assert len(expr) == (full["gamma"] < 0.1).sum()
         compact_study(store, STUDY)
