@@ -18,6 +18,16 @@ parameters; about 10 minutes on 2 CPU cores (two trials of one core each):
 
     sweeper run studies/depth_vs_width.py --quick --data-root ../shared/data/cifar10
 
+The cpu variant (`--scale cpu`) is sized to show the paper's findings on a laptop: the recipe of an
+independent check that already showed ResNet-32 above WRN-14-2 (10,000 class-balanced training
+images, the full test set, 20 epochs, batch 128, lr 0.1 dropped at 50% and 75%, crop + flip), in
+bf16, at base width 8, with three deeper/wider pairs at matched BN parameter counts (table below,
+pinned by tests/test_scale.py), trained three ways: BN-only, output-only and the equal-count random
+baseline, 3 seeds; 63 trials, about 3 hours with the cpu variants of sparsity.py and norm_types.py
+on 2 cores (`sweeper plan --scale cpu` for this machine's estimate):
+
+    sweeper run studies/depth_vs_width.py --scale cpu --data-root ../shared/data/cifar10
+
 Figures (sweeper.analysis.frankle): Fig. 1 all_vs_all_but_bn, Fig. 2 accuracy_vs_depth_width,
 Fig. 3 accuracy_vs_bn_params, Fig. 4 gamma_distribution, Fig. 5 gamma_sparsity, Table 1.
 """
@@ -26,6 +36,25 @@ from sweeper import Study
 DEEPER = [f"resnet-{d}" for d in (14, 32, 56, 110, 218, 434, 866)]  # ResNet-D, width 16
 WIDER = [f"wrn-14-{k}" for k in (1, 2, 4, 8, 16, 32)]  # WRN-14-k, width 16k (wrn-14-1 = resnet-14)
 SUBSETS = ["all", "bn", "output", "bn+output", "all-but-bn", "random"]
+
+# The cpu variant's networks, base width 8. BN parameters: 8 (14 + 28n) for ResNet-(6n+2)-8 (stem,
+# 2 per block, 2 shortcut BNs, 2 per channel each), 70 W for ResNet-14-W; `sweeper params` counts them.
+#   deeper (width 8)   BN      wider (depth 14)   BN
+#   resnet-14-8        560     (the two series' common start, as ResNet-14 = WRN-14-1 in the paper)
+#   resnet-20-8        784     resnet-14-11       770   (-2%)
+#   resnet-26-8       1008     resnet-14-14       980   (-3%)
+#   resnet-32-8       1232     resnet-14-18      1260   (+2%)
+# The last pair halves the width of the check's ResNet-32 / WRN-14-2 (2,464 / 2,240).
+CPU_DEEPER = ["resnet-14-8", "resnet-20-8", "resnet-26-8", "resnet-32-8"]
+CPU_WIDER = ["resnet-14-11", "resnet-14-14", "resnet-14-18"]
+# The laptop recipe every training study's cpu variant shares (the independent check's, in bf16).
+CPU_RECIPE = {
+    "train_size": 10_000,  # class-balanced: 1,000 images per class
+    "test_size": 0,  # the full test set (10,000 images)
+    "epochs": 20,  # lr 0.1, /10 at 50% and 75% of the steps (sweeper.experiments.train.loop.lr_milestones)
+    "batch_size": 128,
+    "precision": "bf16",  # about 1.8x faster on a CPU; batch norm stays fp32
+}
 
 study = Study(
     name="depth_vs_width",
@@ -55,6 +84,8 @@ study = Study(
         "accuracy_vs_bn_params",
         "gamma_distribution",
         "gamma_sparsity",
+        "gamma_by_layer",  # per-layer mean |γ|, input to output
+        "beta_distribution",
         "table1_params",
     ],
     resources={"cpu": 4, "gpu": 1},  # one g5.xlarge worker per trial (docs/cluster.md)
@@ -71,5 +102,19 @@ study = Study(
             "precision": "bf16",  # about 1.5-2x faster on this CPU; batch norm stays fp32
         },
         "resources": {"cpu": 1, "gpu": 0},  # two trials at a time on 2 cores, 1 torch thread each
+    },
+    cpu={
+        "axes": {
+            "model": CPU_DEEPER + CPU_WIDER,
+            # BN-only (depth vs width at equal BN count), output-only (the BN - output gap against
+            # depth) and the equal-count random baseline
+            "trainable": ["bn", "output", "random"],
+            "seed": [0, 1, 2],
+        },
+        "recipe": CPU_RECIPE,
+        # Fig. 1 (all vs all-but-bn) needs subsets this variant leaves out
+        "figures": ["accuracy_vs_depth_width", "accuracy_vs_bn_params", "gamma_distribution", "gamma_sparsity",
+                    "gamma_by_layer", "beta_distribution", "table1_params"],
+        "resources": {"cpu": 1, "gpu": 0},
     },
 )

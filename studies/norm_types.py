@@ -25,6 +25,12 @@ The quick variant (about 10 minutes on 2 CPU cores): ResNet-8 and ResNet-14 at w
 a 2,000-image class-balanced subset of CIFAR-10 (500 test images), 3 epochs at batch 32, bf16:
 
     sweeper run studies/norm_types.py --quick --data-root ../shared/data/cifar10
+
+The cpu variant (`--scale cpu`, the laptop recipe of depth_vs_width.py's: 10,000 training images,
+the full test set, 20 epochs, batch 128, bf16): ResNet-8 and ResNet-20 at width 8, every layer,
+BN-only against the equal-count random baseline, 3 seeds, 72 trials:
+
+    sweeper run studies/norm_types.py --scale cpu --data-root ../shared/data/cifar10
 """
 from sweeper import Study
 
@@ -68,6 +74,14 @@ study = Study(
     quick={
         "axes": {"depth": [8, 14], "seed": [0, 1]},
         "recipe": {"width": 8, "train_size": 2000, "test_size": 500, "epochs": 3, "batch_size": 32,
+                   "precision": "bf16"},
+        "resources": {"cpu": 1, "gpu": 0},
+    },
+    cpu={
+        # BN-only per layer against the random baseline; `all` (a ceiling, at the cost of a random
+        # trial each) is left to the full study
+        "axes": {"depth": [8, 20], "trainable": ["bn", "random"], "seed": [0, 1, 2]},
+        "recipe": {"width": 8, "train_size": 10_000, "test_size": 0, "epochs": 20, "batch_size": 128,
                    "precision": "bf16"},
         "resources": {"cpu": 1, "gpu": 0},
     },

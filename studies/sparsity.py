@@ -14,6 +14,13 @@ The quick variant (about 10 minutes on 2 CPU cores): networks of base width 8, d
 class-balanced subset of CIFAR-10 (1,000 test images) for 6 epochs at batch 32 in bf16:
 
     sweeper run studies/sparsity.py --quick --data-root ../shared/data/cifar10
+
+The cpu variant (`--scale cpu`, the laptop recipe of depth_vs_width.py's: 10,000 training images,
+the full test set, 20 epochs, batch 128, bf16): BN-only on the same deeper (ResNet-14/20/26/32 at
+width 8) and wider (ResNet-14 at widths 11, 14, 18) networks, 3 seeds, 21 trials, so that the
+share of γ near zero and of dead ReLUs can be read against depth and against width:
+
+    sweeper run studies/sparsity.py --scale cpu --data-root ../shared/data/cifar10
 """
 from sweeper import Study
 
@@ -45,6 +52,8 @@ study = Study(
         "gamma_sparsity",
         "clamp_accuracy",
         "dead_relu",
+        "gamma_by_layer",
+        "beta_distribution",
         "accuracy_vs_depth_width",
         "accuracy_vs_bn_params",
         "table1_params",
@@ -56,6 +65,17 @@ study = Study(
             "seed": [0, 1],
         },
         "recipe": {"train_size": 5000, "test_size": 1000, "epochs": 6, "batch_size": 32, "precision": "bf16"},
+        "resources": {"cpu": 1, "gpu": 0},
+    },
+    cpu={
+        "axes": {
+            # depth_vs_width.py's cpu networks: deeper at width 8, wider at depth 14
+            "model": ["resnet-14-8", "resnet-20-8", "resnet-26-8", "resnet-32-8",
+                      "resnet-14-11", "resnet-14-14", "resnet-14-18"],
+            "trainable": ["bn"],  # the findings (γ near zero, dead ReLUs growing with depth) are BN-only's
+            "seed": [0, 1, 2],
+        },
+        "recipe": {"train_size": 10_000, "test_size": 0, "epochs": 20, "batch_size": 128, "precision": "bf16"},
         "resources": {"cpu": 1, "gpu": 0},
     },
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -174,6 +175,17 @@ def control_character(text: str) -> str | None:
         if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
             return ch
     return None
+
+
+#: A study's name is a folder of the store and a word of reports and crontab lines: matched whole
+#: (`fullmatch`: a `$` pattern accepts a trailing newline).
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_study_name(value: Any, where: str) -> None:
+    """A study name (a study file's `name`, `--name`): letters, digits, '.', '_', '-'."""
+    if not isinstance(value, str) or not STUDY_NAME.fullmatch(value):
+        raise SweeperError(f"must be letters, digits, '.', '_' or '-', got {value!r}", where)
 
 
 def check_text(value: Any, where: str, what: str = "") -> None:

@@ -18,7 +18,8 @@ DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
 COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench.cli",
-                              "sweeper.orchestration.submit", "sweeper.slurm.cli", "sweeper.compact"]
+                              "sweeper.orchestration.submit", "sweeper.slurm.cli", "sweeper.report.cli",
+                              "sweeper.compact"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,10 +42,12 @@ def _fmt(v) -> str:
 
 # -- plan ----------------------------------------------------------------------------------------
 def cmd_plan(args) -> int:
+    from sweeper import overrides
     from sweeper.plan import describe
     from sweeper.study import load_study
 
-    study = load_study(args.study, quick=args.quick)
+    study = load_study(args.study, scale=scale_of(args), overrides=args.overrides, name=args.name)
+    changed = overrides.describe(args.overrides, args.name)
     specs = study.specs()
     done = set()
     if args.store:  # a folder or an s3:// / gs:// URI: a missing folder or prefix has no trials yet
@@ -72,7 +75,7 @@ def cmd_plan(args) -> int:
         # Written row by row: a 100,000-trial grid's document is tens of megabytes, and building it
         # whole (rows, then one string) took gigabytes.
         head = {"study": study.name, "experiment": study.experiment, "count": len(specs),
-                "done": len(specs) - len(remaining)}
+                "done": len(specs) - len(remaining), "overrides": list(args.overrides)}
         out = sys.stdout
         out.write(json.dumps(head)[:-1] + ', "trials": [')
         for i, s in enumerate(specs):
@@ -84,8 +87,12 @@ def cmd_plan(args) -> int:
     if any(a in axes for a in ("model", "family", "depth", "width")) and "model" in rows[0]:
         axes = ["model"] + [a for a in axes if a not in ("model", "family")]
     shown = ["trial_id"] + [a for a in axes if a in rows[0]]
+    if "trainable" in shown and "random_k" not in shown and len({r.get("random_k") for r in rows}) > 1:
+        shown.insert(shown.index("trainable") + 1, "random_k")  # an axis value random(k=N) sets it
     shown += ["done"]
     print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
+    if changed:
+        print(changed)
     print(_table(rows, shown))
     for line in notes:
         print(line)
@@ -101,7 +108,7 @@ def cmd_run(args) -> int:
     from sweeper.store import Store
     from sweeper.study import load_study
 
-    study = load_study(args.study, quick=args.quick)
+    study = load_study(args.study, scale=scale_of(args), overrides=args.overrides, name=args.name)
     store = Store(args.store)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
     # Before any work: the store takes writes, the data are there, the cluster answers. The store's
@@ -127,17 +134,21 @@ def cmd_run(args) -> int:
     )
     for tid, error in list(summary.failed.items())[:10]:
         print(f"  failed {tid}: {error.splitlines()[0] if error else ''}")
+    from sweeper.analysis.cohort import Plan, record_plan
     from sweeper.compact import maybe_compact
 
     maybe_compact(store, study.name, say=print)  # a table of many small files: merged before figures read it
+    plan = Plan.of(study)
+    record_plan(store, plan)  # figures and status drawn later without the study file use it
     if not args.no_figures:
         from sweeper.analysis.draw import draw_study
 
         # An object store's figures are drawn into a local folder (named below) and copied to it.
-        drawn = draw_study(store, study.name, names=study.figures or None)
+        drawn = draw_study(store, study.name, names=study.figures or None, plan=plan)
         for key, files in drawn.written.items():
             print(f"  figure {key}: {files[0]}")
         _say_where(drawn)
+        _say_left_out(drawn, "  figures of ")
     return 0 if summary.ok else 1
 
 
@@ -145,6 +156,13 @@ def _say_where(drawn) -> None:
     """For figures of an object store: the local folder they were drawn into, and the copy's."""
     for study, url in sorted(drawn.copied.items()):
         print(f"  figures of {study} drawn locally in {drawn.folders[study]} and copied to {url}")
+
+
+def _say_left_out(drawn, prefix: str = "") -> None:
+    """The trials a study's figures did not use: those outside its current plan, one line a kind."""
+    for study, lines in sorted(drawn.left_out.items()):
+        for line in lines:
+            print(f"{prefix}{study}: {line}")
 
 
 # -- params --------------------------------------------------------------------------------------
@@ -181,13 +199,29 @@ def cmd_figures(args) -> int:
     store.check_reachable()  # an object store: one line within seconds when it cannot be read
     if not store.studies():
         raise SweeperError("no study results here", args.store)
-    drawn = draw_store(store, Path(args.out) if args.out else None, args.study or None)
+    plans = _plans(args.studies)
+    # study files name the studies to draw (their current plans only), unless --study names others
+    studies = args.study or list(plans) or None
+    drawn = draw_store(store, Path(args.out) if args.out else None, studies, plans=plans)
     for key, files in sorted(drawn.written.items()):
         print(f"drew    {key}: {', '.join(str(f) for f in files)}")
     for key, why in sorted(drawn.skipped.items()):
         print(f"skipped {key}: {why}")
     _say_where(drawn)
+    _say_left_out(drawn, "figures of ")
     return 0
+
+
+def _plans(paths: list[str]) -> dict:
+    """Study name -> the current plan of each study file given (sweeper.analysis.cohort)."""
+    from sweeper.analysis.cohort import Plan
+    from sweeper.study import load_study
+
+    plans = {}
+    for path in paths:
+        study = load_study(path)
+        plans[study.name] = Plan.of(study)
+    return plans
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -196,22 +230,26 @@ def cmd_status(args) -> int:
 
     store = Store(args.store)
     store.check_reachable()
-    planned: dict[str, set[str]] = {}
-    for path in args.studies:
-        from sweeper.study import load_study
+    from sweeper.analysis.cohort import plan_counts, recorded_plan
 
-        s = load_study(path)
-        planned[s.name] = {spec.trial_id for spec in s.specs()}
-    rows, files = [], []
+    planned = _plans(args.studies)
+    rows, files, left_out = [], [], []
     for name in sorted(set(store.studies()) | set(planned)):
         st = store.trial_status(name)
-        trials = store.read(name, "trials", columns=["ended_at"]) if st.done or st.failed else None
+        # counted over the study's current plan (its study file's, else its last run's): trials
+        # of an earlier recipe are `other`, and said what they are
+        plan = planned.get(name) or recorded_plan(store, name)
+        cols = ["ended_at", "trial_id", *(plan.values if plan else ())]
+        trials = store.read(name, "trials", columns=cols) if st.done or st.failed else None
+        counts = {"done": len(st.done), "failed": len(st.failed), "missing": None, "other": 0, "left_out": []}
+        if plan is not None:
+            counts = plan_counts(trials, st.done, st.failed, plan)
+            left_out += [f"{name}: {line}" for line in counts["left_out"]]
         damaged = sorted(p for paths in st.damaged.values() for p in paths)
         rows.append({
             "study": name,
-            "done": len(st.done),
-            "failed": len(st.failed),
-            "missing": len(planned[name] - st.done - set(st.failed)) if name in planned else None,
+            **counts,
+            "plan": None if plan is None else ("study file" if name in planned else "last run"),
             "corrupt": len(st.corrupt),
             "damaged": len(st.damaged),
             "stray": len(st.stray),
@@ -224,19 +262,30 @@ def cmd_status(args) -> int:
         files += [(name, kind, p) for kind, paths in (("corrupt", st.corrupt), ("damaged", damaged),
                                                        ("stray", st.stray), ("duplicate", st.duplicate))
                   for p in paths]
+    from sweeper.searchstorage import existing
+
+    searches = {row["study"]: existing(store, row["study"]) for row in rows}
+    for row in rows:
+        row["optuna"] = searches[row["study"]].url if searches[row["study"]] else None
     if args.json:
         print(json.dumps({"store": store.uri, "studies": rows}, indent=1))
         return 0
     if not rows:
         print("empty store")
         return 0
-    print(_table(rows, ["study", "done", "failed", "missing", "corrupt", "damaged", "stray", "duplicate", "last_run"]))
+    print(_table(rows, ["study", "done", "failed", "missing", "other", "corrupt", "damaged", "stray", "duplicate",
+                        "last_run"]))
+    for line in left_out:
+        print(line)
     why = {"corrupt": "unreadable or mistyped; its trial runs again",
            "damaged": "a done trial's table, missing or unreadable; the trial runs again",
            "stray": "holds no row of the trial it is named for (a copy?); readers ignore it",
            "duplicate": "holds its trial's row more than once; readers take the first"}
     for name, kind, path in files:
         print(f"{name}: {kind} {path} ({why[kind]})")
+    for row in rows:  # where each study's Optuna searches are, and how to look at them
+        if row["optuna"] is not None:
+            print(f"{row['study']}: {searches[row['study']].describe()}")
     return 0
 
 
@@ -260,6 +309,37 @@ def add_wait_option(p) -> None:
                         "with --address, 0 on the local one, which never grows")
 
 
+def add_overrides(p) -> None:
+    """`--set KEY=VALUE` (repeatable) and `--name NAME`: see sweeper.overrides."""
+    from sweeper.overrides import add_options
+
+    add_options(p)
+
+
+def add_scale_option(p) -> None:
+    """`--scale`, beside each command's `--quick` (kept as it was: the same as `--scale quick`)."""
+    from sweeper.study import SCALES
+
+    p.add_argument("--scale", choices=SCALES, default=None,
+                   help="the study's size: quick (a smoke run, minutes), cpu (a laptop's hours, big enough to "
+                        "show the papers' effects), full (as declared, the default); --quick is --scale quick")
+
+
+def scale_of(args) -> str:
+    """The scale a command's --scale and --quick ask for; both, disagreeing, is bad input."""
+    scale = getattr(args, "scale", None)
+    if getattr(args, "quick", False):
+        if scale not in (None, "quick"):
+            raise SweeperError(f"--quick is --scale quick; it cannot go with --scale {scale}", "--scale")
+        return "quick"
+    return scale or "full"
+
+
+def scale_arguments(scale: str) -> list[str]:
+    """The options that ask a passed-on command for `scale` (`--quick` as before for quick)."""
+    return {"quick": ["--quick"], "full": []}.get(scale, ["--scale", scale])
+
+
 def build_parser() -> Parser:
     p = Parser(prog="sweeper", description="Sweeps of BatchNorm-only training on Ray Tune.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -268,6 +348,7 @@ def build_parser() -> Parser:
     plan = sub.add_parser("plan", help="list a study's trials without running anything")
     plan.add_argument("study")
     plan.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
+    add_scale_option(plan)
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--store", default=None, help="mark trials this store already has")
     plan.add_argument("--cpus-per-trial", type=float, default=None, help="as `run` would ask (default: the study's)")
@@ -279,6 +360,7 @@ def build_parser() -> Parser:
     plan.add_argument("--workers", type=int, default=None, help="GPU workers (default: the cluster file's max_workers, else 1)")
     plan.add_argument("--efficiency", type=float, default=None,
                       help="share of a card's stated rate a training step reaches (default: 0.3, an assumption)")
+    add_overrides(plan)
     plan.set_defaults(fn=cmd_plan)
 
     run = sub.add_parser("run", help="run a study's missing trials on Ray")
@@ -287,12 +369,14 @@ def build_parser() -> Parser:
     run.add_argument("--address", default=None, help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
     run.add_argument("--data-root", default=None, help="dataset root (or $SWEEPER_DATA_ROOT)")
     run.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
+    add_scale_option(run)
     run.add_argument("--cpus-per-trial", type=float, default=None)
     run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions share a GPU (e.g. 0.25)")
     run.add_argument("--max-failures", type=int, default=2, help="retries of a trial lost to a node fault")
     run.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint at most this often")
     run.add_argument("--no-figures", action="store_true", help="do not redraw figures at the end")
     add_wait_option(run)
+    add_overrides(run)
     run.set_defaults(fn=cmd_run)
 
     params = sub.add_parser("params", help="parameter counts by group (Table 1)")
@@ -304,6 +388,8 @@ def build_parser() -> Parser:
 
     figures = sub.add_parser("figures", help="redraw every figure a store has data for")
     figures.add_argument("store")
+    figures.add_argument("studies", nargs="*", help="study files: draw these studies from the trials of their "
+                         "current plans (default: each study's last run's plan, when one is recorded)")
     figures.add_argument("--out", default=None, help="folder (default: <store>/<study>/figures; for an "
                          "s3:// or gs:// store ./figures/<bucket>/<prefix>/<study>, copied to the store)")
     figures.add_argument("--study", action="append", help="only this study (repeatable)")
@@ -311,7 +397,8 @@ def build_parser() -> Parser:
 
     status = sub.add_parser("status", help="per study: trials done, failed, missing; the last run")
     status.add_argument("store")
-    status.add_argument("studies", nargs="*", help="study files, to count missing trials")
+    status.add_argument("studies", nargs="*", help="study files: count their current plans' trials (done, "
+                        "failed, missing) and say what else the store holds")
     status.add_argument("--json", action="store_true")
     status.set_defaults(fn=cmd_status)
 

@@ -6,8 +6,8 @@ training step costs about 3 forward passes when weights train (forward, input gr
 gradients) and about 2 when every conv is frozen (no weight-gradient kernels: the BN-only case).
 
 Rates:
-- CPU trials: this machine's measured matrix-multiply rate with the trial's threads (measured only
-  when some trial runs on CPUs).
+- CPU trials: this machine's measured matrix-multiply rate with the trial's threads, in the trial's
+  precision (fp32 or bf16; measured only when some trial runs on CPUs).
 - GPU trials: a card's stated dense rate for the trial's precision (`GPUS`), times an efficiency
   factor: the share of that rate a conv net's training step reaches. No GPU was at hand to measure
   either, so both are stated assumptions, printed with every estimate and changeable (--gpu,
@@ -41,15 +41,17 @@ def trial_cost(spec) -> TrialCost | None:
 
 
 # -- CPU rate --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def matmul_rate(threads: int = 1) -> float:
-    """FLOP/s of a large fp32 matrix product on this machine, with `threads` threads."""
+@functools.lru_cache(maxsize=4)
+def matmul_rate(threads: int = 1, precision: str = "fp32") -> float:
+    """FLOP/s of a large matrix product on this machine, with `threads` threads, in `precision`
+    (a bf16 trial runs its convolutions under bf16 autocast: BENCHMARKS.md measured its step
+    1.8x faster than fp32, and a bf16 matrix product about 2x here)."""
     import torch
 
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a = torch.randn(1024, 1024)
+        a = torch.randn(1024, 1024).to(torch.bfloat16 if precision == "bf16" else torch.float32)
         a @ a
         start, reps = time.perf_counter(), 0
         while time.perf_counter() - start < 0.3:
@@ -62,18 +64,22 @@ def matmul_rate(threads: int = 1) -> float:
 
 def estimate(specs, cpus_per_trial: float = 1.0) -> dict:
     """Seconds of compute per trial and in all, at this machine's measured rate per trial."""
-    flops = [None if c is None else c.flops for c in map(trial_cost, specs)]
-    known = [f for f in flops if f is not None]
+    costs = list(map(trial_cost, specs))
+    known = [c for c in costs if c is not None]
     if not known:  # nothing to time: no need to measure the rate
-        return {"flops_per_second": None, "trial_seconds": [None] * len(flops), "total_flops": 0,
-                "total_trial_seconds": 0.0, "unknown_trials": len(flops), "device": "cpu"}
-    rate = matmul_rate(max(1, min(int(cpus_per_trial), os.cpu_count() or 1))) * EFFICIENCY
+        return {"flops_per_second": None, "trial_seconds": [None] * len(costs), "total_flops": 0,
+                "total_trial_seconds": 0.0, "unknown_trials": len(costs), "device": "cpu"}
+    threads = max(1, min(int(cpus_per_trial), os.cpu_count() or 1))
+    rates = {p: matmul_rate(threads, p) * EFFICIENCY for p in sorted({c.precision for c in known})}
+    seconds = [None if c is None else c.flops / rates[c.precision] for c in costs]
+    total_flops, total_seconds = sum(c.flops for c in known), sum(s for s in seconds if s is not None)
     return {
-        "flops_per_second": rate,
-        "trial_seconds": [None if f is None else f / rate for f in flops],
-        "total_flops": sum(known),
-        "total_trial_seconds": sum(known) / rate,
-        "unknown_trials": len(flops) - len(known),
+        "flops_per_second": total_flops / total_seconds,  # the trials' mean rate (their precisions')
+        "rates": rates,
+        "trial_seconds": seconds,
+        "total_flops": total_flops,
+        "total_trial_seconds": total_seconds,
+        "unknown_trials": len(costs) - len(known),
         "device": "cpu",
     }
 
@@ -289,8 +295,9 @@ def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_fi
             return est, []
         return est, [
             f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
-            f"{human(est['total_trial_seconds'])} of trial time at {est['flops_per_second'] / 1e9:.0f} GFLOP/s "
-            f"per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"]
+            f"{human(est['total_trial_seconds'])} of trial time at "
+            + ", ".join(f"{r / 1e9:.0f} GFLOP/s for {p}" for p, r in est["rates"].items())
+            + f" per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"]
     if efficiency is not None and not 0 < efficiency <= 1:
         raise SweeperError(f"must be in (0, 1], got {efficiency:g}", "--efficiency")
     cluster_file = cluster_file or ("cluster.yaml" if Path("cluster.yaml").is_file() else None)

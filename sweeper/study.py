@@ -16,6 +16,9 @@ Axes form a grid (their cartesian product, in the order given); the seed is an a
 other. An axis whose values are dicts is a joint axis: each dict sets several fields together.
 `axes` may also be a list of such dicts: several grids, whose trials are their union.
 `quick` overrides axes and recipe for a CPU-sized smoke run (`--quick`), stored as `<name>-quick`.
+`cpu` overrides them the same way for a laptop-scale run big enough to show the papers' effects
+(`--scale cpu`, hours on a laptop's cores), stored as `<name>-cpu`. `--scale full` (the default)
+is the study as declared.
 """
 from __future__ import annotations
 
@@ -25,19 +28,18 @@ import importlib.util
 import itertools
 import math
 import os
-import re
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from sweeper.checks import CPUS, GPUS, SEED, at_least, check_text
+from sweeper.checks import CPUS, GPUS, SEED, at_least, check_study_name, check_text
 from sweeper.errors import SweeperError
 
-# A study's name is a folder of the store and a word of reports and crontab lines: matched whole
-# (`fullmatch`: a `$` pattern accepts a trailing newline).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: The sizes a study runs at (`--scale`): `quick`, a minutes-long smoke run; `cpu`, a laptop's
+#: hours, big enough to show the papers' effects; `full`, the papers' own scale (a cluster's).
+SCALES = ("quick", "cpu", "full")
 
 
 @dataclasses.dataclass
@@ -47,7 +49,10 @@ class Search:
     space: field -> ("loguniform" | "uniform", low, high); metric: a trials column, maximised
     (mode "max") or minimised ("min"). The study's axes must expand to one trial: the search varies
     the space's fields around it. Every sampled trial lands in the store like a grid trial (same ids,
-    so a repeated search reuses finished trials), and table `search` records the chosen one.
+    so a repeated search reuses finished trials), and table `search` records the chosen one. The
+    search's Optuna study is kept in `<store>/<study>/optuna.journal` (optuna-dashboard opens it):
+    `num_samples` is the search's total, and running it again continues it (see
+    sweeper.orchestration.search).
     """
 
     space: dict[str, tuple[str, float, float]]
@@ -105,31 +110,43 @@ class Study:
     measure: list[str] | None = None
     figures: list[str] = dataclasses.field(default_factory=list)
     quick: dict[str, Any] | None = None
+    cpu: dict[str, Any] | None = None
     resources: dict[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     search: Search | None = None
     description: str = ""
 
     # -- variants ------------------------------------------------------------------------------
     def quick_variant(self) -> "Study":
-        if self.quick is None:
-            raise SweeperError("this study declares no quick variant", "quick")
-        unknown = set(self.quick) - {"axes", "recipe", "resources", "name", "figures", "dataset", "measure"}
+        return self.variant("quick")
+
+    def variant(self, scale: str) -> "Study":
+        """The study at `scale` (SCALES): `full` as declared; `quick` and `cpu` with that field's
+        overrides, under the name `<name>-<scale>` (their own folder of the store)."""
+        if scale not in SCALES:
+            raise SweeperError(f"unknown scale {scale!r}; valid choices: {', '.join(SCALES)}", "scale")
+        if scale == "full":
+            return self
+        overrides = getattr(self, scale)
+        if overrides is None:
+            raise SweeperError(f"this study declares no {scale} variant", scale)
+        unknown = set(overrides) - {"axes", "recipe", "resources", "name", "figures", "dataset", "measure"}
         if unknown:
             raise SweeperError(
                 f"unknown keys {sorted(unknown)}; valid keys: axes, dataset, figures, measure, name, recipe, resources",
-                "quick",
+                scale,
             )
         return dataclasses.replace(
             self,
-            name=self.quick.get("name", f"{self.name}-quick"),
-            dataset=self.quick.get("dataset", self.dataset),
-            axes=self.quick["axes"] if isinstance(self.quick.get("axes"), list) or isinstance(self.axes, list)
-            else {**self.axes, **self.quick.get("axes", {})},
-            recipe={**self.recipe, **self.quick.get("recipe", {})},
-            measure=self.quick.get("measure", self.measure),
-            figures=self.quick.get("figures", self.figures),
-            resources={**self.resources, **self.quick.get("resources", {})},
+            name=overrides.get("name", f"{self.name}-{scale}"),
+            dataset=overrides.get("dataset", self.dataset),
+            axes=overrides["axes"] if isinstance(overrides.get("axes"), list) or isinstance(self.axes, list)
+            else {**self.axes, **overrides.get("axes", {})},
+            recipe={**self.recipe, **overrides.get("recipe", {})},
+            measure=overrides.get("measure", self.measure),
+            figures=overrides.get("figures", self.figures),
+            resources={**self.resources, **overrides.get("resources", {})},
             quick=None,
+            cpu=None,
         )
 
     # -- expansion -----------------------------------------------------------------------------
@@ -151,8 +168,7 @@ class Study:
         return values
 
     def validate(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise SweeperError(f"must be letters, digits, '.', '_' or '-', got {self.name!r}", "name")
+        check_study_name(self.name, "name")
         grids = self.grids()
         if not grids or not all(isinstance(g, dict) for g in grids):
             raise SweeperError("must be a dict of field -> list of values (or a list of such dicts)", "axes")
@@ -292,10 +308,16 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_study(path: str | Path, quick: bool = False) -> Study:
-    """Import a study file and return its Study, reporting every failure as one SweeperError: a
-    file that does not parse, raises, exits (sys.exit), runs longer than IMPORT_SECONDS, or does not
-    assign a Study to the name `study`. What it prints goes to stderr."""
+def load_study(path: str | Path, quick: bool = False, overrides: list[str] | None = None,
+               name: str | None = None, scale: str | None = None) -> Study:
+    """Import a study file and return its Study at `scale` (SCALES; `quick=True` is scale
+    "quick"), reporting every failure as one SweeperError: a file that does not parse, raises,
+    exits (sys.exit), runs longer than IMPORT_SECONDS, or does not assign a Study to the name
+    `study`. What it prints goes to stderr. `overrides` (`--set` texts) and `name` (`--name`)
+    change it as `sweeper.overrides.apply` says, validated as the file is."""
+    scale = "quick" if quick else (scale or "full")
+    if scale not in SCALES:
+        raise SweeperError(f"unknown scale {scale!r}; valid choices: {', '.join(SCALES)}", "--scale")
     check_text(path, "study file", "has")
     path = Path(path)
     if not path.is_file():
@@ -339,10 +361,14 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
     if not isinstance(study, Study):
         raise SweeperError(f"`study` holds {type(study).__name__} {_one_line(repr(study))[:60]}, not a Study: "
                            "assign `study = Study(...)`", str(path))
+    from sweeper import overrides as command_line
+
     try:
-        if quick:
-            study = study.quick_variant()
-        study.specs()  # validate every trial before anything runs
+        study = command_line.apply(study, overrides, scale, name)
+        try:
+            study.specs()  # validate every trial before anything runs
+        except SweeperError as e:
+            raise command_line.blame(e, overrides) from None
     except SweeperError as e:
         raise e.at(str(path)) from None
     return study

@@ -171,3 +171,23 @@ def test_balanced_subset():
     y = torch.tensor([0, 1, 2] * 10)
     idx = data.balanced_subset(y, 9)
     assert torch.bincount(y[idx]).tolist() == [3, 3, 3]
+
+
+def test_crop_pads_in_pixel_space_so_the_border_is_black():
+    # The paper's pipeline pads the image with black (pixel 0) before normalising; padding the
+    # normalised batch with 0 would fill the border with the mean colour instead.
+    x = torch.full((64, 3, 8, 8), 200, dtype=torch.uint8)
+    y = torch.zeros(64, dtype=torch.long)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    batches = data.Batches(x, y, 64, mean, std, "cpu", augment="crop")
+    (xb, _), = list(batches.epoch(torch.Generator().manual_seed(0)))
+    black = (0 - mean * 255) / (std * 255)
+    image = (200 - mean * 255) / (std * 255)
+    for c in range(3):
+        values = set(torch.unique(xb[:, c]).tolist())
+        assert values <= {black[c].item(), image[c].item()}
+        assert black[c].item() in values  # some crop shows the border, and it is black
+    assert 0.0 not in set(torch.unique(xb).tolist())  # never the mean colour
+    # the image pixels are the un-augmented normalised ones, shifted
+    (plain, _), = list(data.Batches(x, y, 64, mean, std, "cpu").epoch(torch.Generator().manual_seed(0)))
+    assert torch.allclose(plain, image.view(1, 3, 1, 1).expand_as(plain))

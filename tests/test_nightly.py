@@ -69,6 +69,7 @@ def test_nights_in_a_row_report_changes_regressions_and_stale_reruns(ray_local, 
     assert (folder / "report.md").is_file() and (folder / "snapshot.parquet").is_file()
     assert (folder / "figures" / "tiny" / "accuracy_vs_bn_params.png").is_file()
     assert "data:image/png;base64," in (folder / "report.html").read_text()
+    assert "### Per axis (test_acc, mean ± std over done trials)" in report_md(store, first)  # as `sweeper report`
     assert not (store / REPORTS / "nightly.lock").exists()  # released
 
     # Night 2: nothing to do, nothing changed.

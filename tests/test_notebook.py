@@ -51,3 +51,20 @@ def test_notebook_defaults_and_has_no_stored_outputs():
     assert 'os.environ.get("SWEEPER_STORE", "../store")' in source
     assert "import torch" not in source
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed clean
+
+
+def test_notebook_says_no_trials_yet_on_an_empty_store(tmp_path, monkeypatch):
+    """A store with no trials (a new user's first look): every cell runs and says so, no KeyError."""
+    empty = Store(tmp_path / "empty-store")
+    empty.ensure_writable()  # the store exists, with its marker, and holds no study
+    monkeypatch.setenv("SWEEPER_STORE", empty.root)
+    monkeypatch.setenv("SWEEPER_STUDY", STUDY)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    errors = [f"{o.ename}: {o.evalue}" for o in outputs if o.output_type == "error"]
+    assert errors == []
+    text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
+    assert "no trials yet" in text
+    assert not any("image/png" in o.get("data", {}) for o in outputs)  # nothing drawn from nothing

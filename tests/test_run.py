@@ -1,4 +1,5 @@
 """Studies through a real local Ray cluster into Parquet and back."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -56,13 +57,17 @@ def test_cli_run_exits_0_writes_store_and_figure(tmp_path):
                       figures=["accuracy_vs_bn_params"])
     """))
     store = tmp_path / "store"
-    env = {"RAY_AUTH_MODE": "disabled", "PATH": "/usr/bin:/bin"}
+    env = {"RAY_AUTH_MODE": "disabled", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(REPO)}  # this checkout's sweeper, whatever the venv has installed
     r = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", str(study), "--store", str(store)],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 ran and done, 0 failed" in r.stdout
     assert len(pd.read_parquet(store / "tiny" / "trials")) == 2
     assert (store / "tiny" / "figures" / "accuracy_vs_bn_params.png").exists()
+    # the plan it ran, for figures and status drawn later without the study file
+    plan = json.loads((store / "tiny" / "_plan.json").read_text())
+    assert sorted(plan["ids"]) == sorted(pd.read_parquet(store / "tiny" / "trials")["trial_id"])
 
 
 def test_a_trial_whose_process_dies_is_recorded_failed(ray_local, tmp_path):

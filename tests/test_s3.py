@@ -142,6 +142,8 @@ def test_status_figures_and_load_read_the_bucket(quickstart, tmp_path, monkeypat
     assert code == 0, err
     (row,) = json.loads(out)["studies"]
     assert (row["study"], row["done"], row["failed"], row["corrupt"]) == (QUICK_STUDY, 3, 0, 0)
+    # counted over the plan the run recorded in the bucket: all of it done, nothing else there
+    assert (row["plan"], row["missing"], row["other"], row["left_out"]) == ("last run", 0, 0, [])
 
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli("figures", uri)  # no --out: a local folder named after the store

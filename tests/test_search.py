@@ -6,6 +6,7 @@ from sweeper.errors import SweeperError
 from sweeper.orchestration.sweep import run_study
 from sweeper.store import Store
 from sweeper.study import Search, Study
+from test_schema_doc import documented
 
 TINY = dict(dataset="digits", recipe={"model": "resnet-8-4", "epochs": 2, "augment": "none", "trainable": "bn"})
 
@@ -20,6 +21,7 @@ def test_search_trials_land_in_the_store_and_the_choice_is_marked(ray_local, tmp
     search = pd.read_parquet(tmp_path / "lr" / "search")
     assert len(search) == 1
     chosen = search["chosen_trial_id"].iloc[0]
+    assert set(search.columns) <= documented()["search"]  # docs/schema.md names each of its columns
     assert chosen == trials.loc[trials["test_acc"].idxmax(), "trial_id"]
     # the same search again reuses the finished trials (same sampler seed, same ids)
     again = run_study(study, store, say=lambda _: None)

@@ -65,9 +65,14 @@ FIELD_CHANGES = {
 def test_every_field_changes_the_id():
     assert set(FIELD_CHANGES) == {f.name for f in dataclasses.fields(TrainSpec)}
     base = TrainSpec.from_values({}).trial_id
-    ids = {field: TrainSpec.from_values({field: value}).trial_id for field, value in FIELD_CHANGES.items()}
+    # k is the `random` subset's: under any other subset it changes nothing, and so not the id
+    context = {"random_k": {"trainable": "random"}}
+    ids = {field: TrainSpec.from_values({**context.get(field, {}), field: value}).trial_id
+           for field, value in FIELD_CHANGES.items()}
     assert base not in ids.values()
     assert len(set(ids.values())) == len(ids)
+    assert ids["random_k"] != TrainSpec.from_values({"trainable": "random"}).trial_id
+    assert TrainSpec.from_values({"random_k": 3}).trial_id == base
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """`sweeper submit` against a real local head started with `ray start --head` (dashboard on
 localhost), stopped by killing only the processes this test started."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,6 +60,12 @@ def test_submit_runs_the_sweep_as_a_job(tmp_path, ray_local):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "SUCCEEDED" in r.stdout and "2 ran and done" in r.stdout
         assert len(pd.read_parquet(store / "job" / "trials")) == 2
+        # The log was followed (tail_job_logs): what was printed between the submission line and
+        # the final status is the job's whole log, each line once, not re-sent or skipped.
+        job_id = re.search(r"^submitted (\S+):", r.stdout, re.M).group(1)
+        logs = JobSubmissionClient(f"http://127.0.0.1:{dash}").get_job_logs(job_id)
+        followed = r.stdout.split("\n", 1)[1].rsplit(f"job {job_id}: SUCCEEDED", 1)[0]
+        assert logs.count("ran and done") == 1 and followed == logs
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:

@@ -115,3 +115,44 @@ def test_none_evaluates_at_initialisation_with_calibrated_statistics():
     assert spec.epochs == 0 and "curves" not in result.tables
     assert result.row["trainable_params"] == 0
     assert 0.0 <= result.row["test_acc"] <= 1.0
+
+
+# -- k as an axis: how many random weights per channel match BN? ------------------------------------
+def test_random_k_is_an_axis_value_and_other_subsets_ignore_it():
+    from sweeper.study import Study
+
+    by_value = Study(name="k", dataset="cifar10", recipe={"model": "resnet-14-8"},
+                     axes={"trainable": ["bn", "random", "random(k=2)", "random(k=4)", "random( k = 8 )"]}).specs()
+    # random(k=2) is `random` itself (k = 2 is the default): one trial, one id
+    assert [(s.trainable, s.random_k) for s in by_value] == [("bn", 2), ("random", 2), ("random", 4), ("random", 8)]
+    assert by_value[1].trial_id == TrainSpec.from_values({"model": "resnet-14-8", "trainable": "random"}).trial_id
+    crossed = Study(name="k", dataset="cifar10", recipe={"model": "resnet-14-8"},
+                    axes={"trainable": ["bn", "random"], "random_k": [2, 4, 8]}).specs()
+    # a grid crossing k with `bn` makes one bn trial, not three identical ones under three ids
+    assert [(s.trainable, s.random_k) for s in crossed] == [("bn", 2), ("random", 2), ("random", 4), ("random", 8)]
+    assert [s.trial_id for s in crossed] == [s.trial_id for s in by_value]
+    # the number of trained weights: k per output unit of every feature weight
+    model = build_model(by_value[-1])
+    channels = sum(w.shape[0] for _, w in feature_weights(model))
+    for s in by_value[1:]:
+        assert count(s)["trainable"] == s.random_k * channels
+    assert count(by_value[1])["trainable"] == 2 * channels  # k = 2: as many as BN has (2 per channel)
+
+
+@pytest.mark.parametrize("values,field,message", [
+    ({"trainable": "random(k=0)"}, "trainable", "N a positive integer"),
+    ({"trainable": "random(k=two)"}, "trainable", "N a positive integer"),
+    ({"trainable": "random(k=2.5)"}, "trainable", "N a positive integer"),
+    ({"trainable": "bn(k=4)"}, "trainable", "a subset name or random(k=N)"),
+    ({"trainable": "random(k=4)", "random_k": 8}, "trainable", "disagrees with random_k 8"),
+    ({"trainable": "random(k=9)"}, "random_k", "between 1 and the smallest conv fan-in (8)"),  # a 1x1 shortcut
+    ({"trainable": "bn", "random_k": 0}, "random_k", ""),
+])
+def test_bad_k_is_refused_naming_the_field(values, field, message):
+    from sweeper.errors import SweeperError
+
+    import re
+
+    with pytest.raises(SweeperError, match=re.escape(message)) as e:
+        TrainSpec.from_values({"model": "resnet-14-8", **values})
+    assert e.value.where == field

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from sweeper.analysis import figures
+from sweeper.analysis.cohort import Plan, restricted, study_cohort
 from sweeper.store import Store
 
 
@@ -56,6 +57,7 @@ class Drawn:
     skipped: dict[str, str] = field(default_factory=dict)  # "study/figure" -> why
     folders: dict[str, Path] = field(default_factory=dict)  # study -> the local folder drawn into
     copied: dict[str, str] = field(default_factory=dict)  # study -> the object store folder it went to
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # study -> trials outside its plan, one line a kind
 
 
 def local_folder(store: Store, study: str) -> Path:
@@ -69,14 +71,19 @@ def local_folder(store: Store, study: str) -> Path:
     return Path("figures", *parts, study).resolve()
 
 
-def draw_study(store: Store, study: str, out: Path | None = None, names: list[str] | None = None) -> Drawn:
+def draw_study(store: Store, study: str, out: Path | None = None, names: list[str] | None = None,
+               plan: Plan | None = None) -> Drawn:
     """Draw `names` (default: every registered figure) for one study into `out` (default
-    `local_folder`; for an object store the files are then copied into `<store>/<study>/figures`)."""
+    `local_folder`; for an object store the files are then copied into `<store>/<study>/figures`),
+    from the trials of its current plan only (`plan`, else the one its last run recorded; see
+    sweeper.analysis.cohort): what the plan leaves out is listed in `Drawn.left_out`."""
     publish = out is None and not store.local
     out = Path(out) if out else local_folder(store, study)
     registry = figures()
     tables = LazyTables(store, study)
-    drawn = Drawn(folders={study: out})
+    cohort = study_cohort(store, study, tables, plan)
+    tables = restricted(tables, cohort)
+    drawn = Drawn(folders={study: out}, left_out={study: cohort.left_out} if cohort.left_out else {})
     for name in names or registry.names():
         files = registry[name](tables, out)
         if files:
@@ -91,12 +98,16 @@ def draw_study(store: Store, study: str, out: Path | None = None, names: list[st
     return drawn
 
 
-def draw_store(store: Store, out: Path | None = None, studies: list[str] | None = None) -> Drawn:
+def draw_store(store: Store, out: Path | None = None, studies: list[str] | None = None,
+               plans: dict[str, Plan] | None = None) -> Drawn:
+    """Every study's figures (`plans`: study -> the plan of its study file, where one was given)."""
+    plans = plans or {}
     total = Drawn()
     for study in studies or store.studies():
-        d = draw_study(store, study, Path(out) / study if out else None)
+        d = draw_study(store, study, Path(out) / study if out else None, plan=plans.get(study))
         total.written.update(d.written)
         total.skipped.update(d.skipped)
         total.folders.update(d.folders)
         total.copied.update(d.copied)
+        total.left_out.update(d.left_out)
     return total

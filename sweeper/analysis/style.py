@@ -21,6 +21,7 @@ def save(fig, out: Path, name: str, *, dpi: float | None = None, pdf_dpi: float 
     to what is drawn. The one way every figure is written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    fig.set_label(name)  # the file's name, for whoever holds the Figure (tests read its axes by it)
     paths = []
     for ext, resolution in (("png", dpi), ("pdf", pdf_dpi)):
         path = out / f"{name}.{ext}"

@@ -29,7 +29,8 @@ def balanced_subset(y: torch.Tensor, size: int) -> torch.Tensor:
 
 # -- augmentation, on whole batches of tensors ----------------------------------------------------
 def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
-    """Random crops of `x` (N, C, H, W) after zero padding by `pad`, one offset per image."""
+    """Random crops of `x` (N, C, H, W) after zero padding by `pad`, one offset per image. Given
+    pixels (Batches crops before normalising), the zero border is black."""
     n, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
@@ -74,9 +75,12 @@ class Batches:
         return n if drop_last or len(self.y) % self.batch_size == 0 else n + 1
 
     def _prepare(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
+        # Augment the uint8 pixels, then normalise: a crop's padding is then black (pixel 0), as in
+        # the paper's pipeline (torchvision's RandomCrop(32, padding=4) before Normalize), not the
+        # mean colour that padding normalised values with 0 gave. Cropping bytes is also cheaper.
         if g is not None:
             x = self.augment(x, g)
+        x = (x.float() - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

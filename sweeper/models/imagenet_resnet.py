@@ -60,7 +60,8 @@ def imagenet_resnet(
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     # torchvision hard-codes ReLU as one shared module per block; give each block its own activation
-    # module so a study can swap it (hooks then see one module per block, reused in that block).
+    # module so a study can swap it (hooks then see one module per block, called two or three times
+    # in that block: the dead-ReLU measurement counts each call apart).
     model.relu = act()
     for module in model.modules():
         if isinstance(module, (BasicBlock, Bottleneck)):

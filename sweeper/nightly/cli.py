@@ -17,6 +17,9 @@ def add_nightly_options(p, studies_required: bool = True) -> None:
     p.add_argument("--address", default=None, help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
     p.add_argument("--data-root", default=None, help="dataset root (or $SWEEPER_DATA_ROOT)")
     p.add_argument("--quick", action="store_true", help="the studies' CPU-sized variants")
+    from sweeper.cli import add_scale_option
+
+    add_scale_option(p)
     p.add_argument("--rerun-stale", action="store_true",
                    help="rerun done trials whose code_version differs from the running code (default: keep them)")
     p.add_argument("--tolerance", type=float, default=0.02,
@@ -25,6 +28,9 @@ def add_nightly_options(p, studies_required: bool = True) -> None:
     from sweeper.cli import add_wait_option
 
     add_wait_option(p)  # a study that gets no node in time is reported as not run; the night goes on
+    from sweeper.overrides import add_options
+
+    add_options(p)  # applied to every study; a key one of them does not know names that file
 
 
 def add_parser(subparsers) -> None:
@@ -43,6 +49,7 @@ def _on_sigterm(signum, frame):  # cron or systemd stopping us: unwind, so the l
 
 
 def cmd_nightly(args) -> int:
+    from sweeper.cli import scale_of
     from sweeper.data import normalize_root
 
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
@@ -52,9 +59,10 @@ def cmd_nightly(args) -> int:
         previous, handled = None, False
     try:
         result = run_nightly(
-            args.studies, args.store, address=args.address, data_root=data_root, quick=args.quick,
+            args.studies, args.store, address=args.address, data_root=data_root, scale=scale_of(args),
             rerun_stale=args.rerun_stale, tolerance=args.tolerance, keep_reports=args.keep_reports,
             say=lambda line: print(line, flush=True), wait_for_resources=args.wait_for_resources,
+            overrides=args.overrides, name=args.name,
         )
     except LockHeld as e:
         print(f"sweeper: {e}", file=sys.stderr, flush=True)

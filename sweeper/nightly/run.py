@@ -24,7 +24,8 @@ from sweeper.report.layout import (REPORTS, SNAPSHOT, SUMMARY, as_json, figure_p
                                    prune, report_path, write_text)
 from sweeper.report.night import StudyNight, build_report
 from sweeper.report.render import fmt_seconds, to_html, to_markdown
-from sweeper.report.snapshot import metric_of, previous_snapshots, snapshot_bytes, study_snapshot
+from sweeper.report.snapshot import metric_of, previous_snapshots, snapshot_bytes
+from sweeper.report.study import of_study
 from sweeper.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_REGRESSION = 0, 1, 2, 3, 4
@@ -77,12 +78,15 @@ def _run_study(study, path: str, store: Store, current: str, *, address, data_ro
 
 def _draw(study, store: Store, name: str, night: StudyNight) -> None:
     """Redraw the study's figures into the store and keep a copy of each PNG with the report."""
+    from sweeper.analysis.cohort import Plan, record_plan
     from sweeper.analysis.draw import draw_study
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = None if store.local else Path(tmp)
-            drawn = draw_study(store, study.name, out=out, names=study.figures or None)
+            plan = Plan.of(study)  # the study file's current plan: trials of an earlier recipe stay out
+            record_plan(store, plan)
+            drawn = draw_study(store, study.name, out=out, names=study.figures or None, plan=plan)
             for key, files in sorted(drawn.written.items()):
                 figure = key.split("/", 1)[1]
                 for f in files:
@@ -113,14 +117,18 @@ def run_nightly(
     address: str | None = None,
     data_root: str | None = None,
     quick: bool = False,
+    scale: str | None = None,
     rerun_stale: bool = False,
     tolerance: float = 0.02,
     keep_reports: int = 30,
     say: Callable[[str], None] = print,
     wait_for_resources: float | None = None,
+    overrides: list[str] | None = None,
+    name: str | None = None,
 ) -> NightResult:
     """One nightly: run, redraw, compare, report. Raises LockHeld when another nightly runs and
-    SweeperError for bad input; trial failures and regressions are in the result's exit code."""
+    SweeperError for bad input; trial failures and regressions are in the result's exit code.
+    `overrides` (`--set` texts) apply to every study; `name` renames the one study."""
     from sweeper.version import code_version
 
     started = now_utc()
@@ -129,7 +137,8 @@ def run_nightly(
     store = Store(store_uri)
     # Everything checked before the store sees a write (a refusal leaves no trace); then the
     # store's first file, and the lock.
-    studies = _load(study_paths, quick)
+    scale = "quick" if quick else (scale or "full")
+    studies = load_studies(study_paths, scale, overrides, name)
     check_environment(studies, store, data_root, address, files=study_paths, marker=False)
     store.write_marker()
     with NightlyLock(store, say):  # first, so that a second nightly exits at once
@@ -149,7 +158,8 @@ def run_nightly(
         for study, night in zip(studies, nights):
             _draw(study, store, name, night)
             try:
-                night.snapshot = study_snapshot(study, store)
+                night.overview = of_study(study, store)  # what `sweeper report` shows, its snapshot too
+                night.snapshot = night.overview.snapshot
             except Exception as e:  # noqa: BLE001
                 night.error = night.error or f"snapshot: {type(e).__name__}: {e}"
                 continue
@@ -164,7 +174,7 @@ def run_nightly(
             "report": name, "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
             "seconds": time.perf_counter() - t0, "status": status, "exit_code": code,
             "code_version": current, "host": socket.gethostname(), "store": store.uri,
-            "tolerance": tolerance, "rerun_stale": rerun_stale, "quick": quick,
+            "tolerance": tolerance, "rerun_stale": rerun_stale, "quick": scale == "quick", "scale": scale,
             "command": " ".join(sys.argv),
         }
         blocks = build_report(meta, nights, store, name)
@@ -184,12 +194,14 @@ def run_nightly(
         return NightResult(code, report_path(store, name), nights)
 
 
-def _load(paths: list[str], quick: bool) -> list:
+def load_studies(paths: list[str], scale: str, overrides: list[str] | None = None, name: str | None = None) -> list:
     from sweeper.study import load_study
 
     if not paths:
         raise SweeperError("name at least one study file", "nightly")
-    studies = [load_study(p, quick=quick) for p in paths]
+    if name is not None and len(paths) > 1:
+        raise SweeperError(f"renames one study, and {len(paths)} study files are given", "--name")
+    studies = [load_study(p, scale=scale, overrides=overrides, name=name) for p in paths]
     seen: dict[str, str] = {}
     for path, study in zip(paths, studies):
         if study.name == REPORTS:

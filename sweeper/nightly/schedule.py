@@ -84,6 +84,7 @@ def cron_line(args) -> str:
         if not path.is_file():
             raise SweeperError("no such study file", s)
         studies.append(path)
+    from sweeper.cli import scale_arguments, scale_of
     from sweeper.data import normalize_root
 
     store = Store(args.store)
@@ -93,13 +94,21 @@ def cron_line(args) -> str:
         cmd += ["--address", args.address]
     if args.data_root:
         cmd += ["--data-root", normalize_root(args.data_root)]  # a folder made absolute; a URI as given
-    if args.quick:
-        cmd.append("--quick")
+    cmd += scale_arguments(scale_of(args))  # --quick as before; --scale cpu
     if args.rerun_stale:
         cmd.append("--rerun-stale")
     cmd += ["--tolerance", f"{args.tolerance:g}", "--keep-reports", str(args.keep_reports)]
     if args.wait_for_resources is not None:
         cmd += ["--wait-for-resources", f"{args.wait_for_resources:g}"]
+    from sweeper import overrides
+
+    if args.overrides or args.name:
+        # refused tonight at 02:30 would be refused in a log nobody reads: check them now, on
+        # every study, as the nightly will
+        from sweeper.nightly.run import load_studies
+
+        load_studies([str(p) for p in studies], scale_of(args), args.overrides, args.name)
+    cmd += overrides.arguments(args)
 
     env = {"PATH": f"{Path(_executable()[0]).parent}:{CRON_PATH}"}
     if os.environ.get("SWEEPER_DATA_ROOT"):

@@ -95,7 +95,7 @@ def spec_label(spec) -> str:
     """A grid trial's name in the progress lines: its id's first 8 characters, its model and the
     fields a reader scans for, where they differ from their defaults."""
     changed = spec.non_default()
-    keys = [k for k in ("model", "trainable", "activation", "norm", "weight_init", "seed") if hasattr(spec, k)]
+    keys = [k for k in ("model", "trainable", "random_k", "activation", "norm", "weight_init", "seed") if hasattr(spec, k)]
     parts = [spec.model] if hasattr(spec, "model") else []
     parts += [f"{k}={changed[k]}" for k in keys if k in changed and k != "model"]
     return f"{spec.trial_id[:8]} {' '.join(parts)}".strip()

@@ -25,12 +25,18 @@ def add_parser(sub) -> None:
     p.add_argument("--store", required=True, help="a store every node reaches: s3://..., gs://... or a shared path")
     p.add_argument("--data-root", default=None, help="dataset root as the cluster sees it")
     p.add_argument("--quick", action="store_true")
+    from sweeper.cli import add_scale_option
+
+    add_scale_option(p)
     p.add_argument("--cpus-per-trial", type=float, default=None)
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     from sweeper.cli import add_wait_option
 
     add_wait_option(p)  # passed on to the job's `sweeper run` (default there: 900 s)
+    from sweeper.overrides import add_options
+
+    add_options(p)  # checked here, passed on to the job's `sweeper run`
     p.set_defaults(fn=cmd_submit)
 
 
@@ -38,20 +44,25 @@ def entrypoint(args, study_name: str) -> str:
     parts = ["python", "-m", "sweeper.cli", "run", study_name, "--address", "auto", "--store", args.store]
     if args.data_root:
         parts += ["--data-root", args.data_root]
-    if args.quick:
-        parts.append("--quick")
+    from sweeper.cli import scale_arguments, scale_of
+
+    parts += scale_arguments(scale_of(args))
     for flag in ("cpus_per_trial", "gpus_per_trial", "wait_for_resources"):
         value = getattr(args, flag)
         if value is not None:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
-    return shlex.join(parts)
+    from sweeper.overrides import arguments
+
+    return shlex.join(parts + arguments(args))
 
 
 def cmd_submit(args) -> int:
+    from sweeper.cli import scale_of
     from sweeper.study import load_study
 
     study_path = Path(args.study).resolve()
-    load_study(study_path, quick=args.quick)  # refuse a bad study here, not on the cluster
+    # refuse a bad study (or override) here, not on the cluster
+    load_study(study_path, scale=scale_of(args), overrides=args.overrides, name=args.name)
     if "://" not in args.store and not Path(args.store).is_absolute():
         raise SweeperError("must be an absolute path or a URI that every node of the cluster reaches", "--store")
     try:
@@ -89,14 +100,45 @@ def cmd_submit(args) -> int:
     print(f"submitted {job_id}: {entrypoint(args, study_path.name)}")
     if args.no_wait:
         return 0
-    shown = 0
-    status = None
-    while status not in TERMINAL:
-        time.sleep(1.0)
-        status = str(client.get_job_status(job_id)).split(".")[-1]
-        logs = client.get_job_logs(job_id)
-        sys.stdout.write(logs[shown:])
-        sys.stdout.flush()
-        shown = len(logs)
+    status = follow(client, job_id, sys.stdout)
     print(f"job {job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def follow(client, job_id: str, out) -> str:
+    """Write the job's log to `out` as it grows, each line once, and return the job's final status.
+
+    Ray's `tail_job_logs` streams the log over a websocket, so each chunk comes once and nothing is
+    downloaded twice (the loop it replaced fetched the whole log every second, a long sweep's log
+    megabytes a second). What no library does for us: should the stream break before the job ends
+    (a dashboard restart, a dropped connection), wait for the end and write only the part of the
+    log not yet shown."""
+    import asyncio
+
+    shown = 0
+
+    async def tail() -> None:
+        nonlocal shown
+        async for chunk in client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+            shown += len(chunk)
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError as e:  # the stream broke (Ray raises RuntimeError for a closed socket)
+        print(f"(log stream interrupted: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+              "waiting for the job to end)", file=sys.stderr)
+    status = _status(client, job_id)
+    while status not in TERMINAL:
+        time.sleep(2.0)
+        status = _status(client, job_id)
+    rest = client.get_job_logs(job_id)[shown:]
+    if rest:  # a chunk the broken stream never delivered (empty when the stream ran to the end)
+        out.write(rest)
+        out.flush()
+    return status
+
+
+def _status(client, job_id: str) -> str:
+    return str(client.get_job_status(job_id)).split(".")[-1]

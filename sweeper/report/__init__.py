@@ -7,6 +7,10 @@ and Markdown and self-contained HTML, the nightly's kept under `<store>/reports/
     render.py    a report as blocks, rendered to Markdown (figures linked) and HTML (embedded); a
                  study's results table and figures as blocks, for any report on one study
     night.py     the nightly's report: what ran, failed and changed, study by study
+    study.py     a study's trials with status, axis values and metric; its status, per-axis and
+                 failed-trial tables (shown by `sweeper report` and in the nightly's study sections)
+    page.py      `sweeper report`'s page on one study, and its writing (aside, then renamed)
+    cli.py       the `sweeper report` command
 
 Layout (one folder per night, named by its UTC start time so that names sort by date):
 

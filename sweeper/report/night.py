@@ -11,6 +11,7 @@ import pandas as pd
 from sweeper.report.compare import Comparison, Moved
 from sweeper.report.layout import SNAPSHOT, figure_png_path, read_bytes, report_figures
 from sweeper.report.render import Block, Figure, fmt_metric, fmt_seconds, png_digest, results_blocks
+from sweeper.report.study import Overview, axis_blocks, failed_table, labels
 from sweeper.store import Store
 
 
@@ -36,6 +37,7 @@ class StudyNight:
     figures: dict[str, bytes] = field(default_factory=dict)  # figure -> tonight's PNG
     figure_errors: dict[str, str] = field(default_factory=dict)
     snapshot: pd.DataFrame | None = None
+    overview: Overview | None = None  # every planned trial's status and metric (sweeper.report.study)
     comparison: Comparison | None = None
 
     @property
@@ -59,10 +61,6 @@ def _moved_rows(moved: list[Moved]) -> list[list[str]]:
         changed = ", ".join(f"`{k}` {a!r} → {b!r}" for k, (a, b) in m.changed.items()) or "same spec"
         rows.append([m.label, fmt_metric(m.before), fmt_metric(m.after), f"{m.delta:+.4f}", m.n, changed])
     return rows
-
-
-def _first_line(text: str) -> str:
-    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
 def _ids_list(ids: list[str], limit: int = 20) -> str:
@@ -148,9 +146,8 @@ def _study_blocks(n: StudyNight, store: Store, name: str, tol: float) -> list[Bl
     for fig, err in n.figure_errors.items():
         ran.append(f"figure {fig} could not be drawn: {err}")
     blocks += [("h3", "What ran"), ("ul", ran)]
-    if n.failed:
-        blocks.append(("table", ["failed trial", "error"],
-                       [[f"`{t}`", _first_line(e)] for t, e in sorted(n.failed.items())]))
+    if n.failed:  # the table `sweeper report` shows, of tonight's failures
+        blocks += failed_table(n.failed, labels(n.overview, n.failed) if n.overview is not None else None)
 
     c = n.comparison
     if c is not None:
@@ -185,6 +182,8 @@ def _study_blocks(n: StudyNight, store: Store, name: str, tol: float) -> list[Bl
         if c.no_result:
             blocks.append(("p", f"No result tonight for: {', '.join(c.no_result)}."))
     blocks += results_blocks(n.snapshot, rest_in=SNAPSHOT)
+    if n.overview is not None:  # the per-axis tables of `sweeper report`, one renderer for both
+        blocks += axis_blocks(n.overview, level="h3")
     if n.figures or (c and c.previous):
         previous = c.previous if c else None
         figs = []

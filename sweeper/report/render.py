@@ -29,6 +29,7 @@ class Figure:
 
 
 Block = tuple  # ("h1"|"h2"|"h3"|"p", text) | ("ul", [text]) | ("table", header, rows) | ("figures", [Figure])
+#               | ("images", [Figure]): figures on their own (a report on one study), `now_*` each
 
 
 def _md_cell(value: Any) -> str:
@@ -61,6 +62,9 @@ def to_markdown(blocks: list[Block]) -> str:
                 note = " (unchanged)" if fig.same else ""
                 out.append(f"| **{fig.title}**<br>{before} | **{fig.title}**{note}<br>{now} |")
             out.append("")
+        elif kind == "images":
+            for fig in block[1]:
+                out += [f"**{fig.title}**", "", f"![{fig.title}]({fig.now_rel})" if fig.now_rel else "(not drawn)", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -102,6 +106,10 @@ def to_html(blocks: list[Block], title: str) -> str:
                     f"<td><b>{html.escape(fig.title)}</b>{note}<br>{_img(fig.now_png, fig.title + ', tonight')}</td></tr>"
                 )
             out.append("</table>")
+        elif kind == "images":
+            for fig in block[1]:
+                out.append(f"<figure><figcaption><b>{html.escape(fig.title)}</b></figcaption>"
+                           f"{_img(fig.now_png, fig.title)}</figure>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

@@ -51,12 +51,18 @@ def add_parser(sub) -> None:
                       help="write the script into --log-dir and submit it with sbatch")
     run = p.add_argument_group("passed to `sweeper run`")
     run.add_argument("--quick", action="store_true")
+    from sweeper.cli import add_scale_option
+
+    add_scale_option(run)
     run.add_argument("--data-root", default=None)
     run.add_argument("--cpus-per-trial", type=float, default=None)
     run.add_argument("--gpus-per-trial", type=float, default=None)
     run.add_argument("--max-failures", type=int, default=None)
     run.add_argument("--checkpoint-seconds", type=float, default=None)
     run.add_argument("--no-figures", action="store_true")
+    from sweeper.overrides import add_options
+
+    add_options(run)
     p.set_defaults(fn=cmd_slurm, submit=False)
 
 
@@ -128,11 +134,13 @@ def ensure_token(path: Path) -> bool:
 
 # -- the command ----------------------------------------------------------------------------------
 def cmd_slurm(args) -> int:
+    from sweeper.cli import scale_of
     from sweeper.study import load_study
 
     _check(args)
     study_path = Path(args.study).expanduser().absolute()
-    study = load_study(study_path, quick=args.quick)  # refuse a bad study here, not after the queue
+    # refuse a bad study (or override) here, not after the queue
+    study = load_study(study_path, scale=scale_of(args), overrides=args.overrides, name=args.name)
     _check_trial_fits(study, args)
     sbatch = None
     if args.submit:

@@ -52,8 +52,9 @@ def sbatch_lines(args, job_name: str, log_dir: str) -> list[str]:
 def run_arguments(args) -> list[str]:
     """The `sweeper run` options this command passes through."""
     out: list[str] = []
-    if args.quick:
-        out.append("--quick")
+    from sweeper.cli import scale_arguments, scale_of
+
+    out += scale_arguments(scale_of(args))  # --quick as before; --scale cpu
     if args.data_root:
         out += ["--data-root", absolute_path(args.data_root)]
     for flag in ("cpus_per_trial", "gpus_per_trial", "max_failures", "checkpoint_seconds"):
@@ -62,7 +63,9 @@ def run_arguments(args) -> list[str]:
             out += ["--" + flag.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
     if args.no_figures:
         out.append("--no-figures")
-    return out
+    from sweeper.overrides import arguments
+
+    return out + arguments(args)  # each one array element of RUN_ARGS, quoted by `render`
 
 
 def render(args, study_path: Path, job_name: str, log_dir: str) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from sweeper.analysis.style import done, mean_std
+from sweeper.analysis.style import done, mean_std, plt
 from sweeper.experiments.train.spec import TrainSpec  # a dataclass only: importing it loads no torch
 
 # -- conventions shared by every figure -----------------------------------------------------------
@@ -192,12 +192,23 @@ def legend_outside(fig, handles: list[Line2D]) -> None:
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
 
 
-def accuracy_panel(ax, frame: pd.DataFrame, x: str, subsets: list[str], style: str, marker: str) -> None:
+IMAGENET = ("imagenet", "imagenet224")  # datasets whose accuracies the paper gives as top-1 and top-5
+
+
+def top5_recorded(trials: pd.DataFrame) -> bool:
+    """Whether to draw top-5 beside top-1: ImageNet trials (the paper reports both there; on the
+    10-class sets top-5 says little) that recorded it."""
+    return ("dataset" in trials and "test_top5" in trials and trials["dataset"].isin(IMAGENET).all()
+            and trials["test_top5"].notna().any())
+
+
+def accuracy_panel(ax, frame: pd.DataFrame, x: str, subsets: list[str], style: str, marker: str,
+                   value: str = "test_acc") -> None:
     for subset in subsets:
         rows = frame[frame["trainable"] == subset]
         if rows.empty:
             continue
-        stats = mean_std(rows.assign(acc=rows["test_acc"] * 100), [x], "acc").sort_values(x)
+        stats = mean_std(rows.assign(acc=rows[value] * 100), [x], "acc").sort_values(x)
         ax.errorbar(stats[x], stats["mean"], yerr=stats["std"], color=subset_colour(subset), linestyle=style,
                     marker=marker, ms=4, capsize=3, lw=1.5)
 
@@ -209,3 +220,41 @@ def chance_line(ax, trials: pd.DataFrame) -> None:
         ax.annotate("chance", (0.01, level), xycoords=("axes fraction", "data"), fontsize=7, color="#777777",
                     va="bottom")
 
+
+
+def series_grid(frame: pd.DataFrame, panels: list[tuple[str, pd.DataFrame, str]], line_by: str, lines: list,
+                colour, label, ylabel: str) -> tuple:
+    """The paper's way of drawing a measure of deeper and wider networks: one column per series
+    (deeper: against depth at the smallest width; wider: against width at the smallest depth),
+    one row per panel (title, rows, value column), one line per value of `line_by` (in the order
+    `lines`), mean and standard deviation over seeds. Returns (figure, axes, the plotted points)."""
+    kinds = series(frame)
+    fig, axes = plt.subplots(len(panels), len(kinds), figsize=(4.2 * len(kinds), 3.1 * len(panels)),
+                             squeeze=False, sharey="row")
+    points = []
+    for i, (name, rows, value) in enumerate(panels):
+        for j, (kind, members, _) in enumerate(kinds):
+            ax, x = axes[i][j], ("depth" if kind == "deeper" else "width")
+            part = rows[rows["trial_id"].isin(members["trial_id"])]
+            for key in lines:
+                r = part[part[line_by] == key]
+                if r.empty:
+                    continue
+                stats = mean_std(r, [x], value).sort_values(x)
+                ax.errorbar(stats[x], stats["mean"], yerr=stats["std"], color=colour(key), linestyle=SERIES_STYLE[kind],
+                            marker=SERIES_MARKER[kind], ms=4, capsize=3, lw=1.4, label=label(key))
+                points += [{"panel": name, "series": kind, "x_field": x, "x": s[x], line_by: key, "mean": s["mean"],
+                            "std": s["std"], "seeds": s["count"]} for _, s in stats.iterrows()]
+            log2_axis(ax, members[x])
+            fixed = f"width {members['width'].iloc[0]}" if x == "depth" else f"depth {members['depth'].iloc[0]}"
+            ax.set_xlabel(f"{x}  (at {fixed})")
+            ax.set_title(name if len(kinds) == 1 else f"{name}: {kind}")
+        axes[i][0].set_ylabel(ylabel)
+    return fig, axes, pd.DataFrame(points)
+
+
+def threshold_colours(thresholds) -> dict:
+    """One colour per threshold, light (small t) to dark (large t)."""
+    cmap = plt.get_cmap("viridis")
+    thresholds = list(thresholds)
+    return {t: cmap(0.85 - 0.8 * i / max(len(thresholds) - 1, 1)) for i, t in enumerate(thresholds)}

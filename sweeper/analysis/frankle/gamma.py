@@ -19,11 +19,13 @@ from sweeper.analysis.frankle.common import (
     model_title,
     ordered_subsets,
     series,
+    series_grid,
     series_handles,
     settings,
     subset_colour,
     subset_handles,
     subset_label,
+    threshold_colours,
     title,
     train_trials,
 )
@@ -123,15 +125,57 @@ def gamma_sparsity(bn: pd.DataFrame, thresholds=SPARSITY_THRESHOLDS) -> pd.DataF
     }, columns=cols)
 
 
-def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
-    """Fig. 5: the fraction of |γ| below thresholds against the BN parameter count, one panel
-    per threshold; dotted grey: the same fraction at initialisation (U[0, 1): t)."""
+def sparsity_frame(tables) -> tuple[pd.DataFrame, pd.DataFrame, pd.Index]:
+    """(trials, per-trial sparsity joined to its trial's fields, trials whose γ moved)."""
     trials = train_trials(tables, need=("trainable", "depth", "width", "test_acc", "bn_params"))
     bn = gamma_table(tables, trials)
     if bn.empty:
-        return []
-    moved = gamma_moved(bn)
+        return trials, pd.DataFrame(), pd.Index([])
     sparsity = with_trials(gamma_sparsity(bn), trials, ["trainable", "model", "depth", "width", "bn_params", "seed"])
+    return trials, sparsity, gamma_moved(bn)
+
+
+def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
+    """Fig. 5 as the paper draws it: the share of |γ| below each threshold against depth (deeper
+    series) and against width (wider series), one row per subset whose γ trains, one line per
+    threshold; dotted: the same share at initialisation. The per-trial numbers go to a CSV."""
+    trials, sparsity, moved = sparsity_frame(tables)
+    if sparsity.empty:
+        return []
+    paths = []
+    for suffix, setting, frame in settings(trials):
+        part = sparsity[sparsity["trial_id"].isin(frame["trial_id"])]
+        part = part[part["trainable"].isin(trained_gamma_subsets(frame, moved))]
+        if part.empty:
+            continue
+        part = part.assign(pct=part["fraction"] * 100)
+        thresholds = sorted(part["threshold"].unique())
+        colours = threshold_colours(thresholds)
+        panels = [(subset_label(s), part[part["trainable"] == s], "pct") for s in ordered_subsets(part["trainable"])]
+        fig, axes, _ = series_grid(part, panels, "threshold", thresholds, colours.get, lambda t: f"|γ| < {t:g}",
+                                   "share of γ (%)")
+        for ax in axes.ravel():
+            for t in thresholds:  # the share at initialisation, the same for every network
+                at = part.loc[part["threshold"] == t, "fraction_init"].mean() * 100
+                ax.axhline(at, color=colours[t], linestyle=":", lw=0.9)
+        handles = [Line2D([], [], color=colours[t], marker="o", lw=2, label=f"|γ| < {t:g}") for t in thresholds]
+        handles.append(Line2D([], [], color="#999999", linestyle=":", label="at initialisation"))
+        fig.suptitle(title("Fig. 5: share of γ near zero after training, deeper and wider", setting), fontsize=10)
+        legend_outside(fig, handles)
+        fig.tight_layout()
+        paths += save(fig, out, "gamma_sparsity" + suffix)
+        csv = out / f"gamma_sparsity{suffix}.csv"
+        part.drop(columns="pct").sort_values(["trainable", "bn_params", "seed", "threshold"]).to_csv(csv, index=False)
+        paths.append(csv)
+    return paths
+
+
+def gamma_sparsity_vs_bn_params(tables, out: Path) -> list[Path]:
+    """Fig. 5 against the BN parameter count (an extra): one panel per threshold, one colour per
+    subset, solid deeper, dashed wider; dotted grey: the same fraction at initialisation."""
+    trials, sparsity, moved = sparsity_frame(tables)
+    if sparsity.empty:
+        return []
     paths = []
     for suffix, setting, frame in settings(trials):
         part = sparsity[sparsity["trial_id"].isin(frame["trial_id"])]
@@ -161,37 +205,75 @@ def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
         axes[0][0].set_ylabel("share of γ (%)")
         handles = subset_handles(subsets) + series_handles([(k, t) for k, _, t in kinds])
         handles.append(Line2D([], [], color="#999999", linestyle=":", label="at initialisation"))
-        fig.suptitle(title("Fig. 5: share of γ near zero after training", setting), fontsize=10)
+        fig.suptitle(title("Fig. 5 (extra): share of γ near zero against the BN parameter count", setting),
+                     fontsize=10)
         legend_outside(fig, handles)
         fig.tight_layout()
-        paths += save(fig, out, "gamma_sparsity" + suffix)
-        csv = out / f"gamma_sparsity{suffix}.csv"
-        part.sort_values(["trainable", "bn_params", "seed", "threshold"]).to_csv(csv, index=False)
-        paths.append(csv)
+        paths += save(fig, out, "gamma_sparsity_vs_bn_params" + suffix)
     return paths
 
 
 # -- Fig. 6: clamping small γ to zero -------------------------------------------------------------
-def clamp_accuracy(tables, out: Path) -> list[Path]:
-    """Fig. 6: the change in test accuracy when every γ with |γ| < t is set to 0, against the
-    fraction of γ so clamped; one panel per subset whose γ trains, one line per network."""
+def clamp_frame(tables) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, the clamp table joined to its trials): `change` is the clamped accuracy minus the
+    trial's own, in points; `clamped_pct` the share of γ clamped."""
     trials = train_trials(tables, need=("trainable", "depth", "width", "test_acc", "bn_params"))
     if trials.empty or "clamp" not in tables:
-        return []
+        return trials, pd.DataFrame()
     clamp = tables["clamp"]
     if clamp.empty or not {"trial_id", "threshold", "fraction_clamped", "test_acc"} <= set(clamp):
-        return []
+        return trials, pd.DataFrame()
     clamp = with_trials(clamp.rename(columns={"test_acc": "clamped_acc"}), trials,
                         ["trainable", "model", "depth", "width", "bn_params", "seed", "test_acc"])
     if clamp.empty:
-        return []
+        return trials, clamp
     clamp["change"] = (clamp["clamped_acc"] - clamp["test_acc"]) * 100
     clamp["clamped_pct"] = clamp["fraction_clamped"] * 100
+    return trials, clamp
+
+
+def _trains_gamma(part: pd.DataFrame) -> pd.DataFrame:
+    """γ that never trained sit at their U[0, 1) initialisation: only subsets that train γ."""
+    return part[part["trainable"].isin(["all", "bn", "bn+output"]) | ~part["trainable"].isin(SUBSET_ORDER)]
+
+
+def clamp_accuracy(tables, out: Path) -> list[Path]:
+    """Fig. 6 as the paper draws it: the change in test accuracy when every γ with |γ| < t is
+    set to 0, against depth (deeper series) and width (wider series), one line per threshold t,
+    one row per subset whose γ trains."""
+    trials, clamp = clamp_frame(tables)
+    if clamp.empty:
+        return []
     paths = []
     for suffix, setting, frame in settings(trials):
-        part = clamp[clamp["trial_id"].isin(frame["trial_id"])]
-        # γ that never trained sit at their U[0, 1) initialisation: only subsets that train γ
-        part = part[part["trainable"].isin(["all", "bn", "bn+output"]) | ~part["trainable"].isin(SUBSET_ORDER)]
+        part = _trains_gamma(clamp[clamp["trial_id"].isin(frame["trial_id"])])
+        part = part[part["threshold"] > 0]  # t = 0 clamps nothing: the trial's own accuracy
+        if part.empty:
+            continue
+        thresholds = sorted(part["threshold"].unique())
+        colours = threshold_colours(thresholds)
+        panels = [(subset_label(s), part[part["trainable"] == s], "change") for s in ordered_subsets(part["trainable"])]
+        fig, axes, _ = series_grid(part, panels, "threshold", thresholds, colours.get, lambda t: f"t = {t:g}",
+                                   "change in test accuracy (points)")
+        for ax in axes.ravel():
+            ax.axhline(0, color="#999999", lw=0.8)
+        handles = [Line2D([], [], color=colours[t], marker="o", lw=2, label=f"|γ| < {t:g} set to 0") for t in thresholds]
+        fig.suptitle(title("Fig. 6: accuracy after clamping small γ to zero, deeper and wider", setting), fontsize=10)
+        legend_outside(fig, handles)
+        fig.tight_layout()
+        paths += save(fig, out, "clamp_accuracy" + suffix)
+    return paths
+
+
+def clamp_accuracy_vs_fraction(tables, out: Path) -> list[Path]:
+    """Fig. 6 against the share of γ clamped (an extra): the change in test accuracy when every
+    γ with |γ| < t is set to 0; one panel per subset whose γ trains, one line per network."""
+    trials, clamp = clamp_frame(tables)
+    if clamp.empty:
+        return []
+    paths = []
+    for suffix, setting, frame in settings(trials):
+        part = _trains_gamma(clamp[clamp["trial_id"].isin(frame["trial_id"])])
         if part.empty:
             continue
         subsets = ordered_subsets(part["trainable"])
@@ -217,13 +299,12 @@ def clamp_accuracy(tables, out: Path) -> list[Path]:
         axes[0][0].set_ylabel("change in test accuracy (points)")
         titles = {m: model_title(part[part["model"] == m]) for m in models}
         handles = [Line2D([], [], color=colours[m], lw=2, label=titles[m]) for m in models]
-        fig.suptitle(title("Fig. 6: clamping |γ| < t to zero, thresholds t = "
+        fig.suptitle(title("Fig. 6 (extra): clamping |γ| < t to zero, thresholds t = "
                             + ", ".join(f"{t:g}" for t in sorted(part["threshold"].unique())), setting), fontsize=10)
         legend_outside(fig, handles)
         fig.tight_layout()
-        paths += save(fig, out, "clamp_accuracy" + suffix)
+        paths += save(fig, out, "clamp_accuracy_vs_fraction" + suffix)
     return paths
-
 
 
 def finish_gamma_grid(axes, used: int, bins, subsets) -> list:

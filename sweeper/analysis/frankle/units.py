@@ -14,6 +14,7 @@ from sweeper.analysis.frankle.common import (
     model_order,
     ordered_subsets,
     series,
+    series_grid,
     series_handles,
     setting_fields,
     settings,
@@ -35,18 +36,46 @@ def dead_units(dead: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"dead_units": g["du"] / g["units"], "dead_channels": g["dc"] / g["channels"]}).reset_index()
 
 
-def dead_relu(tables, out: Path) -> list[Path]:
-    """Fig. 7: the share of ReLUs that output 0 on more than 99% of test inputs, per unit and
-    per channel, against the BN parameter count; and per layer for the deepest network."""
+def dead_frame(tables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(trials, per-trial dead shares joined to the trials, the per-layer table joined too)."""
     trials = train_trials(tables, need=("trainable", "depth", "width", "test_acc", "bn_params"))
     if trials.empty or "dead_relu" not in tables:
-        return []
+        return trials, pd.DataFrame(), pd.DataFrame()
     dead = tables["dead_relu"]
     if dead.empty or not {"trial_id", "dead_unit_fraction", "units"} <= set(dead):
-        return []
+        return trials, pd.DataFrame(), pd.DataFrame()
     cols = ["trainable", "model", "depth", "width", "bn_params", "seed"]
-    overall = with_trials(dead_units(dead), trials, cols)
-    per_layer = with_trials(dead, trials, cols)
+    return trials, with_trials(dead_units(dead), trials, cols), with_trials(dead, trials, cols)
+
+
+def dead_relu(tables, out: Path) -> list[Path]:
+    """Fig. 7 as the paper draws it: the share of ReLUs that output 0 on more than 99% of test
+    inputs, per unit (top) and per channel (bottom), against depth (deeper series) and width
+    (wider series), one line per trainable subset."""
+    trials, overall, _ = dead_frame(tables)
+    if overall.empty:
+        return []
+    paths = []
+    for suffix, setting, frame in settings(trials):
+        part = overall[overall["trial_id"].isin(frame["trial_id"])]
+        if part.empty:
+            continue
+        part = part.assign(units_pct=part["dead_units"] * 100, channels_pct=part["dead_channels"] * 100)
+        subsets = ordered_subsets(part["trainable"])
+        panels = [("dead units (per position)", part, "units_pct"), ("dead channels", part, "channels_pct")]
+        fig, _, _ = series_grid(part, panels, "trainable", subsets, subset_colour, subset_label, "dead (%)")
+        fig.suptitle(title("Fig. 7: dead ReLUs (zero on > 99% of test inputs), deeper and wider", setting),
+                     fontsize=10)
+        legend_outside(fig, subset_handles(subsets))
+        fig.tight_layout()
+        paths += save(fig, out, "dead_relu" + suffix)
+    return paths
+
+
+def dead_relu_vs_bn_params(tables, out: Path) -> list[Path]:
+    """Fig. 7 against the BN parameter count (an extra): dead units and channels, and dead units
+    per layer for the deepest network."""
+    trials, overall, per_layer = dead_frame(tables)
     if overall.empty:
         return []
     paths = []
@@ -83,10 +112,10 @@ def dead_relu(tables, out: Path) -> list[Path]:
         ax.set_ylabel("dead units (%)")
         ax.set_title(f"per layer, {deepest}")
         handles = subset_handles(subsets) + series_handles([(k, t) for k, _, t in kinds])
-        fig.suptitle(title("Fig. 7: dead ReLUs (zero on > 99% of test inputs)", setting), fontsize=10)
+        fig.suptitle(title("Fig. 7 (extra): dead ReLUs against the BN parameter count", setting), fontsize=10)
         legend_outside(fig, handles)
         fig.tight_layout()
-        paths += save(fig, out, "dead_relu" + suffix)
+        paths += save(fig, out, "dead_relu_vs_bn_params" + suffix)
     return paths
 
 
@@ -105,6 +134,8 @@ def params_table(trials: pd.DataFrame) -> pd.DataFrame:
     for col in PARAM_COLUMNS.values():
         table[col] = table[col].astype("int64")
     table["batchnorm_share_pct"] = (100 * table["batchnorm"] / table["total"]).round(3)
+    for group in ("batchnorm", "output", "shortcut"):  # the paper's percentage rows
+        table[f"{group}_pct"] = (100 * table[group] / table["total"]).round(3)
     order = {m: i for i, m in enumerate(model_order(trials))}
     table["_o"] = table["model"].map(order)
     return table.sort_values(["_o", *fields]).drop(columns="_o").reset_index(drop=True)
@@ -133,7 +164,24 @@ def table1_params(tables, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "table1_params.csv", out / "table1_params.md"
     table.to_csv(csv, index=False)
-    md.write_text("Table 1: parameters by group (Frankle et al. 2021)\n\n" + _markdown(table))
+    md.write_text("Table 1: parameters by group (Frankle et al. 2021)\n\n" + _markdown(table)
+                  + "\nAs the paper lays it out (one column per network; % of all parameters):\n\n"
+                  + _markdown(paper_layout(table)))
     return [csv, md]
+
+
+PAPER_ROWS = (("Total", "total"), ("BatchNorm", "batchnorm"), ("BatchNorm (%)", "batchnorm_pct"),
+              ("Output", "output"), ("Output (%)", "output_pct"), ("Shortcut", "shortcut"),
+              ("Shortcut (%)", "shortcut_pct"))
+
+
+def paper_layout(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 as the paper prints it: one row per group and its share of the total, one column
+    per network (a network listed twice, under two settings, keeps its first counts)."""
+    first = table.drop_duplicates("model")
+    out = {"parameters": [name for name, _ in PAPER_ROWS]}
+    for _, r in first.iterrows():
+        out[r["model"]] = [int(r[c]) if not c.endswith("_pct") else f"{r[c]:.2f}%" for _, c in PAPER_ROWS]
+    return pd.DataFrame(out)
 
 

@@ -2,7 +2,8 @@
 FLOP counter counts, over every image of every epoch.
 
 A training step costs about 3 forward passes when weights train (forward, input gradients, weight
-gradients) and about 2 when every conv is frozen (no weight-gradient kernels: the BN-only case).
+gradients), about 2 when every conv is frozen (no weight-gradient kernels: the BN-only case), and
+about 1 when only the output layer trains (the backward pass ends there).
 sweeper.plan turns these FLOPs into time on this machine's CPUs or a GPU's rate.
 """
 from __future__ import annotations
@@ -90,15 +91,18 @@ def forward_flops(family: str, depth: int, width: int, dataset: str, activation:
 
 # Subsets whose training step runs no weight-gradient kernel: every conv and linear layer is frozen.
 FROZEN_FEATURES = ("bn", "output", "bn+output", "none")
+# Subsets whose backward pass stops at the output layer (nothing before it trains): a step costs
+# about one forward pass.
+OUTPUT_ONLY = ("output",)
 
 
 def trial_cost(spec) -> TrialCost:
     """Estimated FLOPs of one trial: `epochs` passes over the training set (each step about 3
-    forward passes, 2 with the features frozen) and the test set, and a final evaluation, in the
+    forward passes, 2 with the features frozen, 1 training the output layer alone) and the test set, and a final evaluation, in the
     spec's precision. The experiment's cost hook (sweeper.experiment.Experiment.cost)."""
     train, test = SIZES[spec.dataset]
     train = min(spec.train_size, train) if spec.train_size else train
     test = min(spec.test_size, test) if spec.test_size else test
     f = forward_flops(spec.family, spec.depth, spec.width, spec.dataset, spec.activation, spec.norm)
-    step = 2 if spec.trainable in FROZEN_FEATURES else 3
+    step = 1 if spec.trainable in OUTPUT_ONLY else 2 if spec.trainable in FROZEN_FEATURES else 3
     return TrialCost(f * (spec.epochs * (train * step + test) + test), spec.precision)

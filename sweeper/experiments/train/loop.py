@@ -101,6 +101,20 @@ def prepare_data(spec: TrainSpec, data_root, device: torch.device, channels_last
     return train, test
 
 
+def lr_milestones(fractions, epochs: int, steps_per_epoch: int) -> list[int]:
+    """The optimizer steps after which lr drops: the first step at or past each fraction of training.
+
+    Per step, not per epoch: open_lth's "drop at 50% and 75%" lands on epochs 80 and 120 of 160
+    exactly, and so does this (62,400 steps -> 31,200 and 46,800, epoch boundaries); but a short
+    run's fractions fall inside epochs, and rounding them to epochs moved the drops (5 epochs:
+    round(2.5) == 2 and round(3.75) == 4, drops at 40% and 80% of training). Rounding up keeps at
+    least the asked share of training before each drop; the 1e-9 keeps a float product such as
+    (0.1 + 0.2) * 10 = 3.0000000000000004 from rounding up a whole step.
+    """
+    total = epochs * steps_per_epoch
+    return sorted({max(1, math.ceil(m * total - 1e-9)) for m in fractions})
+
+
 def build_optimizer(model: nn.Module, spec: TrainSpec, selection: subsets.Selection):
     masks = subsets.masks(selection, model)
     full = [p for p in model.parameters() if p.requires_grad and p not in masks]
@@ -144,8 +158,8 @@ def run_trial(
     # checkpoints and the measurements' hooks see it; only the steps run the compiled one.
     step_model = model if spec.compile == "none" else torch.compile(model, backend=spec.compile)
     step = train_step(step_model, optimizer, masks, spec, device)
-    milestones = sorted({max(1, round(m * spec.epochs)) for m in spec.milestones})
-    scheduler = (
+    milestones = lr_milestones(spec.milestones, spec.epochs, train.num_batches(drop_last=True))
+    scheduler = (  # stepped once per optimizer step: its milestones count steps
         torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=spec.lr_drop) if optimizer else None
     )
 
@@ -172,10 +186,13 @@ def run_trial(
         t0 = time.perf_counter()
         model.train()
         seen = 0
+        lr = optimizer.param_groups[0]["lr"] if optimizer else 0.0
         loss_sum = torch.zeros((), device=device)
         correct_sum = torch.zeros((), device=device, dtype=torch.long)
         for x, y in train.epoch(epoch_generator(spec.seed, epoch)):
             logits, loss = step(x, y)
+            if scheduler:
+                scheduler.step()
             loss_sum += loss.detach() * len(y)
             correct_sum += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -186,12 +203,9 @@ def run_trial(
         if not math.isfinite(train_loss):
             raise TrialDiverged(f"training loss became {train_loss} in epoch {epoch + 1}")
         correct = correct_sum.item()
-        lr = optimizer.param_groups[0]["lr"] if optimizer else 0.0
-        if scheduler:
-            scheduler.step()
         metrics = {
             "epoch": epoch + 1,
-            "lr": lr,
+            "lr": lr,  # at the epoch's first step (a drop may fall inside the epoch)
             "train_loss": train_loss,
             "train_acc": correct / seen,
             **evaluate(step_model, test, spec, device),

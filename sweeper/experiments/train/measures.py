@@ -104,16 +104,25 @@ def activation_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 @MEASUREMENTS.register("dead_relu", "dead_units")
 @torch.no_grad()
 def measure_dead(ctx: Context) -> dict[str, pd.DataFrame]:
+    """Per activation call site: torchvision's ImageNet blocks call one ReLU module two (BasicBlock)
+    or three (Bottleneck) times per forward pass, on different units each time; counting per
+    module summed those calls (doubled counts, or tensors of different shapes). A module called
+    more than once records one row per call, `layer` named `<module>#<call>` (1-based)."""
     layers = activation_layers(ctx.model)
-    zeros: dict[str, torch.Tensor] = {}  # per unit: how many inputs gave exactly 0
-    channel_zeros: dict[str, torch.Tensor] = {}  # per channel: inputs where the whole map was 0
+    order = {name: i for i, (name, _) in enumerate(layers)}
+    kinds = {name: type(module).__name__ for name, module in layers}
+    zeros: dict[tuple[str, int], torch.Tensor] = {}  # per unit: how many inputs gave exactly 0
+    channel_zeros: dict[tuple[str, int], torch.Tensor] = {}  # per channel: inputs where the whole map was 0
+    calls: dict[str, int] = {}  # module -> its calls so far in this forward pass
     count = 0
 
     def hook(name):
         def fn(module, inputs, out):
+            site = (name, calls.get(name, 0))
+            calls[name] = site[1] + 1
             z = (out == 0).reshape(out.shape[0], out.shape[1], -1)
-            zeros[name] = zeros.get(name, 0) + z.sum(0)
-            channel_zeros[name] = channel_zeros.get(name, 0) + z.all(-1).sum(0)
+            zeros[site] = zeros.get(site, 0) + z.sum(0)
+            channel_zeros[site] = channel_zeros.get(site, 0) + z.all(-1).sum(0)
 
         return fn
 
@@ -121,20 +130,23 @@ def measure_dead(ctx: Context) -> dict[str, pd.DataFrame]:
     handles = [m.register_forward_hook(hook(n)) for n, m in layers]
     try:
         for x, _ in ctx.test_batches():
+            calls.clear()
             ctx.model(x)
             count += len(x)
     finally:
         for h in handles:
             h.remove()
+    sites_of: dict[str, int] = {}
+    for name, call in zeros:
+        sites_of[name] = max(sites_of.get(name, 0), call + 1)
     rows = []
-    for index, (name, module) in enumerate(layers):
-        if name not in zeros:
-            continue  # a module reused within a block records under its first name only
-        unit = zeros[name].float() / count
-        chan = channel_zeros[name].float() / count
+    # in the modules' order, a module's call sites in call order (modules never called: no row)
+    for index, (name, call) in enumerate(sorted(zeros, key=lambda site: (order[site[0]], site[1]))):
+        unit = zeros[name, call].float() / count
+        chan = channel_zeros[name, call].float() / count
         rows.append(
-            {"layer": name, "layer_index": index, "activation": type(module).__name__,
-             "units": unit.numel(), "channels": chan.numel(),
+            {"layer": name if sites_of[name] == 1 else f"{name}#{call + 1}", "layer_index": index,
+             "activation": kinds[name], "units": unit.numel(), "channels": chan.numel(),
              "dead_unit_fraction": float((unit > DEAD_FRACTION).float().mean()),
              "dead_channel_fraction": float((chan > DEAD_FRACTION).float().mean()),
              "mean_zero_fraction": float(unit.mean())}

@@ -8,6 +8,7 @@ This module imports no torch: the registries it checks names against are importe
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, ClassVar
 
 from sweeper.checks import SEED, Range, at_least, positive
@@ -24,6 +25,20 @@ COMPILE_BACKENDS = ("none", "inductor", "aot_eager")
 #: Far beyond the papers' largest networks (ResNet-866, WRN-14-32: width 512), and small enough that
 #: every tensor shape fits torch's int64 sizes: an absurd width crashed `sweeper params`.
 MAX_DEPTH, MAX_WIDTH = 10_000, 65_536
+
+
+_RANDOM_K = re.compile(r"\s*random\s*\(\s*k\s*=\s*([^)]*?)\s*\)\s*")
+
+
+def parse_random_k(value: str) -> tuple[str, int]:
+    """`random(k=N)` -> ("random", N): the random baseline with N weights per output channel."""
+    m = _RANDOM_K.fullmatch(value)
+    if not m:
+        raise SweeperError(f"expected a subset name or random(k=N), got {value!r}", "trainable")
+    if not re.fullmatch(r"[0-9]+", m[1]) or int(m[1]) < 1:
+        raise SweeperError(f"random(k=N) needs N a positive integer (weights per output channel), got {m[1]!r}",
+                           "trainable")
+    return "random", int(m[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +78,7 @@ class TrainSpec(Spec):
     bn_init: str = "uniform"
     # what trains
     trainable: str = "all"
-    random_k: int = 2
+    random_k: int = 2  # weights per output channel `random` trains (2: the BN count); or trainable random(k=N)
     # recipe
     epochs: int = 160
     batch_size: int = 128
@@ -81,6 +96,13 @@ class TrainSpec(Spec):
 
     @classmethod
     def expand_shorthands(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(values.get("trainable"), str) and "(" in values["trainable"]:
+            # `random(k=4)`: k as an axis value beside the other subsets (k = 2 matches the BN count)
+            values["trainable"], k = parse_random_k(values["trainable"])
+            if "random_k" in values and values["random_k"] != k:
+                raise SweeperError(f"random(k={k}) disagrees with random_k {values['random_k']!r}: set k in "
+                                   "one place", "trainable")
+            values["random_k"] = k
         if "model" in values:
             from sweeper.models import parse_model
 
@@ -127,6 +149,9 @@ class TrainSpec(Spec):
             trainable=named("trainable", SUBSETS.canonical),
             measure=tuple(named("measure", lambda ms: [MEASUREMENTS.canonical(m) for m in ms])),
         )
+        if changes["trainable"] != "random" and isinstance(self.random_k, int) and self.random_k >= 1:
+            # k means nothing to the other subsets: one id for them whatever k a grid crosses them with
+            changes["random_k"] = type(self).random_k
         if SUBSETS[changes["trainable"]].fixes_norm_affine:
             changes["bn_init"] = "fixed"  # all-but-bn: γ, β pinned at 1, 0 whatever was asked
         if changes["trainable"] == "none":
