@@ -366,7 +366,7 @@ class Store:
         self.write_table(self.path(study, table, f"{name}.parquet"), pa.Table.from_pylist([row]))
 
     def read(self, study: str, table: str = TRIALS, columns: list[str] | None = None,
-             categorical: list[str] = (), filters=None) -> pd.DataFrame:
+             categorical: list[str] = (), filters=None, trials=None) -> pd.DataFrame:
         """One table of one study as a DataFrame, each trial's rows once (from its own file, else
         from the compacted part that holds it: sweeper.segments). Files of older schema versions
         are read with the union of all columns (missing ones empty). Skipped, so that nothing is
@@ -379,9 +379,11 @@ class Store:
         (column, op, value) tuples) selects rows inside the Parquet scan, with row-group
         statistics; `categorical` text columns come back as pandas categoricals, read as Parquet
         dictionaries (a `trial_id` repeated over 8 million `bn` rows then costs integer codes,
-        not 8 million strings)."""
+        not 8 million strings). `trials` (ids) keeps those trials' rows only, chosen by file: the
+        own files of others are not opened, and the compacted parts say which trials they hold."""
+        wanted = None if trials is None else set(trials)
         table_ = storeread.again(lambda: storeread.read(self, study, table, columns, categorical, filters,
-                                                        trials_schema), self.url(study, table))
+                                                        trials_schema, wanted), self.url(study, table))
         # Column by column into pandas, freeing each Arrow column as it goes: the same frame as a
         # plain to_pandas(), with a lower peak and no copy into consolidated 2-D blocks.
         if table_ is None:

@@ -138,10 +138,16 @@ def _scan(store, paths, schema, columns, expr, fmt=None) -> pa.Table:
         raise _Vanished(", ".join(paths[:2])) from None
 
 
-def read(store, study: str, table: str, columns, categorical, filters, trials_schema) -> pa.Table | None:
-    """See Store.read: the Arrow table, or None when nothing is there."""
+def read(store, study: str, table: str, columns, categorical, filters, trials_schema,
+         wanted: set[str] | None = None) -> pa.Table | None:
+    """See Store.read: the Arrow table, or None when nothing is there. `wanted` (trial ids) picks
+    rows by file: own files of other trials are never opened, compacted parts are read whole when
+    every trial they hold is wanted, else filtered on trial_id."""
     expr = row_filter(filters)
     own = store.files(study, table)
+    listed = {storecheck.stem(p) for p in own}
+    if wanted is not None:
+        own = [p for p in own if storecheck.stem(p) in wanted]
     metas, bad = store._footers(own)
     trials = table == TRIALS
     committed = None
@@ -150,7 +156,7 @@ def read(store, study: str, table: str, columns, categorical, filters, trials_sc
     else:
         st = trial_status(store, study, trials_schema)  # lists again, then reads the manifests
         segs = st.segments
-    plan = segs.plan(table, {storecheck.stem(p) for p in own})
+    plan = segs.plan(table, listed, wanted)
     part_metas = {}
     for part, _ in plan:
         with _open(store, part.path) as f:
@@ -179,7 +185,7 @@ def read(store, study: str, table: str, columns, categorical, filters, trials_sc
     for part, ids in plan:
         if part.path in problems:
             continue
-        if committed is not None:
+        if committed is not None and (ids is not None or not part.trials <= committed):
             keep = (ids if ids is not None else part.trials) & committed
             ids = None if keep == part.trials else keep
         if ids is None:

@@ -105,6 +105,8 @@ def test_load_pushes_columns_and_filters_down(tmp_path):
         assert list(got.columns) == ["trial_id", "gamma"]
         pd.testing.assert_frame_equal(got.sort_values(["trial_id", "gamma"]).reset_index(drop=True),
                                       want.sort_values(["trial_id", "gamma"]).reset_index(drop=True))
+        picked = store.read(STUDY, "bn", columns=["trial_id", "gamma"], trials=some)  # rows chosen by file
+        assert set(picked["trial_id"]) == set(some) and len(picked) == 3 * ROWS
         cat = load(root, STUDY, "bn", columns=["trial_id"], categorical=["trial_id"])
         assert isinstance(cat["trial_id"].dtype, pd.CategoricalDtype) and len(cat) == len(full)
         expr = load(root, STUDY, "bn", columns=["gamma"], filters=pc.field("gamma") < 0.1)
