@@ -282,6 +282,7 @@ def test_store_bench_200_trials_reports_both_states_side_by_side():
             assert s["status_done"] == 200 and s["load_bn_rows"] == 200 * ROWS and s["figures_drawn"] >= 1
             assert all(s[k] > 0 for k in ("figures_seconds", "status_seconds", "load_bn_seconds", "peak_rss_gb"))
             assert f"store_{where}_{state}_figures_seconds" in flat
+    assert {k for k, _ in run_bench.__globals__["ROWS"] if k.startswith("store_")} <= set(flat)
     # the compacted store answers with far fewer requests than the 400 files did
     assert result["s3"]["compacted"]["requests"]["figures"] * 5 < result["s3"]["uncompacted"]["requests"]["figures"]
     assert main(["bench", "--only", "store,nope"]) == 2
