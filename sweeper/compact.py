@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sweeper import procs
 from sweeper import segments as seglib
 from sweeper import storecheck
 from sweeper.errors import SweeperError
@@ -91,30 +92,6 @@ class Compacted:
                 f"({self.seconds:.1f} s)")
 
 
-def _pid_alive(pid: int, proc_start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if proc_start:
-        try:
-            stat = open(f"/proc/{pid}/stat").read()
-            return stat[stat.rindex(")") + 2:].split()[19] == proc_start
-        except (OSError, ValueError, IndexError):
-            return True
-    return True
-
-
-def _proc_start() -> str | None:
-    try:
-        stat = open(f"/proc/{os.getpid()}/stat").read()
-        return stat[stat.rindex(")") + 2:].split()[19]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _abandoned(store: Store, info: pafs.FileInfo) -> bool:
     """Whether the compaction a pending file names is dead: on this host, its process is gone;
     elsewhere, it is older than ABANDONED_SECONDS."""
@@ -124,7 +101,7 @@ def _abandoned(store: Store, info: pafs.FileInfo) -> bool:
     except (OSError, ValueError):
         holder = {}
     if holder.get("host") == socket.gethostname() and "pid" in holder:
-        return not _pid_alive(int(holder["pid"]), holder.get("proc_start"))
+        return not procs.alive(int(holder["pid"]), holder.get("proc_start"))
     return time.time() - info.mtime.timestamp() > ABANDONED_SECONDS if info.mtime else True
 
 
@@ -361,7 +338,7 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
                 if keep:
                     old[table].append((part, keep))
     segment = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:6]}"
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": _proc_start(),
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": procs.start_time(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     store.write_bytes(seglib.pending_path(store, study, segment), json.dumps(holder).encode())
     manifest = {"format": seglib.FORMAT, "segment": segment, "created": holder["started"], "tables": {},

@@ -24,9 +24,9 @@ import socket
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Callable
 
+from sweeper import procs
 from sweeper.errors import SweeperError
 from sweeper.report.layout import REPORTS, now_utc, read_bytes
 from sweeper.store import Store
@@ -45,25 +45,6 @@ class LockHeld(SweeperError):
     """Another nightly holds the store's lock (exit status 3)."""
 
 
-def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2 :].split()[19]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 @dataclasses.dataclass
 class Holder:
     pid: int
@@ -76,7 +57,7 @@ class Holder:
     @classmethod
     def me(cls) -> "Holder":
         return cls(os.getpid(), socket.gethostname(), now_utc().isoformat(timespec="seconds"),
-                   uuid.uuid4().hex, _proc_start(os.getpid()), " ".join(sys.argv))
+                   uuid.uuid4().hex, procs.start_time(), " ".join(sys.argv))
 
     @classmethod
     def parse(cls, data: bytes | None) -> "Holder | None":
@@ -98,9 +79,7 @@ class Holder:
         belongs to a process started later). A holder on another host is never judged stale."""
         if self.host != socket.gethostname():
             return False
-        if not _pid_alive(self.pid):
-            return True
-        return bool(self.proc_start) and _proc_start(self.pid) not in (None, self.proc_start)
+        return not procs.alive(self.pid, self.proc_start or None)
 
 
 class NightlyLock:

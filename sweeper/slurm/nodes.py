@@ -4,11 +4,11 @@ head and the other nodes (the Ray part of that wait is sweeper.orchestration's).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import time
-from pathlib import Path
+
+from sweeper import procs
 
 
 def node_ip() -> str:
@@ -41,19 +41,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by the batch shell that waits on it) is dead too
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return pid is None or procs.alive(pid)  # a zombie (not yet reaped by the batch shell) is dead too
 
 
 def wait_for_cluster(address: str, nodes: int, timeout: float, pid: int | None = None) -> int:
