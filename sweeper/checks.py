@@ -114,6 +114,7 @@ OPTION_RANGES: dict[str, Range] = {
     "--tolerance": at_least(0),  # nightly: NaN would flag no regression, ever
     "--keep-reports": at_least(0, integer=True),
     "--threads": at_least(1, integer=True),
+    "--trials": at_least(1, integer=True),  # bench: trials of the generated store
     "--nodes": at_least(1, integer=True),
     "--gpus-per-node": at_least(0, integer=True),
     "--cpus-per-node": at_least(1, integer=True),

@@ -18,7 +18,8 @@ DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
 COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench.cli",
-                              "sweeper.orchestration.submit", "sweeper.slurm.cli", "sweeper.report.cli"]
+                              "sweeper.orchestration.submit", "sweeper.slurm.cli", "sweeper.report.cli",
+                              "sweeper.compact"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -141,7 +142,9 @@ def cmd_run(args) -> int:
     for tid, error in list(summary.failed.items())[:10]:
         print(f"  failed {tid}: {error.splitlines()[0] if error else ''}")
     from sweeper.analysis.cohort import Plan, record_plan
+    from sweeper.compact import maybe_compact
 
+    maybe_compact(store, study.name, say=print)  # a table of many small files: merged before figures read it
     plan = Plan.of(study)
     record_plan(store, plan)  # figures and status drawn later without the study file use it
     if not args.no_figures:

@@ -39,7 +39,7 @@ import os
 import re
 import uuid
 import warnings
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sweeper import storecheck
+from sweeper import segments as seglib, storecheck, storeread
+from sweeper.storecheck import TrialStatus  # noqa: F401 (its home was here)
+from sweeper.storeread import _Vanished
 from sweeper.checks import check_text
 from sweeper.errors import SweeperError
 from sweeper.objectstore import (RetryingS3FileSystem, _rebuild_s3, checking_fs, endpoint, explain,  # noqa: F401
@@ -95,21 +97,6 @@ def trials_schema(spec_type, row_columns: dict[str, type]) -> pa.Schema:
     fields.update({k: pa.field(k, _ARROW[t]) for k, t in row_columns.items() if k not in fields})
     fields.update({k: pa.field(k, _ARROW[t]) for k, t in RUN_COLUMNS.items()})
     return pa.schema(list(fields.values()))
-
-
-@dataclass
-class TrialStatus:
-    done: set[str]  # committed done, with every table it wrote present and readable
-    failed: dict[str, str]  # trial id -> error
-    corrupt: list[str]  # paths of unreadable (or mistyped) trials files: their trials run again
-    stopped: set[str] = None  # ended early by a search scheduler: complete as far as they went
-    # done rows whose tables are missing or unreadable: trial id -> those files' paths (it runs again)
-    damaged: dict[str, list[str]] = field(default_factory=dict)
-    stray: list[str] = field(default_factory=list)  # files holding no row of their own trial (ignored)
-    duplicate: list[str] = field(default_factory=list)  # files holding their trial's row twice (read once)
-
-    def __post_init__(self):
-        self.stopped = self.stopped or set()
 
 
 class Store:
@@ -317,12 +304,22 @@ class Store:
         )
 
     def files(self, study: str, table: str) -> list[str]:
+        """The trials' own files of a table (not the compacted parts: see `segments`)."""
+        return [i.path for i in self.file_infos(study, table)]
+
+    def file_infos(self, study: str, table: str, parts: bool = False) -> list[pafs.FileInfo]:
+        """The own files of a table (with `parts`, the compacted parts instead), with size and
+        modification time, in path order."""
         sel = pafs.FileSelector(self.table_dir(study, table), allow_not_found=True)
         return sorted(
-            i.path for i in self.fs.get_file_info(sel)
-            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-            and not i.base_name.startswith((".", "_"))
-        )
+            (i for i in self.fs.get_file_info(sel)
+             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+             and not i.base_name.startswith((".", "_")) and seglib.is_part(i.base_name) == parts),
+            key=lambda i: i.path)
+
+    def segments(self, study: str) -> seglib.Segments:
+        """The study's committed compacted files (sweeper.segments). Read after listing own files."""
+        return seglib.read_segments(self, study)
 
     def _store_failed(self, e: Exception) -> bool:
         """Whether a failed read is the object store failing (still down after its retries), not a
@@ -338,6 +335,8 @@ class Store:
             try:
                 with self.fs.open_input_file(p) as f:
                     metas[p] = pq.read_metadata(f)
+            except FileNotFoundError:
+                raise _Vanished(p) from None
             except Exception as e:
                 if self._store_failed(e):
                     raise
@@ -345,53 +344,13 @@ class Store:
         return metas, bad
 
     def trial_status(self, study: str) -> TrialStatus:
-        """What the store holds of a study's trials. A trial is done when the file named for it in
-        `trials` holds its row with status done, that file's columns have their types, and every
-        table the row lists (`tables`) is present and, on a local store, readable; a row written
-        before `tables` existed is checked against the table files present for it (a missing one
-        cannot be told from one never written). Anything less and the trial runs again."""
-        st = TrialStatus(set(), {}, [], set())
-        schemas, columns = {}, {}
-        for p in self.files(study, TRIALS):  # each file opened once (on an object store, requests)
-            try:
-                with self.fs.open_input_file(p) as f:
-                    pf = pq.ParquetFile(f)
-                    schemas[p] = pf.schema_arrow
-                    wanted = [c for c in ("trial_id", "status", "error", "tables") if c in schemas[p].names]
-                    columns[p] = pf.read(columns=wanted).to_pydict()
-            except Exception as e:
-                if self._store_failed(e):
-                    raise
-                st.corrupt.append(p)
-        problems = storecheck.type_problems(schemas, storecheck.trials_types(trials_schema), storecheck.TEXT_COLUMNS)
-        rows: dict[str, tuple[str, str, str | None]] = {}  # trial id -> (status, error, tables)
-        for p, t in columns.items():
-            if p in problems or not {"trial_id", "status"} <= set(t):
-                st.corrupt.append(p)
-                continue
-            owner = storecheck.stem(p)
-            mine = [i for i, tid in enumerate(t["trial_id"]) if tid == owner]
-            if not mine:  # a copy under another name, or another trial's row: never counted
-                st.stray.append(p)
-                continue
-            if len(t["trial_id"]) > 1:
-                st.duplicate.append(p)
-            i = mine[0]
-            rows[owner] = (t["status"][i], (t["error"][i] if "error" in t else "") or "",
-                           t["tables"][i] if "tables" in t else None)
-        st.corrupt.sort()
-        listing = storecheck.trial_tables(self, study)
-        for tid, (status, error, tables) in rows.items():
-            if status == "stopped":
-                st.stopped.add(tid)
-            elif status != "done":
-                st.failed[tid] = error
-            elif storecheck.whole(self, study, tid, tables, listing, st):
-                st.done.add(tid)
-        # table files of no trial the table `trials` knows: copies, or left by a trial killed before
-        # its row (readers ignore both; a rerun replaces the latter)
-        st.stray += sorted(p for files in listing.values() for owner, p in files.items() if owner not in rows)
-        return st
+        """What the store holds of a study's trials. A trial is done when the file that holds its
+        row (its own `trials` file, else a compacted part: sweeper.segments) says done, that file's
+        columns have their types, and every table the row lists (`tables`) is present and, on a
+        local store, readable; a row written before `tables` existed is checked against the table
+        files present for it (a missing one cannot be told from one never written). Anything less
+        and the trial runs again."""
+        return storeread.again(lambda: storeread.trial_status(self, study, trials_schema), self.url(study))
 
     def trial_row(self, study: str, trial_id: str) -> dict[str, Any] | None:
         """One trial's committed row, or None when it has none (or an unreadable one)."""
@@ -410,64 +369,29 @@ class Store:
         self.write_table(self.path(study, table, f"{name}.parquet"), pa.Table.from_pylist([row]))
 
     def read(self, study: str, table: str = TRIALS, columns: list[str] | None = None,
-             categorical: list[str] = ()) -> pd.DataFrame:
-        """One table of one study as a DataFrame, each trial's rows once. Files of older schema
-        versions are read with the union of all columns (missing ones empty). Skipped, so that
-        nothing is read half or twice: corrupt files (unreadable, or a column of the wrong type),
-        with a warning that names them (their trials run again); rows outside the file named for
-        their trial (a sync tool's copy; `sweeper status` lists these files); and in the tables
-        other than `trials`, the rows of trials not committed done (killed before their `trials`
-        row, or with another of their tables damaged). `columns` keeps those of them the table
-        has; `categorical` text columns come back as pandas categoricals, read as Parquet
-        dictionaries (a `trial_id` repeated over 8 million `bn` rows then costs integer codes, not
-        8 million strings)."""
-        metas, bad = self._footers(self.files(study, table))
-        schemas = {p: m.schema.to_arrow_schema() for p, m in metas.items()}
-        trials = table == TRIALS
-        problems = storecheck.type_problems(schemas, storecheck.trials_types(trials_schema) if trials else None,
-                                            storecheck.TEXT_COLUMNS if trials else (storecheck.KEY,))
-        for p in bad:
-            warnings.warn(f"{p}: not a readable Parquet file; skipped (its trial will be rerun)")
-        for p, why in problems.items():
-            warnings.warn(f"{p}: {why}; skipped as corrupt (its trial will be rerun)")
-        good = [p for p in metas if p not in problems]
-        key = storecheck.key_column(table, {n for p in good for n in schemas[p].names})
-        committed = self.trial_status(study).done if key == storecheck.KEY and not trials else None
-        whole, filtered = [], []
-        for p in good:
-            owner = storecheck.stem(p)
-            if committed is not None and owner not in committed:
-                continue
-            verdict = storecheck.own_rows(metas[p], key, owner) if key in schemas[p].names else "all"
-            if verdict == "all" and not (trials and metas[p].num_rows > 1):
-                whole.append(p)
-            elif verdict != "none":
-                filtered.append(p)
-        if not whole and not filtered:
-            return pd.DataFrame(columns=columns or [])
-        schema = pa.unify_schemas([schemas[p] for p in whole + filtered], promote_options="permissive")
-        if columns is not None:
-            columns = [c for c in columns if c in schema.names]
-        as_dict = [c for c in categorical if c in schema.names and pa.types.is_string(schema.field(c).type)]
-        for c in as_dict:
-            schema = schema.set(schema.get_field_index(c), pa.field(c, pa.dictionary(pa.int32(), pa.string())))
-        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=as_dict))
-
-        def scan(paths: list[str], names: list[str] | None) -> pa.Table:
-            return ds.dataset(paths, schema=schema, format=fmt, filesystem=self.fs).to_table(columns=names)
-
-        parts = [scan(whole, columns)] if whole else []
-        for p in filtered:  # rare: a file holding rows of other trials, or its own row twice
-            names = None if columns is None else list(dict.fromkeys([*columns, key]))
-            part = scan([p], names)
-            part = part.filter(pc.equal(part.column(key).cast(pa.string()), storecheck.stem(p)))
-            part = part.slice(0, 1) if trials else part
-            parts.append(part.select(columns) if columns is not None else part)
-        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+             categorical: list[str] = (), filters=None, trials=None) -> pd.DataFrame:
+        """One table of one study as a DataFrame, each trial's rows once (from its own file, else
+        from the compacted part that holds it: sweeper.segments). Files of older schema versions
+        are read with the union of all columns (missing ones empty). Skipped, so that nothing is
+        read half or twice: corrupt files (unreadable, or a column of the wrong type), with a
+        warning that names them (their trials run again); rows outside the file named for their
+        trial (a sync tool's copy; `sweeper status` lists these files); and in the tables other
+        than `trials`, the rows of trials not committed done (killed before their `trials` row,
+        or with another of their tables damaged). `columns` keeps those of them the table has
+        (only they are read); `filters` (a pyarrow compute expression, or pyarrow's list of
+        (column, op, value) tuples) selects rows inside the Parquet scan, with row-group
+        statistics; `categorical` text columns come back as pandas categoricals, read as Parquet
+        dictionaries (a `trial_id` repeated over 8 million `bn` rows then costs integer codes,
+        not 8 million strings). `trials` (ids) keeps those trials' rows only, chosen by file: the
+        own files of others are not opened, and the compacted parts say which trials they hold."""
+        wanted = None if trials is None else set(trials)
+        table_ = storeread.again(lambda: storeread.read(self, study, table, columns, categorical, filters,
+                                                        trials_schema, wanted), self.url(study, table))
         # Column by column into pandas, freeing each Arrow column as it goes: the same frame as a
-        # plain to_pandas(), with a lower peak and no copy into consolidated 2-D blocks (the `bn`
-        # table of 1,000 trials is 8 million rows).
-        return table.to_pandas(self_destruct=True, split_blocks=True)
+        # plain to_pandas(), with a lower peak and no copy into consolidated 2-D blocks.
+        if table_ is None:
+            return pd.DataFrame(columns=columns or [])
+        return table_.to_pandas(self_destruct=True, split_blocks=True)
 
     def read_all(self, study: str) -> dict[str, pd.DataFrame]:
         return {t: self.read(study, t) for t in self.tables(study)}
@@ -480,11 +404,18 @@ def _to_arrow(frame: pd.DataFrame) -> pa.Table:
     return table.cast(pa.schema(fields).remove_metadata())
 
 
-def load(store: str | os.PathLike, study: str | None = None, table: str = TRIALS) -> pd.DataFrame:
-    """A table as a DataFrame: one study's, or every study's concatenated when `study` is None."""
+def load(store: str | os.PathLike, study: str | None = None, table: str = TRIALS, columns: list[str] | None = None,
+         filters=None, categorical: list[str] = ()) -> pd.DataFrame:
+    """A table as a DataFrame: one study's, or every study's concatenated when `study` is None.
+    `columns` reads only those columns; `filters` only the rows it selects, inside the Parquet
+    scan (row groups whose statistics rule them out are skipped): a pyarrow expression, e.g.
+    `pyarrow.compute.field("layer_index") == 0`, or pyarrow's tuples, e.g.
+    `[("trial_id", "in", ids), ("gamma", "<", 0.01)]`. Compacted and per-trial files alike.
+    `categorical` text columns come back as pandas categoricals (`["trial_id"]` for the `bn` table:
+    integer codes instead of one string per row)."""
     s = Store(store)
     if study is not None:
-        return s.read(study, table)
-    frames = [s.read(name, table) for name in s.studies()]
+        return s.read(study, table, columns=columns, filters=filters, categorical=categorical)
+    frames = [s.read(name, table, columns=columns, filters=filters, categorical=categorical) for name in s.studies()]
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or [])

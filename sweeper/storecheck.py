@@ -15,10 +15,28 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+@dataclass
+class TrialStatus:
+    done: set[str]  # committed done, with every table it wrote present and readable
+    failed: dict[str, str]  # trial id -> error
+    corrupt: list[str]  # paths of unreadable (or mistyped) trials files: their trials run again
+    stopped: set[str] = None  # ended early by a search scheduler: complete as far as they went
+    # done rows whose tables are missing or unreadable: trial id -> those files' paths (it runs again)
+    damaged: dict[str, list[str]] = field(default_factory=dict)
+    stray: list[str] = field(default_factory=list)  # files holding no row of their own trial (ignored)
+    duplicate: list[str] = field(default_factory=list)  # files holding their trial's row twice (read once)
+
+    segments: Any = None  # the compacted files read with it (sweeper.segments)
+
+    def __post_init__(self):
+        self.stopped = self.stopped or set()
+
 
 KEY = "trial_id"
 # The columns every trials row has as text: a trials file with another type there is corrupt.
@@ -115,7 +133,7 @@ def type_problems(schemas: dict[str, pa.Schema], expected: dict[str, pa.DataType
 # -- a study's trials, judged through the store (`store` is a sweeper.store.Store) ---------------------
 def trial_tables(store, study: str) -> dict[str, dict[str, str]]:
     """The study's per-trial tables (those keyed by `trial_id`; not `search`): table -> the
-    files by the trial they are named for."""
+    own files by the trial they are named for (compacted parts apart: sweeper.segments)."""
     out = {}
     for table in store.tables(study):
         files = {stem(p): p for p in store.files(study, table)}
@@ -127,16 +145,28 @@ def trial_tables(store, study: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def whole(store, study: str, tid: str, tables: str | None, listing: dict[str, dict[str, str]], st) -> bool:
+def whole(store, study: str, tid: str, tables: str | None, listing: dict[str, dict[str, str]], st,
+          segs=None, parts_ok: dict[str, bool] | None = None) -> bool:
     """Whether every table a done trial wrote (`tables`; for a row from before that column, the
-    files present for it) is there: present and, on a local store (where a write can be cut short
-    or a file damaged), readable with the trial's own rows. Objects are whole once their single
-    PUT lands. Records what is wrong in `st` (a TrialStatus)."""
+    files present for it) is there: its own file, present and, on a local store (where a write can
+    be cut short or a file damaged), readable with the trial's own rows; or, without an own file,
+    a compacted part (`segs`, sweeper.segments) that holds it, readable (checked once per part,
+    `parts_ok` caches). Objects are whole once their single PUT lands. Records what is wrong in
+    `st` (a TrialStatus)."""
     names = ([n for n in tables.split(",") if n] if tables is not None
-             else [t for t, files in listing.items() if tid in files])
+             else [t for t, files in listing.items() if tid in files]
+             + [t for t in (segs.tables() if segs else []) if segs.has(t, tid) and tid not in listing.get(t, {})])
     damaged = []
     for name in names:
         path = listing.get(name, {}).get(tid)
+        if path is None and segs is not None and segs.has(name, tid):
+            part = segs.holder[name][tid].path
+            if store.local and parts_ok is not None:
+                if part not in parts_ok:
+                    parts_ok[part] = bool(store._footers([part])[0])
+                if not parts_ok[part]:
+                    damaged.append(part)
+            continue
         if path is None or not store.local:
             damaged += [] if path else [store.path(study, name, f"{tid}.parquet")]
             continue

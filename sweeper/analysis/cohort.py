@@ -222,11 +222,13 @@ class Restricted(Mapping):
             self._cache[name] = _keep(self.tables[name], self.ids)
         return self._cache[name]
 
-    def columns(self, name: str, cols: list[str]) -> pd.DataFrame:
-        key = f"{name}:{','.join(cols)}"
+    def columns(self, name: str, cols: list[str], trials=None) -> pd.DataFrame:
+        ids = self.ids if trials is None else self.ids & frozenset(trials)
+        key = f"{name}:{','.join(cols)}:{hash(ids)}"
         if key not in self._cache:
             need = list(dict.fromkeys([*cols, "trial_id"]))
-            table = _keep(columns(self.tables, name, need), self.ids)
+            read = getattr(self.tables, "columns", None)  # a store's tables read only the cohort's rows
+            table = _keep(read(name, need, trials=ids) if read is not None else columns(self.tables, name, need), ids)
             self._cache[key] = table[[c for c in cols if c in table]] if "trial_id" not in cols else table
         return self._cache[key]
 

@@ -31,17 +31,19 @@ class LazyTables(Mapping):
     def __contains__(self, name) -> bool:
         return name in self.names  # Mapping's default would read the table to answer
 
-    def columns(self, name: str, cols: list[str]) -> pd.DataFrame:
+    def columns(self, name: str, cols: list[str], trials=None) -> pd.DataFrame:
         """Only `cols` of a table (those it has), `trial_id` as a categorical: what a figure over
-        millions of `bn` rows reads, instead of every column as text."""
+        millions of `bn` rows reads, instead of every column as text. `trials` (ids): only their
+        rows, picked by file in the store (sweeper.store's `trials`)."""
         if name not in self.names:
             raise KeyError(name)
         if name in self._cache:
             table = self._cache[name]
             return table[[c for c in cols if c in table]]
-        key = f"{name}:{','.join(cols)}"
+        key = f"{name}:{','.join(cols)}:{hash(frozenset(trials)) if trials is not None else ''}"
         if key not in self._cache:
-            self._cache[key] = self.store.read(self.study, name, columns=list(cols), categorical=["trial_id"])
+            self._cache[key] = self.store.read(self.study, name, columns=list(cols), categorical=["trial_id"],
+                                               trials=trials)
         return self._cache[key]
 
     def __iter__(self):

@@ -11,6 +11,7 @@ from sweeper.bench.common import environment, load_average
 from sweeper.bench.data_share import measure_data_fraction
 from sweeper.bench.figures import generate_store, measure_figures
 from sweeper.bench.step import measure_step
+from sweeper.bench.store import headline, measure_store
 from sweeper.bench.sweeps import measure_sweep_efficiency, measure_trial_overhead
 from sweeper.orchestration.connect import local_cluster
 
@@ -21,12 +22,19 @@ GOALS: dict[str, tuple[str, float]] = {  # key -> (comparison, goal)
     "sgemm_fraction": (">=", 0.8),
     "data_fraction": ("<=", 0.05),
     "figures_seconds_1000_trials": ("<=", 10.0),
+    # issue 19: a compacted store of 10,000 trials, on this 2-core machine
+    "store_local_compacted_figures_seconds": ("<=", 10.0),
+    "store_local_compacted_status_seconds": ("<=", 3.0),
+    "store_local_compacted_peak_rss_gb": ("<=", 2.0),
 }
 
 
 def run_bench(quick: bool = False, data_root: str | None = None, threads: int = 1,
-              say: Callable[[str], None] = lambda s: None, only: set[str] | None = None) -> dict[str, Any]:
-    """Every measurement, in one run; `quick` sizes it for a 2-core laptop (a few minutes)."""
+              say: Callable[[str], None] = lambda s: None, only: set[str] | None = None,
+              trials: int = 10_000) -> dict[str, Any]:
+    """Every measurement, in one run; `quick` sizes it for a 2-core laptop (a few minutes). The
+    store measurement (a generated store of `trials` trials, before and after compaction, local
+    and on an S3 server) runs only when named in `only`: at 10,000 trials it takes an hour."""
     want = (lambda name: only is None or name in only)
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "quick": quick,
                                "environment": environment(), "load_average_start": load_average(),
@@ -96,6 +104,12 @@ def run_bench(quick: bool = False, data_root: str | None = None, threads: int = 
         results["bn_read_seconds_1000_trials"] = figs["bn_read_s"]
         results["bn_read_peak_rss_mb"] = figs["bn_read_peak_rss_mb"]
 
+    if only is not None and "store" in only:
+        say(f"a {trials}-trial store before and after compaction, local and on S3 ...")
+        store = measure_store(trials=trials, say=say)
+        details["store"] = store
+        results.update(headline(store))
+
     results["load_average_end"] = load_average()
     results["bench_seconds"] = round(time.perf_counter() - t_all, 1)
     results["goals"] = {k: f"{op} {v:g}" for k, (op, v) in GOALS.items()}
@@ -130,6 +144,16 @@ ROWS = [  # (key, what it is measured against)
     ("figures_peak_rss_mb", "peak RSS of that subprocess, MB"),
     ("bn_read_seconds_1000_trials", "Store.read of the whole 8.2M-row bn table into pandas"),
     ("bn_read_peak_rss_mb", "peak RSS of the read subprocess, MB"),
+    *[(f"store_{w}_{s}_{k}", f"{what} ({s}, {place})")
+      for w, place in (("local", "local folder"), ("s3", "S3 server"))
+      for s in ("uncompacted", "compacted")
+      for k, what in (("figures_seconds", "`sweeper figures` wall, fresh subprocess"),
+                      ("status_seconds", "`sweeper status --json` wall"),
+                      ("load_bn_seconds", "load(bn, columns=[trial_id, gamma]) wall"),
+                      ("peak_rss_gb", "largest peak RSS of those three, GB"))],
+    *[(f"store_{w}_{k}", f"{what} ({place})") for w, place in (("local", "local folder"), ("s3", "S3 server"))
+      for k, what in (("files_before", "Parquet files before compaction"), ("files_after", "after"),
+                      ("compact_seconds", "`sweeper compact` wall"))],
 ]
 
 

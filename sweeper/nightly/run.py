@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from sweeper.compact import maybe_compact
 from sweeper.errors import SweeperError
 from sweeper.nightly.lock import NightlyLock
 from sweeper.checks import OPTION_RANGES
@@ -32,9 +33,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_REGRESSION = 0, 1, 2, 3, 4
 
 # -- one study -----------------------------------------------------------------------------------
 def _code_versions(store: Store, study: str) -> dict[str, Any]:
-    if not store.files(study, "trials"):
+    rows = store.read(study, "trials", columns=["trial_id", "code_version"])  # own files and compacted parts
+    if "code_version" not in rows:
         return {}
-    rows = store.read(study, "trials", columns=["trial_id", "code_version"])
     return dict(zip(rows["trial_id"], rows["code_version"]))
 
 
@@ -151,6 +152,7 @@ def run_nightly(
                                data_root=data_root, rerun_stale=rerun_stale, say=say,
                                wait_for_resources=wait_for_resources, trackers=trackers)
             nights.append(night)
+            maybe_compact(store, study.name, say)  # many small files merged; figures then read few
         name = new_report_name(store, started)
         previous = previous_snapshots(store, [s.name for s in studies], before=name)
         snapshots = []

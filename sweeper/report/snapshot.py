@@ -55,7 +55,8 @@ def study_snapshot(study, store: Store) -> pd.DataFrame:
         shown = [f for f in varying if not (model and f in ("family", "depth", "width"))]
         text = " ".join(f"{f}={config[f]}" for f in shown)
         labels[key] = " ".join(p for p in (model, text) if p) or study.name
-    trials = store.read(study.name, "trials") if store.files(study.name, "trials") else pd.DataFrame()
+    # only the columns the means need (own files and compacted parts alike; empty when none)
+    trials = store.read(study.name, "trials", columns=["trial_id", "status", metric, "code_version"])
     return snapshot_rows(study.name, metric, configs, labels, members, trials)
 
 

@@ -61,7 +61,8 @@ def _statuses(store: Store, name: str) -> tuple[dict[str, str], dict[str, str], 
 
 
 def _stored(store: Store, name: str) -> pd.DataFrame:
-    return store.read(name, "trials") if store.files(name, "trials") else pd.DataFrame(columns=["trial_id"])
+    trials = store.read(name, "trials")  # own files and compacted parts alike (sweeper.segments)
+    return trials if "trial_id" in trials else pd.DataFrame(columns=["trial_id"])
 
 
 def of_study(study, store: Store) -> Overview:

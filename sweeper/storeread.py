@@ -1,0 +1,214 @@
+"""How sweeper.store reads a study: which file each trial's rows come from (its own file, else the
+compacted part that holds it: sweeper.segments), what counts as done (sweeper.storecheck), and the
+Parquet scans, with the caller's columns and row filters pushed down to pyarrow.
+
+Every function here takes the Store; none imports sweeper.store (it imports this module).
+"""
+from __future__ import annotations
+
+import warnings
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from sweeper import storecheck
+from sweeper.errors import SweeperError
+from sweeper.storecheck import KEY, TrialStatus
+
+TRIALS = "trials"
+VANISH_TRIES = 8
+
+
+class _Vanished(Exception):
+    """A file listed a moment ago is gone: a compaction merged it and deleted it. The read starts
+    again from a new listing, which finds its rows in the compacted part."""
+
+
+def again(fn, what: str):
+    """`fn()`, started again while files vanish under it. A compaction deletes only files whose rows
+    it has committed to a part, so a fresh listing finds every trial."""
+    last = None
+    for _ in range(VANISH_TRIES):
+        try:
+            return fn()
+        except _Vanished as e:
+            last = e
+    raise SweeperError(f"{what}: files kept vanishing while being read (last {last}); is something "
+                       "deleting them?", "--store")
+
+
+def _open(store, path: str):
+    try:
+        return store.fs.open_input_file(path)
+    except FileNotFoundError:
+        raise _Vanished(path) from None
+
+
+def trial_status(store, study: str, trials_schema) -> TrialStatus:
+    """See Store.trial_status."""
+    st = TrialStatus(set(), {}, [], set())
+    schemas, columns = {}, {}
+    own = store.files(study, TRIALS)
+    for p in own:  # each file opened once (on an object store, requests)
+        try:
+            with _open(store, p) as f:
+                pf = pq.ParquetFile(f)
+                schemas[p] = pf.schema_arrow
+                wanted = [c for c in ("trial_id", "status", "error", "tables") if c in schemas[p].names]
+                columns[p] = pf.read(columns=wanted).to_pydict()
+        except _Vanished:
+            raise
+        except Exception as e:
+            if store._store_failed(e):
+                raise
+            st.corrupt.append(p)
+    problems = storecheck.type_problems(schemas, storecheck.trials_types(trials_schema), storecheck.TEXT_COLUMNS)
+    rows: dict[str, tuple[str, str, str | None]] = {}  # trial id -> (status, error, tables)
+    for p, t in columns.items():
+        if p in problems or not {"trial_id", "status"} <= set(t):
+            st.corrupt.append(p)
+            continue
+        owner = storecheck.stem(p)
+        mine = [i for i, tid in enumerate(t["trial_id"]) if tid == owner]
+        if not mine:  # a copy under another name, or another trial's row: never counted
+            st.stray.append(p)
+            continue
+        if len(t["trial_id"]) > 1:
+            st.duplicate.append(p)
+        i = mine[0]
+        rows[owner] = (t["status"][i], (t["error"][i] if "error" in t else "") or "",
+                       t["tables"][i] if "tables" in t else None)
+    st.corrupt.sort()
+    listing = storecheck.trial_tables(store, study)
+    # Manifests after every listing: a trial whose own file was already gone is in one of them.
+    segs = st.segments = store.segments(study)
+    owned = {storecheck.stem(p) for p in own}
+    for part, ids in segs.plan(TRIALS, owned):
+        wanted = ["trial_id", "status", "error", "tables"]
+        names = [c for c in wanted if c in pq.read_schema(_open(store, part.path)).names]
+        scan = _scan(store, [part.path], None, names, _ids_filter(ids))
+        t = scan.to_pydict()
+        for i, tid in enumerate(t["trial_id"]):
+            if tid not in rows:
+                rows[tid] = (t["status"][i], (t["error"][i] if "error" in t else "") or "",
+                             t["tables"][i] if "tables" in t else None)
+    parts_ok: dict[str, bool] = {}
+    for tid, (status, error, tables) in rows.items():
+        if status == "stopped":
+            st.stopped.add(tid)
+        elif status != "done":
+            st.failed[tid] = error
+        elif storecheck.whole(store, study, tid, tables, listing, st, segs, parts_ok):
+            st.done.add(tid)
+    # table files of no trial the table `trials` knows: copies, or left by a trial killed before
+    # its row (readers ignore both; a rerun replaces the latter)
+    st.stray += sorted(p for files in listing.values() for owner, p in files.items() if owner not in rows)
+    return st
+
+
+def _ids_filter(ids) -> pc.Expression | None:
+    return None if ids is None else pc.field(KEY).isin(pa.array(sorted(ids), pa.string()))
+
+
+def _and(a, b):
+    if a is None:
+        return b
+    return a if b is None else (a & b)
+
+
+def row_filter(filters) -> pc.Expression | None:
+    """A pyarrow expression from `filters`: an expression already, or pyarrow's list of (column, op,
+    value) tuples (a list of such lists: OR of ANDs), as `pandas.read_parquet(filters=...)` takes."""
+    if filters is None or isinstance(filters, pc.Expression):
+        return filters
+    try:
+        return pq.filters_to_expression(filters)
+    except (TypeError, ValueError) as e:
+        raise SweeperError(f"cannot use filters {filters!r}: {e}; expected a pyarrow expression or a list of "
+                           "(column, op, value) tuples, op one of = == != < <= > >= in not in", "filters") from None
+
+
+def _scan(store, paths, schema, columns, expr, fmt=None) -> pa.Table:
+    try:
+        return ds.dataset(paths, schema=schema, format=fmt or "parquet", filesystem=store.fs).to_table(
+            columns=columns, filter=expr)
+    except FileNotFoundError:
+        raise _Vanished(", ".join(paths[:2])) from None
+
+
+def read(store, study: str, table: str, columns, categorical, filters, trials_schema,
+         wanted: set[str] | None = None) -> pa.Table | None:
+    """See Store.read: the Arrow table, or None when nothing is there. `wanted` (trial ids) picks
+    rows by file: own files of other trials are never opened, compacted parts are read whole when
+    every trial they hold is wanted, else filtered on trial_id."""
+    expr = row_filter(filters)
+    own = store.files(study, table)
+    listed = {storecheck.stem(p) for p in own}
+    if wanted is not None:
+        own = [p for p in own if storecheck.stem(p) in wanted]
+    metas, bad = store._footers(own)
+    trials = table == TRIALS
+    committed = None
+    if trials:
+        segs = store.segments(study)  # after the listing (see sweeper.segments)
+    else:
+        st = trial_status(store, study, trials_schema)  # lists again, then reads the manifests
+        segs = st.segments
+    plan = segs.plan(table, listed, wanted)
+    part_metas = {}
+    for part, _ in plan:
+        with _open(store, part.path) as f:
+            part_metas[part.path] = pq.read_metadata(f)
+    schemas = {p: m.schema.to_arrow_schema() for p, m in {**metas, **part_metas}.items()}
+    problems = storecheck.type_problems(schemas, storecheck.trials_types(trials_schema) if trials else None,
+                                        storecheck.TEXT_COLUMNS if trials else (KEY,))
+    for p in bad:
+        warnings.warn(f"{p}: not a readable Parquet file; skipped (its trial will be rerun)")
+    for p, why in problems.items():
+        warnings.warn(f"{p}: {why}; skipped as corrupt (its trial will be rerun)")
+    good = [p for p in metas if p not in problems]
+    key = storecheck.key_column(table, {n for p in schemas for n in schemas[p].names})
+    if key == KEY and not trials:
+        committed = st.done
+    whole, filtered, partial = [], [], []
+    for p in good:
+        owner = storecheck.stem(p)
+        if committed is not None and owner not in committed:
+            continue
+        verdict = storecheck.own_rows(metas[p], key, owner) if key in schemas[p].names else "all"
+        if verdict == "all" and not (trials and metas[p].num_rows > 1):
+            whole.append(p)
+        elif verdict != "none":
+            filtered.append(p)
+    for part, ids in plan:
+        if part.path in problems:
+            continue
+        if committed is not None and (ids is not None or not part.trials <= committed):
+            keep = (ids if ids is not None else part.trials) & committed
+            ids = None if keep == part.trials else keep
+        if ids is None:
+            whole.append(part.path)
+        elif ids:
+            partial.append((part.path, ids))
+    if not whole and not filtered and not partial:
+        return None
+    used = whole + filtered + [p for p, _ in partial]
+    schema = pa.unify_schemas([schemas[p] for p in used], promote_options="permissive")
+    if columns is not None:
+        columns = [c for c in columns if c in schema.names]
+    as_dict = [c for c in categorical if c in schema.names and pa.types.is_string(schema.field(c).type)]
+    for c in as_dict:
+        schema = schema.set(schema.get_field_index(c), pa.field(c, pa.dictionary(pa.int32(), pa.string())))
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=as_dict))
+    parts = [_scan(store, whole, schema, columns, expr, fmt)] if whole else []
+    for path, ids in partial:  # a part some of whose trials are read elsewhere (rerun since) or not done
+        parts.append(_scan(store, [path], schema, columns, _and(expr, _ids_filter(ids)), fmt))
+    for p in filtered:  # rare: a file holding rows of other trials, or its own row twice
+        names = None if columns is None else list(dict.fromkeys([*columns, key]))
+        part = _scan(store, [p], schema, names, expr, fmt)
+        part = part.filter(pc.equal(part.column(key).cast(pa.string()), storecheck.stem(p)))
+        part = part.slice(0, 1) if trials else part
+        parts.append(part.select(columns) if columns is not None else part)
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
