@@ -46,6 +46,22 @@ class LazyTables(Mapping):
                                                trials=trials)
         return self._cache[key]
 
+    def reduce(self, name: str, cols: list[str], fn, categorical=("trial_id",), trials=None):
+        """`fn(batches)` over only `cols` of a table, streamed from the store batch by batch
+        (Store.reduce; sweeper.analysis.reduce): a figure's summary of 80 million `bn` rows
+        without holding them. A table already read whole is batched from memory instead."""
+        if name not in self.names:
+            raise KeyError(name)
+        if name in self._cache:
+            import pyarrow as pa
+
+            table = self._cache[name]
+            table = table[[c for c in cols if c in table]]
+            if trials is not None:
+                table = table[table["trial_id"].isin(trials)]
+            return fn(iter(pa.Table.from_pandas(table, preserve_index=False).to_batches(1 << 20)))
+        return self.store.reduce(self.study, name, list(cols), fn, categorical=list(categorical), trials=trials)
+
     def __iter__(self):
         return iter(self.names)
 
