@@ -16,6 +16,8 @@ class LazyTables(Mapping):
     """A study's tables, each read from Parquet on first use (the `bn` table of a big sweep is
     millions of rows; a figure that does not need it never pays for it)."""
 
+    batch_rows = 1 << 20  # rows per Arrow batch when a figure streams a table (reduce)
+
     def __init__(self, store: Store, study: str):
         self.store, self.study = store, study
         self.names = store.tables(study)
@@ -59,8 +61,9 @@ class LazyTables(Mapping):
             table = table[[c for c in cols if c in table]]
             if trials is not None:
                 table = table[table["trial_id"].isin(trials)]
-            return fn(iter(pa.Table.from_pandas(table, preserve_index=False).to_batches(1 << 20)))
-        return self.store.reduce(self.study, name, list(cols), fn, categorical=list(categorical), trials=trials)
+            return fn(iter(pa.Table.from_pandas(table, preserve_index=False).to_batches(self.batch_rows)))
+        return self.store.reduce(self.study, name, list(cols), fn, categorical=list(categorical), trials=trials,
+                                 batch_rows=self.batch_rows)
 
     def __iter__(self):
         return iter(self.names)

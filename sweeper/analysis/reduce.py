@@ -119,7 +119,7 @@ def trial_summary(tables, thresholds: Iterable[float]) -> pd.DataFrame:
             else:
                 for j, i in enumerate(order):
                     frame[f"{key}{i}"] = a[:len(ids), j].astype(np.int64)
-        return frame.sort_index()
+        return frame[frame["n"] > 0].sort_index() if "n" in frame else frame  # ids of a dictionary, no rows: out
 
     return cached(tables, f"summary:{thresholds}", lambda: fold(
         tables, "bn", ["trial_id", "gamma", "gamma_init", "beta", "beta_init"], run))
