@@ -64,16 +64,32 @@ def values(batch: pa.RecordBatch, name: str) -> np.ndarray:
     return batch.column(name).to_numpy(zero_copy_only=False).astype(float, copy=False)
 
 
-def _grow(a: np.ndarray | None, n: int, shape=()) -> np.ndarray:
+def _grow(a: np.ndarray | None, n: int) -> np.ndarray:
     if a is None:
-        return np.zeros((n, *shape))
+        return np.zeros(n, np.int64)
     if len(a) >= n:
         return a
-    return np.concatenate([a, np.zeros((n - len(a), *shape))])
+    return np.concatenate([a, np.zeros(n - len(a), np.int64)])
 
 
-def _count(codes: np.ndarray, n: int, where: np.ndarray | None = None) -> np.ndarray:
-    return np.bincount(codes if where is None else codes[where], minlength=n)[:n]
+class Runs:
+    """The runs of equal trial codes in a batch. A trial's rows lie together in every file (its own
+    file, or a compacted part sorted by trial), so a batch holds a few runs, and a per-trial sum is
+    a sequential np.add.reduceat over them: several times cheaper than a bincount per row."""
+
+    def __init__(self, codes: np.ndarray):
+        change = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+        self.starts = np.concatenate([[0], change]).astype(np.intp) if len(codes) else np.zeros(0, np.intp)
+        self.codes = codes[self.starts]
+        self.ok = self.codes >= 0
+
+    def add(self, acc: np.ndarray, flags: np.ndarray | None, length: int) -> None:
+        """acc[trial] += the rows (flags: the True rows) of each run of a batch of `length` rows."""
+        if not len(self.starts):
+            return
+        sums = np.diff(np.append(self.starts, length)) if flags is None else \
+            np.add.reduceat(flags, self.starts, dtype=np.int64)
+        np.add.at(acc, self.codes[self.ok], sums[self.ok])
 
 
 # -- per trial: rows, moved, below thresholds --------------------------------------------------------
@@ -82,43 +98,33 @@ def trial_summary(tables, thresholds: Iterable[float]) -> pd.DataFrame:
     the rows whose value differs from its initialisation; `gamma_count`/`beta_count`, the rows
     not NaN; `below{i}`/`below_init{i}`, the rows with |γ| (|initial γ|) < thresholds[i]."""
     thresholds = [float(t) for t in thresholds]
-    order = np.argsort(thresholds, kind="stable")
-    edges = np.asarray(thresholds)[order]
 
     def run(batches: Iterator[pa.RecordBatch]) -> pd.DataFrame:
         ids, acc = Ids(), {}
+
+        def into(key: str, runs: Runs, flags, length: int) -> None:
+            acc[key] = _grow(acc.get(key), len(ids))
+            runs.add(acc[key], flags, length)
+
         for batch in batches:
-            codes = ids.codes(batch.column("trial_id"))
-            ok = codes >= 0
-            n = len(ids)
-            names = set(batch.schema.names)
-            acc["n"] = _grow(acc.get("n"), n)
-            acc["n"][:n] += _count(codes, n, ok)
+            runs = Runs(ids.codes(batch.column("trial_id")))
+            names, rows = set(batch.schema.names), batch.num_rows
+            into("n", runs, None, rows)
             for v in ("gamma", "beta"):
                 if v not in names:
                     continue
                 x = values(batch, v)
-                acc[f"{v}_count"] = _grow(acc.get(f"{v}_count"), n)
-                acc[f"{v}_count"][:n] += _count(codes, n, ok & ~np.isnan(x))
+                into(f"{v}_count", runs, ~np.isnan(x), rows)
                 if f"{v}_init" in names:
-                    acc[f"{v}_moved"] = _grow(acc.get(f"{v}_moved"), n)
-                    acc[f"{v}_moved"][:n] += _count(codes, n, ok & (x != values(batch, f"{v}_init")))
+                    into(f"{v}_moved", runs, x != values(batch, f"{v}_init"), rows)
             for col, key in (("gamma", "below"), ("gamma_init", "below_init")):
-                if col not in names:
-                    continue
-                # how many thresholds each |γ| reaches: |γ| < t_j for the j it does not reach (NaN: none)
-                reached = np.searchsorted(edges, np.abs(values(batch, col)), side="right")
-                per = np.bincount(codes[ok] * (len(edges) + 1) + reached[ok], minlength=n * (len(edges) + 1))
-                below = np.cumsum(per.reshape(n, len(edges) + 1), axis=1)[:, :len(edges)]
-                acc[key] = _grow(acc.get(key), n, (len(edges),))
-                acc[key][:n] += below
+                if col in names:
+                    a = np.abs(values(batch, col))
+                    for i, t in enumerate(thresholds):  # strictly below, as clamping uses; NaN is not
+                        into(f"{key}{i}", runs, a < t, rows)
         frame = pd.DataFrame(index=pd.Index(ids.index, name="trial_id"))
         for key, a in acc.items():
-            if a.ndim == 1:
-                frame[key] = a[:len(ids)].astype(np.int64)
-            else:
-                for j, i in enumerate(order):
-                    frame[f"{key}{i}"] = a[:len(ids), j].astype(np.int64)
+            frame[key] = _grow(a, len(ids))[:len(ids)].astype(np.int64)
         return frame[frame["n"] > 0].sort_index() if "n" in frame else frame  # ids of a dictionary, no rows: out
 
     return cached(tables, f"summary:{thresholds}", lambda: fold(
@@ -162,6 +168,7 @@ def percentiles(tables, column: str, groups: list[np.ndarray], counts: list[int]
 
     def run(batches):
         lows, highs = [[] for _ in groups], [[] for _ in groups]
+        bound = [[np.inf, np.inf] for _ in groups]  # a kept tail's K-th value: anything past it can go
         codes_of = Ids(ids)
         for batch in batches:
             codes = codes_of.codes(batch.column("trial_id"))
@@ -169,20 +176,22 @@ def percentiles(tables, column: str, groups: list[np.ndarray], counts: list[int]
             for g, member in enumerate(groups):
                 if not counts[g]:
                     continue
-                v = x[(codes >= 0) & np.append(member, False)[codes]]
-                v = v[~np.isnan(v)]
-                for side, sign in ((lows, 1), (highs, -1)):
-                    part = np.concatenate([*side[g], sign * v])
-                    if len(part) > keep[g]:
-                        part = np.partition(part, keep[g] - 1)[:keep[g]]
-                    side[g] = [part]
+                v = x[np.append(member, False)[codes]]
+                for side, sign in ((lows, 0), (highs, 1)):
+                    w = -v if sign else v
+                    w = w[w < bound[g][sign]]  # NaN fails too: nanpercentile leaves it out
+                    side[g].append(w)
+                    if sum(len(a) for a in side[g]) > 2 * keep[g]:
+                        part = np.partition(np.concatenate(side[g]), keep[g] - 1)[:keep[g]]
+                        side[g] = [part]
+                        bound[g][sign] = part.max()
         out = []
         for g in range(len(groups)):
             if not counts[g]:
                 out.append(None)
                 continue
-            low = np.sort(np.concatenate(lows[g]))
-            high = np.sort(-np.concatenate(highs[g]))
+            low = np.sort(np.concatenate(lows[g]))[:keep[g]]  # past the K-th, values were dropped
+            high = np.sort(-np.concatenate(highs[g]))[-keep[g]:]
             out.append(tuple(_numpy_linear(low, high, counts[g], q) for q in qs))
         return out
 
@@ -204,13 +213,25 @@ def histograms(tables, cols: list[str], bins: list[np.ndarray], ids: pd.Index) -
                 x = values(batch, c)
                 for g, edges in enumerate(bins):
                     k = len(edges) - 1
-                    at = np.searchsorted(edges, x, side="right") - 1
-                    at[x == edges[-1]] = k - 1  # np.histogram: the last bin holds its right edge
-                    inside = ok & (at >= 0) & (at < k)
-                    out[g][c] += np.bincount(codes[inside] * k + at[inside], minlength=len(ids) * k).reshape(-1, k)
+                    inside = ok & (x >= edges[0]) & (x <= edges[-1])
+                    at = bin_of(x[inside], edges)
+                    out[g][c] += np.bincount(codes[inside] * k + at, minlength=len(ids) * k).reshape(-1, k)
         return out
 
     return fold(tables, "bn", ["trial_id", *cols], run)
+
+
+def bin_of(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The bin of each value inside equal-width `edges`, as np.histogram finds it: arithmetic,
+    then corrected against the edges themselves (the last bin holds its right edge)."""
+    k = len(edges) - 1
+    if edges[-1] == edges[0]:
+        return np.zeros(len(x), np.intp)
+    at = ((x - edges[0]) * (k / (edges[-1] - edges[0]))).astype(np.intp)
+    at[at == k] -= 1
+    at[x < edges[at]] -= 1
+    at[(x >= edges[at + 1]) & (at != k - 1)] += 1
+    return at
 
 
 def weighted_hist(ax, counts: np.ndarray, bins: np.ndarray, **kw) -> None:
@@ -233,22 +254,22 @@ def gamma_layers(tables) -> pd.DataFrame:
             names = set(batch.schema.names)
             if not {"layer_index", "gamma"} <= names:
                 return pd.DataFrame()
-            codes = ids.codes(batch.column("trial_id"))
-            layer = batch.column("layer_index").to_numpy(zero_copy_only=False).astype(np.int64)
-            ok = codes >= 0
-            key = codes[ok].astype(np.int64) << 32 | layer[ok]
-            keys, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-            g = np.abs(values(batch, "gamma"))[ok]
+            if not batch.num_rows:
+                continue
+            codes = ids.codes(batch.column("trial_id")).astype(np.int64)
+            key = codes << 32 | batch.column("layer_index").to_numpy(zero_copy_only=False).astype(np.int64)
+            runs = Runs(key)  # a layer's channels lie together, as a trial's rows do
+            g = np.abs(values(batch, "gamma"))
             valid = ~np.isnan(g)
-            part = {"key": keys, "sum": np.bincount(inverse[valid], weights=g[valid], minlength=len(keys)),
-                    "count": np.bincount(inverse[valid], minlength=len(keys)),
-                    "small": np.bincount(inverse[g < 0.05], minlength=len(keys)),
-                    "channels": np.bincount(inverse, minlength=len(keys))}
-            rows = np.flatnonzero(ok)[first]
+            ends = np.append(runs.starts, len(key))
+            keep = codes[runs.starts] >= 0
+            part = {"key": runs.codes, "sum": np.add.reduceat(np.where(valid, g, 0.0), runs.starts),
+                    "count": np.add.reduceat(valid, runs.starts, dtype=np.int64),
+                    "small": np.add.reduceat(g < 0.05, runs.starts, dtype=np.int64), "channels": np.diff(ends)}
             for c in NAMED:
                 if c in names:
-                    part[c] = batch.column(c).take(pa.array(rows)).to_pandas()
-            parts.append(pd.DataFrame(part))
+                    part[c] = batch.column(c).take(pa.array(runs.starts)).to_pandas()
+            parts.append(pd.DataFrame(part)[keep])
         if not parts:
             return pd.DataFrame()
         every = pd.concat(parts, ignore_index=True)
