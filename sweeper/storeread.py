@@ -166,7 +166,8 @@ class _Scan:
     that holds rows of other trials, the owner whose rows alone count."""
 
     def __init__(self, store, paths, schema, columns, expr, fmt, owner=None, key=None, first=False):
-        self.store, self.paths, self.schema, self.columns, self.expr, self.fmt = store, paths, schema, columns, expr, fmt
+        self.store, self.paths, self.schema = store, paths, schema
+        self.columns, self.expr, self.fmt = columns, expr, fmt
         self.owner, self.key, self.first = owner, key, first
 
     def table(self) -> pa.Table:
