@@ -59,6 +59,11 @@ class Ids:
         return np.append(pos, -1)[rows]  # a null id (row -1) picks the appended -1
 
 
+def _text(column: pa.Array) -> bool:
+    t = column.type
+    return pa.types.is_dictionary(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 def values(batch: pa.RecordBatch, name: str) -> np.ndarray:
     """A numeric column as float64, nulls as NaN (as pandas reads them)."""
     return batch.column(name).to_numpy(zero_copy_only=False).astype(float, copy=False)
@@ -249,7 +254,7 @@ def gamma_layers(tables) -> pd.DataFrame:
     (NaN skipped), the share with |γ| < 0.05, and its channel count."""
 
     def run(batches):
-        ids, parts = Ids(), []
+        ids, parts, vocab = Ids(), [], {}
         for batch in batches:
             names = set(batch.schema.names)
             if not {"layer_index", "gamma"} <= names:
@@ -267,8 +272,10 @@ def gamma_layers(tables) -> pd.DataFrame:
                     "count": np.add.reduceat(valid, runs.starts, dtype=np.int64),
                     "small": np.add.reduceat(g < 0.05, runs.starts, dtype=np.int64), "channels": np.diff(ends)}
             for c in NAMED:
-                if c in names:
-                    part[c] = batch.column(c).take(pa.array(runs.starts)).to_pandas()
+                if c in names:  # text as codes into one vocabulary per column: no string per run
+                    column = batch.column(c).take(pa.array(runs.starts))
+                    part[c] = vocab.setdefault(c, Ids()).codes(column) if _text(column) else \
+                        column.to_numpy(zero_copy_only=False)
             parts.append(pd.DataFrame(part)[keep])
         if not parts:
             return pd.DataFrame()
@@ -284,9 +291,9 @@ def gamma_layers(tables) -> pd.DataFrame:
         frame["mean_abs_gamma"] = np.where(out["c"] > 0, out["s"] / out["c"].where(out["c"] > 0, 1), np.nan)
         frame["small_share"] = out["small"].to_numpy() / out["channels"].to_numpy()
         frame["channels"] = out["channels"].to_numpy()
-        for c in named:
-            if isinstance(frame[c].dtype, pd.CategoricalDtype):
-                frame[c] = frame[c].astype(object)
+        for c, words in vocab.items():  # codes back to text, as categoricals (-1: a null)
+            if c in frame:
+                frame[c] = pd.Categorical.from_codes(frame[c].to_numpy(), pd.Index(words.index).astype(str))
         return frame.sort_values(["trial_id", "layer_index"]).reset_index(drop=True)
 
     return fold(tables, "bn", ["trial_id", "layer_index", "gamma", *NAMED], run,

@@ -21,6 +21,7 @@ from sweeper.analysis.frankle.common import (
     train_trials,
 )
 from sweeper.analysis.frankle.gamma import binned, bn_summary
+from sweeper.analysis.join import with_trials
 from sweeper.analysis.reduce import gamma_layers as streamed_layers
 from sweeper.analysis.reduce import weighted_hist
 from sweeper.analysis.style import plt, save
@@ -107,7 +108,9 @@ def gamma_by_layer(tables, out: Path) -> list[Path]:
     layers = streamed_layers(tables)  # per trial and layer, streamed (sweeper.analysis.reduce)
     if layers.empty:
         return []
-    layers = layers.merge(trials[["trial_id", "trainable", "model", "seed"]], on="trial_id")
+    layers = with_trials(layers, trials, ["trainable", "model", "seed"])  # text as categoricals: 2M rows at 10k trials
+    if layers.empty:
+        return []
     paths = []
     for suffix, setting, frame in settings(trials):
         part = layers[layers["trial_id"].isin(frame["trial_id"])]
