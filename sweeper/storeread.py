@@ -185,7 +185,9 @@ class _Scan:
             return
         try:
             dataset = ds.dataset(self.paths, schema=self.schema, format=self.fmt, filesystem=self.store.fs)
-            for batch in dataset.to_batches(columns=self.columns, filter=self.expr, batch_size=batch_size):
+            # little read-ahead: pyarrow's default (16 batches, 4 files) holds ~1 GB of a wide `bn` scan
+            for batch in dataset.to_batches(columns=self.columns, filter=self.expr, batch_size=batch_size,
+                                            batch_readahead=1, fragment_readahead=1):
                 yield batch
         except FileNotFoundError:
             raise _Vanished(", ".join(self.paths[:2])) from None
