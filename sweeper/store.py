@@ -393,6 +393,18 @@ class Store:
             return pd.DataFrame(columns=columns or [])
         return table_.to_pandas(self_destruct=True, split_blocks=True)
 
+    def reduce(self, study: str, table: str, columns: list[str], fold, categorical: list[str] = (),
+               filters=None, trials=None, batch_rows: int = 1 << 20):
+        """`fold(batches)` over the rows `read` would return (the same files, each committed
+        trial's rows once), given as Arrow record batches of `columns` one after another, so that a
+        figure can summarise a table of 80 million rows without holding it (sweeper.analysis.reduce).
+        When a compaction deletes a file mid-way, `fold` runs again on a fresh plan: it must start
+        from nothing each time it is called."""
+        wanted = None if trials is None else set(trials)
+        return storeread.again(lambda: fold(storeread.batches(self, study, table, columns, categorical, filters,
+                                                                trials_schema, wanted, batch_rows)),
+                                     self.url(study, table))
+
     def read_all(self, study: str) -> dict[str, pd.DataFrame]:
         return {t: self.read(study, t) for t in self.tables(study)}
 

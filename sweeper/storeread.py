@@ -143,6 +143,60 @@ def read(store, study: str, table: str, columns, categorical, filters, trials_sc
     """See Store.read: the Arrow table, or None when nothing is there. `wanted` (trial ids) picks
     rows by file: own files of other trials are never opened, compacted parts are read whole when
     every trial they hold is wanted, else filtered on trial_id."""
+    scans = plan_scans(store, study, table, columns, categorical, filters, trials_schema, wanted)
+    if scans is None:
+        return None
+    parts = [scan.table() for scan in scans]
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def batches(store, study: str, table: str, columns, categorical, filters, trials_schema,
+            wanted: set[str] | None = None, batch_size: int = 1 << 20):
+    """The rows `read` returns, as Arrow record batches one after another (the same file choice:
+    every committed trial's rows once), so that a caller can reduce a table of 80 million rows
+    without holding it. A file that vanishes mid-way raises _Vanished: run the whole reduction
+    again (Store.reduce does), never resume, or rows would count twice."""
+    scans = plan_scans(store, study, table, columns, categorical, filters, trials_schema, wanted)
+    for scan in scans or ():
+        yield from scan.batches(batch_size)
+
+
+class _Scan:
+    """One scan of the plan: Parquet files with a schema, columns, a row filter, and for a file
+    that holds rows of other trials, the owner whose rows alone count."""
+
+    def __init__(self, store, paths, schema, columns, expr, fmt, owner=None, key=None, first=False):
+        self.store, self.paths, self.schema = store, paths, schema
+        self.columns, self.expr, self.fmt = columns, expr, fmt
+        self.owner, self.key, self.first = owner, key, first
+
+    def table(self) -> pa.Table:
+        if self.owner is None:
+            return _scan(self.store, self.paths, self.schema, self.columns, self.expr, self.fmt)
+        names = None if self.columns is None else list(dict.fromkeys([*self.columns, self.key]))
+        part = _scan(self.store, self.paths, self.schema, names, self.expr, self.fmt)
+        part = part.filter(pc.equal(part.column(self.key).cast(pa.string()), self.owner))
+        part = part.slice(0, 1) if self.first else part
+        return part.select(self.columns) if self.columns is not None else part
+
+    def batches(self, batch_size: int):
+        if self.owner is not None:  # rare and small: one trial's file
+            yield from self.table().to_batches(batch_size)
+            return
+        try:
+            dataset = ds.dataset(self.paths, schema=self.schema, format=self.fmt, filesystem=self.store.fs)
+            # little read-ahead: pyarrow's default (16 batches, 4 files) holds ~1 GB of a wide `bn` scan
+            for batch in dataset.to_batches(columns=self.columns, filter=self.expr, batch_size=batch_size,
+                                            batch_readahead=1, fragment_readahead=1):
+                yield batch
+        except FileNotFoundError:
+            raise _Vanished(", ".join(self.paths[:2])) from None
+
+
+def plan_scans(store, study: str, table: str, columns, categorical, filters, trials_schema,
+               wanted: set[str] | None = None) -> list[_Scan] | None:
+    """The scans that read each committed trial's rows of `table` once (see `read`); None when
+    nothing is there."""
     expr = row_filter(filters)
     own = store.files(study, table)
     listed = {storecheck.stem(p) for p in own}
@@ -202,13 +256,9 @@ def read(store, study: str, table: str, columns, categorical, filters, trials_sc
     for c in as_dict:
         schema = schema.set(schema.get_field_index(c), pa.field(c, pa.dictionary(pa.int32(), pa.string())))
     fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=as_dict))
-    parts = [_scan(store, whole, schema, columns, expr, fmt)] if whole else []
+    scans = [_Scan(store, whole, schema, columns, expr, fmt)] if whole else []
     for path, ids in partial:  # a part some of whose trials are read elsewhere (rerun since) or not done
-        parts.append(_scan(store, [path], schema, columns, _and(expr, _ids_filter(ids)), fmt))
+        scans.append(_Scan(store, [path], schema, columns, _and(expr, _ids_filter(ids)), fmt))
     for p in filtered:  # rare: a file holding rows of other trials, or its own row twice
-        names = None if columns is None else list(dict.fromkeys([*columns, key]))
-        part = _scan(store, [p], schema, names, expr, fmt)
-        part = part.filter(pc.equal(part.column(key).cast(pa.string()), storecheck.stem(p)))
-        part = part.slice(0, 1) if trials else part
-        parts.append(part.select(columns) if columns is not None else part)
-    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        scans.append(_Scan(store, [p], schema, columns, expr, fmt, owner=storecheck.stem(p), key=key, first=trials))
+    return scans

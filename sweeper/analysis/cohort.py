@@ -232,6 +232,19 @@ class Restricted(Mapping):
             self._cache[key] = table[[c for c in cols if c in table]] if "trial_id" not in cols else table
         return self._cache[key]
 
+    def reduce(self, name: str, cols: list[str], fn, categorical=("trial_id",), trials=None):
+        """`fn(batches)` over the cohort's rows only (sweeper.analysis.reduce)."""
+        ids = self.ids if trials is None else self.ids & frozenset(trials)
+        inner = getattr(self.tables, "reduce", None)
+        if inner is not None:  # a store's tables: only the cohort's files and rows are read
+            return inner(name, cols, lambda batches: fn(_kept_batches(batches, ids)), categorical=categorical,
+                         trials=ids)
+        import pyarrow as pa
+
+        table = _keep(columns(self.tables, name, list(dict.fromkeys([*cols, "trial_id"]))), ids)
+        return fn(iter(pa.Table.from_pandas(table[[c for c in cols if c in table]], preserve_index=False)
+                       .to_batches(1 << 20)))
+
     def __contains__(self, name) -> bool:
         return name in self.tables
 
@@ -266,3 +279,22 @@ def plan_counts(trials: pd.DataFrame | None, done: set[str], failed: Iterable[st
     return {"done": len(done & inside), "failed": len(failed & inside),
             "missing": len(plan.ids - done - failed),
             "other": len((done | failed) - inside), "left_out": plan.left_out(stored) if not stored.empty else []}
+
+
+def _kept_batches(batches, ids: frozenset[str]):
+    """Batches cut to the rows of `ids` (a store read with `trials=` holds only those already)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(ids), pa.string())
+    for batch in batches:
+        column = batch.column("trial_id")
+        if pa.types.is_dictionary(column.type):  # decided per distinct id, not per row
+            known = pc.is_in(column.dictionary, value_set=wanted)
+            if pc.all(known).as_py() and column.null_count == 0:
+                yield batch
+                continue
+            keep = pc.fill_null(known.take(column.indices), False)
+        else:
+            keep = pc.fill_null(pc.is_in(column, value_set=wanted), False)
+        yield batch if pc.all(keep).as_py() else batch.filter(keep)

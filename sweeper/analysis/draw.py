@@ -16,6 +16,8 @@ class LazyTables(Mapping):
     """A study's tables, each read from Parquet on first use (the `bn` table of a big sweep is
     millions of rows; a figure that does not need it never pays for it)."""
 
+    batch_rows = 1 << 20  # rows per Arrow batch when a figure streams a table (reduce)
+
     def __init__(self, store: Store, study: str):
         self.store, self.study = store, study
         self.names = store.tables(study)
@@ -45,6 +47,23 @@ class LazyTables(Mapping):
             self._cache[key] = self.store.read(self.study, name, columns=list(cols), categorical=["trial_id"],
                                                trials=trials)
         return self._cache[key]
+
+    def reduce(self, name: str, cols: list[str], fn, categorical=("trial_id",), trials=None):
+        """`fn(batches)` over only `cols` of a table, streamed from the store batch by batch
+        (Store.reduce; sweeper.analysis.reduce): a figure's summary of 80 million `bn` rows
+        without holding them. A table already read whole is batched from memory instead."""
+        if name not in self.names:
+            raise KeyError(name)
+        if name in self._cache:
+            import pyarrow as pa
+
+            table = self._cache[name]
+            table = table[[c for c in cols if c in table]]
+            if trials is not None:
+                table = table[table["trial_id"].isin(trials)]
+            return fn(iter(pa.Table.from_pandas(table, preserve_index=False).to_batches(self.batch_rows)))
+        return self.store.reduce(self.study, name, list(cols), fn, categorical=list(categorical), trials=trials,
+                                 batch_rows=self.batch_rows)
 
     def __iter__(self):
         return iter(self.names)

@@ -30,6 +30,7 @@ from sweeper.analysis.frankle.common import (
     train_trials,
 )
 from sweeper.analysis.join import columns, per_trial_means, with_trials
+from sweeper.analysis.reduce import histograms, percentiles, trial_summary, weighted_hist
 from sweeper.analysis.style import mean_std, plt, save
 
 
@@ -59,43 +60,68 @@ def trained_gamma_subsets(trials: pd.DataFrame, moved: pd.Index) -> list[str]:
     return ordered_subsets(trials.loc[trials["trial_id"].isin(moved), "trainable"].astype(str))
 
 
+def bn_summary(tables, trials: pd.DataFrame, need=("n",)) -> pd.DataFrame:
+    """The per-trial summary of the `bn` table (sweeper.analysis.reduce.trial_summary), of the
+    given trials that have rows there; empty when there are none or the table lacks a column."""
+    if trials.empty or "bn" not in tables:
+        return pd.DataFrame()
+    summary = trial_summary(tables, SPARSITY_THRESHOLDS)
+    if summary.empty or not set(need) <= set(summary):
+        return pd.DataFrame()
+    summary = summary[summary.index.isin(trials["trial_id"]) & (summary["n"] > 0)]
+    return summary
+
+
+def binned(tables, trials: pd.DataFrame, summary: pd.DataFrame, column: str, frames: list[pd.DataFrame],
+           edges, cols: list[str]):
+    """For each frame (trials of a setting): bin edges `edges(lo, hi)` from the 0.5 and 99.5
+    percentiles of its trials' `column` (as np.nanpercentile on their rows), and per trial the
+    histogram of each of `cols` over them. Returns (edges per frame, counts per frame, trial ids)."""
+    ids = pd.Index(summary.index)
+    groups = [ids.isin(f["trial_id"]) for f in frames]
+    counts = [int(summary.loc[g, f"{column}_count"].sum()) for g in groups]
+    pcts = percentiles(tables, column, groups, counts, ids) if frames else []
+    bins = [edges(*(p if p is not None else (np.nan, np.nan))) for p in pcts]
+    return bins, (histograms(tables, cols, bins, ids) if frames else []), ids
+
+
 def gamma_distribution(tables, out: Path) -> list[Path]:
     """Fig. 4: the distribution of γ after training, one panel per network, one colour per
     subset whose γ trains, with the initial distribution in grey; channels pooled over layers
-    and seeds."""
+    and seeds. Drawn from per-trial histograms streamed from the `bn` table (sweeper.analysis.reduce)."""
     trials = train_trials(tables)
-    bn = gamma_table(tables, trials)
-    if bn.empty:
+    summary = bn_summary(tables, trials, ("gamma_count", "gamma_moved"))
+    if summary.empty:
         return []
-    moved = gamma_moved(bn)
-    bn = with_trials(bn, trials, ["trainable", "model"])
-    measured = bn["trial_id"].unique()
-    paths = []
+    moved = summary.index[summary["gamma_moved"] > 0]
+    plans = []
     for suffix, setting, frame in settings(trials):
-        frame = frame[frame["trial_id"].isin(measured)]
+        frame = frame[frame["trial_id"].isin(summary.index)]
         subsets = trained_gamma_subsets(frame, moved)
-        if not subsets:
-            continue
-        part = bn[bn["trial_id"].isin(frame["trial_id"])]
+        if subsets:
+            plans.append((suffix, setting, frame, subsets))
+    # the 0.5 and 99.5 percentiles of each setting's γ place its bins: one pass for all settings
+    bins, hists, ids = binned(tables, trials, summary, "gamma", [frame for _, _, frame, _ in plans],
+                              lambda lo, hi: np.linspace(min(lo, 0.0), max(hi, 1.0), 41), ["gamma", "gamma_init"])
+    paths = []
+    for (suffix, setting, frame, subsets), edges, counts in zip(plans, bins, hists):
         models = model_order(frame)[:16]
         ncols = min(4, len(models))
         nrows = math.ceil(len(models) / ncols)
-        lo, hi = np.nanpercentile(part["gamma"], [0.5, 99.5])
-        lo, hi = min(lo, 0.0), max(hi, 1.0)
-        bins = np.linspace(lo, hi, 41)
         fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), squeeze=False)
         for ax, model in zip(axes.ravel(), models):
-            rows = part[part["model"] == model]
-            init = rows[rows["trainable"] == subsets[0]]["gamma_init"]
-            ax.hist(init, bins=bins, density=True, color="#cccccc", label="at initialisation")
+            rows = frame[frame["model"] == model]
+            init = counts["gamma_init"][ids.get_indexer(rows.loc[rows["trainable"] == subsets[0], "trial_id"])]
+            weighted_hist(ax, init.sum(axis=0), edges, density=True, color="#cccccc", label="at initialisation")
             for subset in subsets:
-                g = rows[rows["trainable"] == subset]["gamma"]
-                if len(g):
-                    ax.hist(g, bins=bins, density=True, histtype="step", lw=1.6, color=subset_colour(subset))
+                members = rows.loc[rows["trainable"] == subset, "trial_id"]
+                if summary.loc[summary.index.isin(members), "n"].sum():
+                    weighted_hist(ax, counts["gamma"][ids.get_indexer(members)].sum(axis=0), edges, density=True,
+                                  histtype="step", lw=1.6, color=subset_colour(subset))
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
             ax.set_title(model_title(frame[frame["model"] == model]), fontsize=9)
             ax.set_yticks([])
-        handles = finish_gamma_grid(axes, len(models), bins, subsets)
+        handles = finish_gamma_grid(axes, len(models), edges, subsets)
         fig.suptitle(title("Fig. 4: distribution of γ after training (density)", setting), fontsize=10)
         legend_outside(fig, handles)
         fig.tight_layout()
@@ -125,14 +151,29 @@ def gamma_sparsity(bn: pd.DataFrame, thresholds=SPARSITY_THRESHOLDS) -> pd.DataF
     }, columns=cols)
 
 
+def summary_sparsity(summary: pd.DataFrame, thresholds=SPARSITY_THRESHOLDS) -> pd.DataFrame:
+    """`gamma_sparsity` from the per-trial counts of the streamed summary (the same numbers)."""
+    thresholds = [float(t) for t in thresholds]
+    k, n = len(thresholds), summary["n"].to_numpy()
+    return pd.DataFrame({
+        "trial_id": np.repeat(summary.index.to_numpy(dtype=object), k),
+        "threshold": np.tile(thresholds, len(summary)),
+        "channels": np.repeat(n, k),
+        "fraction": (summary[[f"below{i}" for i in range(k)]].to_numpy() / n[:, None]).ravel(),
+        "fraction_init": (summary[[f"below_init{i}" for i in range(k)]].to_numpy() / n[:, None]).ravel(),
+    })
+
+
 def sparsity_frame(tables) -> tuple[pd.DataFrame, pd.DataFrame, pd.Index]:
-    """(trials, per-trial sparsity joined to its trial's fields, trials whose γ moved)."""
+    """(trials, per-trial sparsity joined to its trial's fields, trials whose γ moved), from the
+    per-trial counts streamed from the `bn` table (sweeper.analysis.reduce)."""
     trials = train_trials(tables, need=("trainable", "depth", "width", "test_acc", "bn_params"))
-    bn = gamma_table(tables, trials)
-    if bn.empty:
+    summary = bn_summary(tables, trials, ("gamma_moved", "below0", "below_init0"))
+    if summary.empty:
         return trials, pd.DataFrame(), pd.Index([])
-    sparsity = with_trials(gamma_sparsity(bn), trials, ["trainable", "model", "depth", "width", "bn_params", "seed"])
-    return trials, sparsity, gamma_moved(bn)
+    sparsity = with_trials(summary_sparsity(summary), trials, ["trainable", "model", "depth", "width", "bn_params",
+                                                               "seed"])
+    return trials, sparsity, summary.index[summary["gamma_moved"] > 0]
 
 
 def gamma_sparsity_figure(tables, out: Path) -> list[Path]:

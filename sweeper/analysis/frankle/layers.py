@@ -20,23 +20,11 @@ from sweeper.analysis.frankle.common import (
     title,
     train_trials,
 )
-from sweeper.analysis.join import columns, per_trial_means, with_trials
+from sweeper.analysis.frankle.gamma import binned, bn_summary
+from sweeper.analysis.join import with_trials
+from sweeper.analysis.reduce import gamma_layers as streamed_layers
+from sweeper.analysis.reduce import weighted_hist
 from sweeper.analysis.style import plt, save
-
-BETA_COLUMNS = ("trial_id", "beta", "beta_init")
-LAYER_COLUMNS = ("trial_id", "layer_index", "layer", "stage", "block", "role", "gamma")
-
-
-def _bn(tables, trials: pd.DataFrame, cols, need=None) -> pd.DataFrame:
-    """The `bn` rows of the given trials, only `cols`; empty when the table lacks one of `need`
-    (default: all of them)."""
-    if trials.empty or "bn" not in tables:
-        return pd.DataFrame()
-    bn = columns(tables, "bn", cols)
-    if bn.empty or not set(need or cols) <= set(bn):
-        return pd.DataFrame()
-    keep = bn["trial_id"].isin(trials["trial_id"])
-    return bn if keep.all() else bn[keep].reset_index(drop=True)
 
 
 def _grid(n: int) -> tuple:
@@ -53,30 +41,35 @@ def beta_distribution(tables, out: Path) -> list[Path]:
     """The distribution of β after training, one panel per network, one colour per subset whose
     β trains (β starts at 0, marked; a subset that leaves β at its start is not drawn)."""
     trials = train_trials(tables)
-    bn = _bn(tables, trials, BETA_COLUMNS)
-    if bn.empty:
+    summary = bn_summary(tables, trials, ("beta_count", "beta_moved"))
+    if summary.empty:
         return []
-    moved = per_trial_means(bn["trial_id"], {"moved": (bn["beta"] != bn["beta_init"]).to_numpy()})["moved"]
-    bn = with_trials(bn[bn["trial_id"].isin(moved.index[moved > 0])], trials, ["trainable", "model"])
-    if bn.empty:
+    summary = summary[summary["beta_moved"] > 0]
+    if summary.empty:
         return []
-    paths = []
+    plans = []
     for suffix, setting, frame in settings(trials):
-        part = bn[bn["trial_id"].isin(frame["trial_id"])]
-        if part.empty:
-            continue
+        part = frame[frame["trial_id"].isin(summary.index)]
+        if not part.empty:
+            plans.append((suffix, setting, frame, part))
+
+    def symmetric(lo, hi):  # symmetric about β's start, 0
+        span = max(abs(lo), abs(hi), 1e-3)
+        return np.linspace(-span, span, 41)
+
+    bins, hists, ids = binned(tables, trials, summary, "beta", [part for *_, part in plans], symmetric, ["beta"])
+    paths = []
+    for (suffix, setting, frame, part), edges, counts in zip(plans, bins, hists):
         subsets = ordered_subsets(part["trainable"].astype(str))
         models = [m for m in model_order(frame) if m in set(part["model"].astype(str))][:16]
-        lo, hi = np.nanpercentile(part["beta"], [0.5, 99.5])
-        span = max(abs(lo), abs(hi), 1e-3)
-        bins = np.linspace(-span, span, 41)  # symmetric about β's start, 0
         fig, axes = _grid(len(models))
         for ax, model in zip(axes.ravel(), models):
             rows = part[part["model"] == model]
             for subset in subsets:
-                b = rows.loc[rows["trainable"] == subset, "beta"]
-                if len(b):
-                    ax.hist(b, bins=bins, density=True, histtype="step", lw=1.6, color=subset_colour(subset))
+                members = rows.loc[rows["trainable"] == subset, "trial_id"]
+                if len(members):
+                    weighted_hist(ax, counts["beta"][ids.get_indexer(members)].sum(axis=0), edges, density=True,
+                                  histtype="step", lw=1.6, color=subset_colour(subset))
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
             ax.set_title(model_title(frame[frame["model"] == model]), fontsize=9)
             ax.set_xlabel("β", labelpad=1)
@@ -91,7 +84,8 @@ def beta_distribution(tables, out: Path) -> list[Path]:
 
 # -- γ layer by layer ----------------------------------------------------------------------------
 def gamma_layers(bn: pd.DataFrame) -> pd.DataFrame:
-    """Per trial and BN layer: the mean |γ| over its channels, and the share with |γ| < 0.05."""
+    """Per trial and BN layer: the mean |γ| over its channels, and the share with |γ| < 0.05, from
+    `bn` rows in memory (the figure streams the same numbers: sweeper.analysis.reduce.gamma_layers)."""
     g = bn.assign(abs_gamma=bn["gamma"].abs(), small=bn["gamma"].abs() < 0.05)
     # grouped by (trial, layer index) alone: a layer's name, stage, block and role follow from its
     # index, so they are taken from its first row instead of hashed as keys (8 million rows of
@@ -109,11 +103,14 @@ def gamma_by_layer(tables, out: Path) -> list[Path]:
     (mean and spread over seeds), one line per trainable subset; dotted lines mark where a stage
     begins. The numbers go to a CSV, one row per trial and layer."""
     trials = train_trials(tables)
-    bn = _bn(tables, trials, LAYER_COLUMNS, need=("trial_id", "layer_index", "gamma"))
-    if bn.empty:
+    if trials.empty or "bn" not in tables:
         return []
-    layers = gamma_layers(bn)
-    layers = layers.merge(trials[["trial_id", "trainable", "model", "seed"]], on="trial_id")
+    layers = streamed_layers(tables)  # per trial and layer, streamed (sweeper.analysis.reduce)
+    if layers.empty:
+        return []
+    layers = with_trials(layers, trials, ["trainable", "model", "seed"])  # text as categoricals: 2M rows at 10k trials
+    if layers.empty:
+        return []
     paths = []
     for suffix, setting, frame in settings(trials):
         part = layers[layers["trial_id"].isin(frame["trial_id"])]

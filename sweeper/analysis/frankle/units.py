@@ -29,10 +29,12 @@ from sweeper.analysis.style import mean_std, plt, save
 
 
 # -- Fig. 7: dead ReLUs --------------------------------------------------------------------------
+DEAD_COLUMNS = ("trial_id", "layer_index", "dead_unit_fraction", "units", "dead_channel_fraction", "channels")
+
 def dead_units(dead: pd.DataFrame) -> pd.DataFrame:
     """Per trial: the unit-weighted fraction of dead units and of dead channels over all layers."""
     d = dead.assign(du=dead["dead_unit_fraction"] * dead["units"], dc=dead["dead_channel_fraction"] * dead["channels"])
-    g = d.groupby("trial_id")[["du", "units", "dc", "channels"]].sum()
+    g = d.groupby("trial_id", observed=True)[["du", "units", "dc", "channels"]].sum()
     return pd.DataFrame({"dead_units": g["du"] / g["units"], "dead_channels": g["dc"] / g["channels"]}).reset_index()
 
 
@@ -41,7 +43,8 @@ def dead_frame(tables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     trials = train_trials(tables, need=("trainable", "depth", "width", "test_acc", "bn_params"))
     if trials.empty or "dead_relu" not in tables:
         return trials, pd.DataFrame(), pd.DataFrame()
-    dead = tables["dead_relu"]
+    # only the columns drawn, trial_id as codes: 10,000 deep trials hold millions of rows here
+    dead = columns(tables, "dead_relu", DEAD_COLUMNS)
     if dead.empty or not {"trial_id", "dead_unit_fraction", "units"} <= set(dead):
         return trials, pd.DataFrame(), pd.DataFrame()
     cols = ["trainable", "model", "depth", "width", "bn_params", "seed"]

@@ -1,0 +1,128 @@
+"""The `bn` table summarised batch by batch (sweeper.analysis.reduce, issue 19) gives the numbers a
+pandas computation on the whole table gives: on a store of per-trial files, after compaction, and
+with a trial rerun after compaction (its own file beside the compacted part: read once, the new rows)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweeper.analysis import reduce
+from sweeper.analysis.cohort import Restricted
+from sweeper.analysis.draw import LazyTables
+from sweeper.analysis.frankle import gamma, layers
+from sweeper.analysis.frankle.common import SPARSITY_THRESHOLDS
+from sweeper.bench.figures import generate_store
+from sweeper.compact import compact_study
+from sweeper.experiments.train.spec import TrainSpec
+from sweeper.store import Store
+
+STUDY = "bench-figures"
+MODEL = "resnet-8"
+TRIALS = 10
+
+
+def rerun_one(store: Store) -> str:
+    """Commit one trial again with other γ (some NaN): its own file then overrides its rows in
+    the compacted part."""
+    old = store.read(STUDY, "bn")
+    tid = sorted(old["trial_id"].unique())[0]
+    rows = old[old["trial_id"] == tid].drop(columns=["trial_id"])
+    new_gamma = np.linspace(-0.3, 2.0, len(rows))
+    new_gamma[::7] = np.nan
+    trials = store.read(STUDY, "trials")
+    row = trials[trials["trial_id"] == tid].iloc[0].to_dict()
+    spec = next(TrainSpec.from_values({"model": MODEL, "trainable": t, "seed": s})
+                for t in ("bn", "all", "bn+output", "output", "random") for s in range(2)
+                if TrainSpec.from_values({"model": MODEL, "trainable": t, "seed": s}).trial_id == tid)
+    row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()
+           if k not in ("schema_version", "tables")}
+    store.commit_trial(STUDY, spec, row, {"bn": rows.assign(gamma=new_gamma)})
+    return tid
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """The same generated study three ways: per-trial files; compacted; compacted, then one trial rerun."""
+    out = {}
+    for state in ("files", "compacted", "rerun"):
+        root = tmp_path_factory.mktemp(state)
+        generate_store(root, trials=TRIALS, model=MODEL, seed=0, workers=1)
+        store = Store(root)
+        if state != "files":
+            compact_study(store, STUDY)
+        if state == "rerun":
+            rerun_one(store)
+        out[state] = store
+    return out
+
+
+def streamed(store: Store, batch_rows: int = 1000) -> LazyTables:
+    tables = LazyTables(store, STUDY)
+    tables.batch_rows = batch_rows  # batches smaller than a trial: summaries merge across batches
+    return tables
+
+
+@pytest.mark.parametrize("state", ["files", "compacted", "rerun"])
+def test_streamed_summaries_equal_pandas_on_the_whole_table(stores, state):
+    store = stores[state]
+    bn = store.read(STUDY, "bn")
+    assert bn["trial_id"].nunique() == TRIALS
+    tables = streamed(store)
+    summary = reduce.trial_summary(tables, SPARSITY_THRESHOLDS)
+    by = bn.groupby("trial_id")
+    pd.testing.assert_series_equal(summary["n"], by.size().astype(np.int64), check_names=False)
+    for v in ("gamma", "beta"):
+        moved = (bn[v] != bn[f"{v}_init"]).groupby(bn["trial_id"]).sum()
+        pd.testing.assert_series_equal(summary[f"{v}_moved"], moved.astype(np.int64), check_names=False)
+        pd.testing.assert_series_equal(summary[f"{v}_count"], by[v].count().astype(np.int64), check_names=False)
+    # Fig. 5's numbers: the streamed counts against gamma_sparsity on the rows in memory
+    expected = gamma.gamma_sparsity(bn).sort_values(["trial_id", "threshold"]).reset_index(drop=True)
+    got = gamma.summary_sparsity(summary).sort_values(["trial_id", "threshold"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected.astype(got.dtypes.to_dict()))
+    # γ by layer: the streamed sums against the groupby on the whole table
+    want = layers.gamma_layers(bn).sort_values(["trial_id", "layer_index"]).reset_index(drop=True)
+    have = reduce.gamma_layers(tables)
+    assert list(have["trial_id"]) == list(want["trial_id"]) and list(have["layer_index"]) == list(want["layer_index"])
+    for c in ("mean_abs_gamma", "small_share", "channels"):
+        np.testing.assert_allclose(have[c].to_numpy(float), want[c].to_numpy(float), rtol=1e-12, err_msg=c)
+    for c in ("layer", "stage", "block", "role"):
+        assert list(have[c].astype(str)) == list(want[c].astype(str)), c
+    if state == "rerun":  # the rerun's new γ, not the compacted part's, and NaN skipped in the mean
+        tid = sorted(bn["trial_id"].unique())[0]
+        assert summary.loc[tid, "gamma_count"] < summary.loc[tid, "n"]
+
+
+@pytest.mark.parametrize("state", ["files", "rerun"])
+def test_streamed_percentiles_and_histograms_equal_numpy(stores, state):
+    store = stores[state]
+    bn = store.read(STUDY, "bn")
+    tables = streamed(store, batch_rows=777)
+    summary = reduce.trial_summary(tables, SPARSITY_THRESHOLDS)
+    ids = pd.Index(summary.index)
+    groups = [np.ones(len(ids), bool), ids.isin(ids[::3]), np.zeros(len(ids), bool)]
+    counts = [int(summary.loc[g, "gamma_count"].sum()) for g in groups]
+    got = reduce.percentiles(tables, "gamma", groups, counts, ids)
+    for g, p in zip(groups[:2], got[:2]):
+        values = bn.loc[bn["trial_id"].isin(ids[g]), "gamma"]
+        np.testing.assert_allclose(p, np.nanpercentile(values, [0.5, 99.5]), rtol=1e-15, atol=0)
+    assert got[2] is None
+    bins = [np.linspace(min(p[0], 0.0), max(p[1], 1.0), 41) for p in got[:2]]
+    hists = reduce.histograms(tables, ["gamma", "gamma_init"], bins, ids)
+    for edges, h in zip(bins, hists):
+        for tid in ids:
+            rows = bn[bn["trial_id"] == tid]
+            for c in ("gamma", "gamma_init"):
+                expected, _ = np.histogram(rows[c].dropna(), bins=edges)
+                assert np.array_equal(h[c][ids.get_loc(tid)], expected), (tid, c)
+
+
+def test_a_cohort_streams_only_its_trials(stores):
+    store = stores["rerun"]
+    bn = store.read(STUDY, "bn")
+    keep = frozenset(sorted(bn["trial_id"].unique())[:4])
+    summary = reduce.trial_summary(Restricted(streamed(store), keep), SPARSITY_THRESHOLDS)
+    assert set(summary.index) == keep
+    assert summary["n"].sum() == bn["trial_id"].isin(keep).sum()
+    plain = reduce.trial_summary({"bn": bn}, SPARSITY_THRESHOLDS)  # a dict of frames: the same numbers
+    pd.testing.assert_frame_equal(plain.loc[sorted(keep)], summary.loc[sorted(keep)])
