@@ -6,6 +6,7 @@ Every function here takes the Store; none imports sweeper.store (it imports this
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import pyarrow as pa
@@ -18,7 +19,11 @@ from sweeper.errors import SweeperError
 from sweeper.storecheck import KEY, TrialStatus
 
 TRIALS = "trials"
-VANISH_TRIES = 8
+#: How long a read keeps starting again while files vanish under it. A compaction deletes the files
+#: it merged one by one after its commit, so a reader listing meanwhile can lose the race several
+#: times in a row on a loaded machine (8 quick tries were not enough on 2 busy cores); the deletions
+#: end, so waiting a little longer each time always gets a stable listing.
+VANISH_SECONDS = 120.0
 
 
 class _Vanished(Exception):
@@ -29,12 +34,17 @@ class _Vanished(Exception):
 def again(fn, what: str):
     """`fn()`, started again while files vanish under it. A compaction deletes only files whose rows
     it has committed to a part, so a fresh listing finds every trial."""
-    last = None
-    for _ in range(VANISH_TRIES):
+    last, pause = None, 0.02
+    deadline = time.monotonic() + VANISH_SECONDS
+    while True:
         try:
             return fn()
         except _Vanished as e:
             last = e
+        if time.monotonic() > deadline:
+            break
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
     raise SweeperError(f"{what}: files kept vanishing while being read (last {last}); is something "
                        "deleting them?", "--store")
 
