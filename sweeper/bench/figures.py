@@ -90,9 +90,13 @@ rc = 0
 if sys.argv[1] == "cli":
     from sweeper.cli import main
     rc = main(sys.argv[2:])
-else:
+elif sys.argv[1] == "read":  # a whole table, as Store.read gives it
     from sweeper.store import Store
     df = Store(sys.argv[2]).read(sys.argv[3], sys.argv[4])
+    print(f"rows {len(df)}")
+else:  # "load": some columns of a table, as a notebook's load() reads them
+    from sweeper import load
+    df = load(sys.argv[2], sys.argv[3], sys.argv[4], columns=json.loads(sys.argv[5]))
     print(f"rows {len(df)}")
 seconds = time.perf_counter() - t0
 hwm = 0
@@ -104,12 +108,13 @@ sys.exit(rc)
 """
 
 
-def _run_measured(*args: str) -> dict[str, Any]:
-    """Run `sweeper ARGS` (args[0] == "cli") or a Store.read (args[0] == "read", root, study,
-    table) in a fresh interpreter: its wall time from outside, its time from its first import to
-    its exit, and its peak resident memory (VmHWM of the child itself; wait4's ru_maxrss would
-    count the parent's pages at fork)."""
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+def _run_measured(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `sweeper ARGS` (args[0] == "cli"), a Store.read (args[0] == "read", root, study,
+    table) or a load (args[0] == "load", root, study, table, JSON list of columns) in a fresh
+    interpreter: its wall time from outside, its time from its first import to its exit, and its
+    peak resident memory (VmHWM of the child itself; wait4's ru_maxrss would count the parent's
+    pages at fork). `env` adds to the environment."""
+    env = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0

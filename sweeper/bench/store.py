@@ -18,38 +18,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from sweeper.bench.figures import generate_store
+from sweeper.bench.figures import _run_measured, generate_store
 
 STUDY = "bench-store"
 MODEL = "resnet-218"
 
-_MEASURED = """
-import json, sys, time
-t0 = time.perf_counter()
-rc = 0
-if sys.argv[1] == "cli":
-    from sweeper.cli import main
-    rc = main(sys.argv[2:])
-else:
-    from sweeper import load
-    df = load(sys.argv[2], sys.argv[3], "bn", columns=["trial_id", "gamma"])
-    print(f"rows {len(df)}")
-seconds = time.perf_counter() - t0
-hwm = 0
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        hwm = int(line.split()[1])
-print("__bench__ " + json.dumps({"seconds": seconds, "peak_rss_kb": hwm}), file=sys.stderr)
-sys.exit(rc)
-"""
 
 
 FAKE_AWS = (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_DEFAULT_REGION", "us-east-1"),
@@ -57,18 +36,11 @@ FAKE_AWS = (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), 
 
 
 def _measured(*args: str, requests: Callable[[], int] | None = None) -> dict[str, Any]:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    for key, value in FAKE_AWS:
-        env.setdefault(key, value)
+    """bench.figures' measurement in a fresh interpreter (wall time, peak memory), with the S3
+    test server's requests counted around it."""
     before = requests() if requests else 0
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    marks = [line for line in proc.stderr.splitlines() if line.startswith("__bench__ ")]
-    if proc.returncode != 0 or not marks:
-        raise RuntimeError(f"{' '.join(args[:3])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    info = json.loads(marks[-1].split(" ", 1)[1])
-    out = {"seconds": round(wall, 3), "peak_rss_gb": round(info["peak_rss_kb"] / 2**20, 3), "stdout": proc.stdout}
+    got = _run_measured(*args, env={key: os.environ.get(key, value) for key, value in FAKE_AWS})
+    out = {"seconds": got["wall_s"], "peak_rss_gb": round(got["peak_rss_mb"] / 1024, 3), "stdout": got["stdout"]}
     if requests:
         out["requests"] = requests() - before
     return out
@@ -91,7 +63,7 @@ def measure_state(uri: str, requests: Callable[[], int] | None = None) -> dict[s
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     status = _measured("cli", "status", uri, "--json", requests=requests)
-    load_bn = _measured("load", uri, STUDY, requests=requests)
+    load_bn = _measured("load", uri, STUDY, "bn", json.dumps(["trial_id", "gamma"]), requests=requests)
     done = json.loads(status["stdout"])["studies"][0]["done"]
     out.update({"figures_seconds": figures["seconds"], "figures_drawn": figures["stdout"].count("drew "),
                 "status_seconds": status["seconds"], "status_done": done,

@@ -110,6 +110,18 @@ def settings(trials: pd.DataFrame, axes=AXES) -> Iterator[tuple[str, str, pd.Dat
         yield suffix, ", ".join(pairs), trials[mask]
 
 
+
+def per_setting(trials: pd.DataFrame, table: pd.DataFrame, keep=None):
+    """For each setting of `settings(trials)`: (suffix, title text, its trials, `table`'s rows of
+    those trials), narrowed by `keep(rows, trials)` when given; settings left with no rows are
+    skipped, since every figure draws one file per setting that has data."""
+    for suffix, setting, frame in settings(trials):
+        part = table[table["trial_id"].isin(frame["trial_id"])]
+        if keep is not None:
+            part = keep(part, frame)
+        if not part.empty:
+            yield suffix, setting, frame, part
+
 def series(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
     """The deeper series (smallest width, depth varies) and the wider series (smallest depth,
     width varies) as (kind, rows, description); a series with one network is left out unless

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from sweeper.analysis.frankle.common import (
+    per_setting,
     SERIES_MARKER,
     SERIES_STYLE,
     SPARSITY_THRESHOLDS,
@@ -184,11 +185,10 @@ def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
     if sparsity.empty:
         return []
     paths = []
-    for suffix, setting, frame in settings(trials):
-        part = sparsity[sparsity["trial_id"].isin(frame["trial_id"])]
-        part = part[part["trainable"].isin(trained_gamma_subsets(frame, moved))]
-        if part.empty:
-            continue
+    def trained(part, frame):  # the subsets whose γ moved
+        return part[part["trainable"].isin(trained_gamma_subsets(frame, moved))]
+
+    for suffix, setting, frame, part in per_setting(trials, sparsity, trained):
         part = part.assign(pct=part["fraction"] * 100)
         thresholds = sorted(part["threshold"].unique())
         colours = threshold_colours(thresholds)
@@ -218,12 +218,10 @@ def gamma_sparsity_vs_bn_params(tables, out: Path) -> list[Path]:
     if sparsity.empty:
         return []
     paths = []
-    for suffix, setting, frame in settings(trials):
-        part = sparsity[sparsity["trial_id"].isin(frame["trial_id"])]
-        moved_subsets = trained_gamma_subsets(frame, moved)
-        part = part[part["trainable"].isin(moved_subsets)]
-        if part.empty:
-            continue
+    def trained(part, frame):  # the subsets whose γ moved
+        return part[part["trainable"].isin(trained_gamma_subsets(frame, moved))]
+
+    for suffix, setting, frame, part in per_setting(trials, sparsity, trained):
         subsets = ordered_subsets(part["trainable"])
         kinds = series(part)
         thresholds = sorted(part["threshold"].unique())
@@ -286,11 +284,11 @@ def clamp_accuracy(tables, out: Path) -> list[Path]:
     if clamp.empty:
         return []
     paths = []
-    for suffix, setting, frame in settings(trials):
-        part = _trains_gamma(clamp[clamp["trial_id"].isin(frame["trial_id"])])
-        part = part[part["threshold"] > 0]  # t = 0 clamps nothing: the trial's own accuracy
-        if part.empty:
-            continue
+    def clamped(part, frame):  # t = 0 clamps nothing: it is the trial's own accuracy
+        part = _trains_gamma(part)
+        return part[part["threshold"] > 0]
+
+    for suffix, setting, frame, part in per_setting(trials, clamp, clamped):
         thresholds = sorted(part["threshold"].unique())
         colours = threshold_colours(thresholds)
         panels = [(subset_label(s), part[part["trainable"] == s], "change") for s in ordered_subsets(part["trainable"])]
@@ -313,10 +311,7 @@ def clamp_accuracy_vs_fraction(tables, out: Path) -> list[Path]:
     if clamp.empty:
         return []
     paths = []
-    for suffix, setting, frame in settings(trials):
-        part = _trains_gamma(clamp[clamp["trial_id"].isin(frame["trial_id"])])
-        if part.empty:
-            continue
+    for suffix, setting, frame, part in per_setting(trials, clamp, lambda part, frame: _trains_gamma(part)):
         subsets = ordered_subsets(part["trainable"])
         models = model_order(part)
         cmap = plt.get_cmap("viridis")

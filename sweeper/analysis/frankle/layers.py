@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from sweeper.analysis.frankle.common import (
+    per_setting,
     legend_outside,
     model_order,
     model_title,
@@ -112,10 +113,7 @@ def gamma_by_layer(tables, out: Path) -> list[Path]:
     if layers.empty:
         return []
     paths = []
-    for suffix, setting, frame in settings(trials):
-        part = layers[layers["trial_id"].isin(frame["trial_id"])]
-        if part.empty:
-            continue
+    for suffix, setting, frame, part in per_setting(trials, layers):
         subsets = ordered_subsets(part["trainable"])
         models = [m for m in model_order(frame) if m in set(part["model"])][:16]
         fig, axes = _grid(len(models))

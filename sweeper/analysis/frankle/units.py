@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from sweeper.analysis.frankle.common import (
+    per_setting,
     SERIES_MARKER,
     SERIES_STYLE,
     count_axis,
@@ -17,7 +18,6 @@ from sweeper.analysis.frankle.common import (
     series_grid,
     series_handles,
     setting_fields,
-    settings,
     subset_colour,
     subset_handles,
     subset_label,
@@ -59,10 +59,7 @@ def dead_relu(tables, out: Path) -> list[Path]:
     if overall.empty:
         return []
     paths = []
-    for suffix, setting, frame in settings(trials):
-        part = overall[overall["trial_id"].isin(frame["trial_id"])]
-        if part.empty:
-            continue
+    for suffix, setting, frame, part in per_setting(trials, overall):
         part = part.assign(units_pct=part["dead_units"] * 100, channels_pct=part["dead_channels"] * 100)
         subsets = ordered_subsets(part["trainable"])
         panels = [("dead units (per position)", part, "units_pct"), ("dead channels", part, "channels_pct")]
@@ -82,10 +79,7 @@ def dead_relu_vs_bn_params(tables, out: Path) -> list[Path]:
     if overall.empty:
         return []
     paths = []
-    for suffix, setting, frame in settings(trials):
-        part = overall[overall["trial_id"].isin(frame["trial_id"])]
-        if part.empty:
-            continue
+    for suffix, setting, frame, part in per_setting(trials, overall):
         subsets = ordered_subsets(part["trainable"])
         kinds = series(part)
         fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6), squeeze=False)
