@@ -177,6 +177,13 @@ def sparsity_frame(tables) -> tuple[pd.DataFrame, pd.DataFrame, pd.Index]:
     return trials, sparsity, summary.index[summary["gamma_moved"] > 0]
 
 
+def _gamma_trained(moved):
+    """per_setting's `keep` for Fig. 5: only the subsets whose γ moved in training."""
+    def keep(part, frame):
+        return part[part["trainable"].isin(trained_gamma_subsets(frame, moved))]
+    return keep
+
+
 def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
     """Fig. 5 as the paper draws it: the share of |γ| below each threshold against depth (deeper
     series) and against width (wider series), one row per subset whose γ trains, one line per
@@ -185,10 +192,7 @@ def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
     if sparsity.empty:
         return []
     paths = []
-    def trained(part, frame):  # the subsets whose γ moved
-        return part[part["trainable"].isin(trained_gamma_subsets(frame, moved))]
-
-    for suffix, setting, frame, part in per_setting(trials, sparsity, trained):
+    for suffix, setting, frame, part in per_setting(trials, sparsity, _gamma_trained(moved)):
         part = part.assign(pct=part["fraction"] * 100)
         thresholds = sorted(part["threshold"].unique())
         colours = threshold_colours(thresholds)
@@ -218,10 +222,7 @@ def gamma_sparsity_vs_bn_params(tables, out: Path) -> list[Path]:
     if sparsity.empty:
         return []
     paths = []
-    def trained(part, frame):  # the subsets whose γ moved
-        return part[part["trainable"].isin(trained_gamma_subsets(frame, moved))]
-
-    for suffix, setting, frame, part in per_setting(trials, sparsity, trained):
+    for suffix, setting, frame, part in per_setting(trials, sparsity, _gamma_trained(moved)):
         subsets = ordered_subsets(part["trainable"])
         kinds = series(part)
         thresholds = sorted(part["threshold"].unique())
