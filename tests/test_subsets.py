@@ -146,7 +146,7 @@ def test_random_k_is_an_axis_value_and_other_subsets_ignore_it():
     ({"trainable": "bn(k=4)"}, "trainable", "a subset name or random(k=N)"),
     ({"trainable": "random(k=4)", "random_k": 8}, "trainable", "disagrees with random_k 8"),
     ({"trainable": "random(k=9)"}, "random_k", "between 1 and the smallest conv fan-in (8)"),  # a 1x1 shortcut
-    ({"trainable": "bn", "random_k": 0}, "random_k", ""),
+    ({"trainable": "bn", "random_k": 0}, "random_k", "must be at least 1, got 0"),
 ])
 def test_bad_k_is_refused_naming_the_field(values, field, message):
     from sweeper.errors import SweeperError
