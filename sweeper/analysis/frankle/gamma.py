@@ -177,6 +177,16 @@ def sparsity_frame(tables) -> tuple[pd.DataFrame, pd.DataFrame, pd.Index]:
     return trials, sparsity, summary.index[summary["gamma_moved"] > 0]
 
 
+def _threshold_grid(part, value: str, label, ylabel: str):
+    """Figs. 5 and 6's grid: one row per trainable subset, `value` against depth and against width,
+    one line per γ threshold. Returns (figure, axes, thresholds, their colours)."""
+    thresholds = sorted(part["threshold"].unique())
+    colours = threshold_colours(thresholds)
+    panels = [(subset_label(s), part[part["trainable"] == s], value) for s in ordered_subsets(part["trainable"])]
+    fig, axes, _ = series_grid(part, panels, "threshold", thresholds, colours.get, label, ylabel)
+    return fig, axes, thresholds, colours
+
+
 def _gamma_trained(moved):
     """per_setting's `keep` for Fig. 5: only the subsets whose γ moved in training."""
     def keep(part, frame):
@@ -194,11 +204,7 @@ def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
     paths = []
     for suffix, setting, frame, part in per_setting(trials, sparsity, _gamma_trained(moved)):
         part = part.assign(pct=part["fraction"] * 100)
-        thresholds = sorted(part["threshold"].unique())
-        colours = threshold_colours(thresholds)
-        panels = [(subset_label(s), part[part["trainable"] == s], "pct") for s in ordered_subsets(part["trainable"])]
-        fig, axes, _ = series_grid(part, panels, "threshold", thresholds, colours.get, lambda t: f"|γ| < {t:g}",
-                                   "share of γ (%)")
+        fig, axes, thresholds, colours = _threshold_grid(part, "pct", lambda t: f"|γ| < {t:g}", "share of γ (%)")
         for ax in axes.ravel():
             for t in thresholds:  # the share at initialisation, the same for every network
                 at = part.loc[part["threshold"] == t, "fraction_init"].mean() * 100
@@ -290,11 +296,8 @@ def clamp_accuracy(tables, out: Path) -> list[Path]:
         return part[part["threshold"] > 0]
 
     for suffix, setting, frame, part in per_setting(trials, clamp, clamped):
-        thresholds = sorted(part["threshold"].unique())
-        colours = threshold_colours(thresholds)
-        panels = [(subset_label(s), part[part["trainable"] == s], "change") for s in ordered_subsets(part["trainable"])]
-        fig, axes, _ = series_grid(part, panels, "threshold", thresholds, colours.get, lambda t: f"t = {t:g}",
-                                   "change in test accuracy (points)")
+        fig, axes, thresholds, colours = _threshold_grid(part, "change", lambda t: f"t = {t:g}",
+                                                         "change in test accuracy (points)")
         for ax in axes.ravel():
             ax.axhline(0, color="#999999", lw=0.8)
         handles = [Line2D([], [], color=colours[t], marker="o", lw=2, label=f"|γ| < {t:g} set to 0") for t in thresholds]
