@@ -126,3 +126,58 @@ def test_a_cohort_streams_only_its_trials(stores):
     assert summary["n"].sum() == bn["trial_id"].isin(keep).sum()
     plain = reduce.trial_summary({"bn": bn}, SPARSITY_THRESHOLDS)  # a dict of frames: the same numbers
     pd.testing.assert_frame_equal(plain.loc[sorted(keep)], summary.loc[sorted(keep)])
+
+
+def test_gamma_layers_of_rows_out_of_trial_order_equal_pandas():
+    """A file whose rows are not in trial order (a trial's layers apart, batches mixing trials)
+    still gives each (trial, layer) once, with the pandas numbers: the merge of adjacent runs
+    falls back to sorting when the stream is not in order."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for tid in ("b", "a", "c"):
+        for layer in range(4):
+            n = int(rng.integers(1, 6))
+            g = rng.normal(0, 0.1, n)
+            g[rng.random(n) < 0.2] = np.nan
+            parts.append(pd.DataFrame({"trial_id": tid, "layer_index": layer, "layer": f"l{layer}", "stage": layer // 2,
+                                       "block": layer % 2, "role": "main", "gamma": g}))
+    order = [0, 5, 1, 9, 2, 6, 3, 10, 4, 7, 8, 11]  # trials interleaved, and "a" before "b" ends
+    bn = pd.concat([parts[i] for i in order], ignore_index=True)
+    have = reduce.gamma_layers({"bn": bn})
+    want = layers.gamma_layers(bn).sort_values(["trial_id", "layer_index"]).reset_index(drop=True)
+    assert list(have["trial_id"]) == list(want["trial_id"]) and list(have["layer_index"]) == list(want["layer_index"])
+    for c in ("mean_abs_gamma", "small_share", "channels"):
+        np.testing.assert_allclose(have[c].to_numpy(float), want[c].to_numpy(float), rtol=1e-12, err_msg=c)
+    assert list(have["layer"].astype(str)) == list(want["layer"].astype(str))
+
+
+def test_bin_of_is_np_histogram_at_the_edges():
+    edges = np.linspace(-0.3, 1.7, 41)
+    x = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
+                        np.random.default_rng(0).uniform(-0.3, 1.7, 10_000)])
+    x = x[(x >= edges[0]) & (x <= edges[-1])]
+    expected, _ = np.histogram(x, bins=edges)
+    assert np.array_equal(np.bincount(reduce.bin_of(x, edges), minlength=40), expected)
+
+
+class CountingTables(LazyTables):
+    """A store's tables that count the passes made over each table."""
+
+    def __init__(self, store, study):
+        super().__init__(store, study)
+        self.passes = {}
+
+    def reduce(self, name, cols, fn, categorical=("trial_id",), trials=None):
+        self.passes[name] = self.passes.get(name, 0) + 1
+        return super().reduce(name, cols, fn, categorical, trials)
+
+
+def test_every_bn_figure_together_reads_bn_three_times(stores, tmp_path):
+    """Figs. 4 and 5, β and γ by layer share their passes over `bn` (issue 19: six before)."""
+    from sweeper.analysis.frankle import FIGURES
+
+    tables = CountingTables(stores["compacted"], STUDY)
+    for name in ("gamma_distribution", "beta_distribution", "gamma_sparsity", "gamma_sparsity_vs_bn_params",
+                 "gamma_by_layer"):
+        assert FIGURES[name](tables, tmp_path), name
+    assert tables.passes == {"bn": 3}

@@ -9,6 +9,7 @@ import pandas as pd
 
 from sweeper.analysis import figures
 from sweeper.analysis.cohort import Plan, restricted, study_cohort
+from sweeper.analysis.style import deferred_writes
 from sweeper.store import Store
 
 
@@ -16,7 +17,7 @@ class LazyTables(Mapping):
     """A study's tables, each read from Parquet on first use (the `bn` table of a big sweep is
     millions of rows; a figure that does not need it never pays for it)."""
 
-    batch_rows = 1 << 20  # rows per Arrow batch when a figure streams a table (reduce)
+    batch_rows = 1 << 18  # rows per Arrow batch when a figure streams a table (reduce)
 
     def __init__(self, store: Store, study: str):
         self.store, self.study = store, study
@@ -105,12 +106,13 @@ def draw_study(store: Store, study: str, out: Path | None = None, names: list[st
     cohort = study_cohort(store, study, tables, plan)
     tables = restricted(tables, cohort)
     drawn = Drawn(folders={study: out}, left_out={study: cohort.left_out} if cohort.left_out else {})
-    for name in names or registry.names():
-        files = registry[name](tables, out)
-        if files:
-            drawn.written[f"{study}/{name}"] = files
-        else:
-            drawn.skipped[f"{study}/{name}"] = "no data for it in this study"
+    with deferred_writes():  # CSVs written while the next figures draw; all written after
+        for name in names or registry.names():
+            files = registry[name](tables, out)
+            if files:
+                drawn.written[f"{study}/{name}"] = files
+            else:
+                drawn.skipped[f"{study}/{name}"] = "no data for it in this study"
     if publish and drawn.written:
         for files in drawn.written.values():
             for f in files:

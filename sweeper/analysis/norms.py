@@ -25,9 +25,10 @@ from sweeper.analysis.frankle.common import (
     subset_label,
     train_trials,
 )
-from sweeper.analysis.frankle.gamma import finish_gamma_grid, gamma_moved, gamma_table, trained_gamma_subsets
+from sweeper.analysis.frankle.distributions import trained_gamma_subsets
+from sweeper.analysis.frankle.gamma import finish_gamma_grid, gamma_moved, gamma_table
 from sweeper.analysis.join import with_trials
-from sweeper.analysis.style import mean_std, plt, save
+from sweeper.analysis.style import mean_std, plt, save, save_csv
 
 NORM_ORDER = ("batch", "layer", "group", "instance", "affine", "none")
 NORM_COLOURS = {"batch": "#1f77b4", "layer": "#ff7f0e", "group": "#2ca02c", "instance": "#9467bd",
@@ -116,7 +117,7 @@ def norm_accuracy(tables, out: Path) -> list[Path]:
         fig.tight_layout()
         paths += save(fig, out, "norm_accuracy" + suffix)
         csv = out / f"norm_accuracy{suffix}.csv"
-        stats.to_csv(csv, index=False)
+        save_csv(stats, csv)
         paths.append(csv)
     return paths
 

@@ -94,9 +94,10 @@ elif sys.argv[1] == "read":  # a whole table, as Store.read gives it
     from sweeper.store import Store
     df = Store(sys.argv[2]).read(sys.argv[3], sys.argv[4])
     print(f"rows {len(df)}")
-else:  # "load": some columns of a table, as a notebook's load() reads them
+else:  # "load": some columns of a table, as a notebook's load() reads them (and categoricals)
     from sweeper import load
-    df = load(sys.argv[2], sys.argv[3], sys.argv[4], columns=json.loads(sys.argv[5]))
+    df = load(sys.argv[2], sys.argv[3], sys.argv[4], columns=json.loads(sys.argv[5]),
+              categorical=json.loads(sys.argv[6]) if len(sys.argv) > 6 else ())
     print(f"rows {len(df)}")
 seconds = time.perf_counter() - t0
 hwm = 0
@@ -110,7 +111,8 @@ sys.exit(rc)
 
 def _run_measured(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `sweeper ARGS` (args[0] == "cli"), a Store.read (args[0] == "read", root, study,
-    table) or a load (args[0] == "load", root, study, table, JSON list of columns) in a fresh
+    table) or a load (args[0] == "load", root, study, table, JSON list of columns, optionally JSON list
+    of categorical columns) in a fresh
     interpreter: its wall time from outside, its time from its first import to its exit, and its
     peak resident memory (VmHWM of the child itself; wait4's ru_maxrss would count the parent's
     pages at fork). `env` adds to the environment."""

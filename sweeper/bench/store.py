@@ -5,8 +5,8 @@ in this process, counting the requests it answers), side by side in one run.
 Each measurement runs in a fresh interpreter (wall time as a user sees it, and its peak RSS):
   figures   `sweeper figures STORE --out TMP`: every figure of the study
   status    `sweeper status STORE --json`
-  load_bn   `sweeper.load(STORE, STUDY, "bn", columns=["trial_id", "gamma"])`: one column pair of
-            every trial, as a notebook reads it
+  load_bn   `sweeper.load(STORE, STUDY, "bn", columns=["trial_id", "gamma"], categorical=["trial_id"])`:
+            one column pair of every trial, as README's notebook reads it
   compact   `sweeper compact STORE`
 
 The `bn` table: one row per BN channel with γ and β. ResNet-218 has 8,176 channels, the size the
@@ -63,7 +63,9 @@ def measure_state(uri: str, requests: Callable[[], int] | None = None) -> dict[s
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     status = _measured("cli", "status", uri, "--json", requests=requests)
-    load_bn = _measured("load", uri, STUDY, "bn", json.dumps(["trial_id", "gamma"]), requests=requests)
+    # as README's notebook reads `bn`: trial_id as a categorical (82 million strings otherwise)
+    load_bn = _measured("load", uri, STUDY, "bn", json.dumps(["trial_id", "gamma"]), json.dumps(["trial_id"]),
+                        requests=requests)
     done = json.loads(status["stdout"])["studies"][0]["done"]
     out.update({"figures_seconds": figures["seconds"], "figures_drawn": figures["stdout"].count("drew "),
                 "status_seconds": status["seconds"], "status_done": done,

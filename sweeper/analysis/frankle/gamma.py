@@ -22,7 +22,6 @@ from sweeper.analysis.frankle.common import (
     series,
     series_grid,
     series_handles,
-    settings,
     subset_colour,
     subset_handles,
     subset_label,
@@ -31,8 +30,9 @@ from sweeper.analysis.frankle.common import (
     train_trials,
 )
 from sweeper.analysis.join import columns, per_trial_means, with_trials
-from sweeper.analysis.reduce import histograms, percentiles, trial_summary, weighted_hist
-from sweeper.analysis.style import mean_std, plt, save
+from sweeper.analysis.frankle.distributions import binned, bn_summary, trained_gamma_subsets
+from sweeper.analysis.reduce import weighted_hist
+from sweeper.analysis.style import mean_std, plt, save, save_csv
 
 
 # -- Fig. 4: γ distributions ---------------------------------------------------------------------
@@ -56,68 +56,29 @@ def gamma_moved(bn: pd.DataFrame) -> pd.Index:
     return moved.index[moved > 0]
 
 
-def trained_gamma_subsets(trials: pd.DataFrame, moved: pd.Index) -> list[str]:
-    """The subsets among `trials` that trained γ."""
-    return ordered_subsets(trials.loc[trials["trial_id"].isin(moved), "trainable"].astype(str))
-
-
-def bn_summary(tables, trials: pd.DataFrame, need=("n",)) -> pd.DataFrame:
-    """The per-trial summary of the `bn` table (sweeper.analysis.reduce.trial_summary), of the
-    given trials that have rows there; empty when there are none or the table lacks a column."""
-    if trials.empty or "bn" not in tables:
-        return pd.DataFrame()
-    summary = trial_summary(tables, SPARSITY_THRESHOLDS)
-    if summary.empty or not set(need) <= set(summary):
-        return pd.DataFrame()
-    summary = summary[summary.index.isin(trials["trial_id"]) & (summary["n"] > 0)]
-    return summary
-
-
-def binned(tables, trials: pd.DataFrame, summary: pd.DataFrame, column: str, frames: list[pd.DataFrame],
-           edges, cols: list[str]):
-    """For each frame (trials of a setting): bin edges `edges(lo, hi)` from the 0.5 and 99.5
-    percentiles of its trials' `column` (as np.nanpercentile on their rows), and per trial the
-    histogram of each of `cols` over them. Returns (edges per frame, counts per frame, trial ids)."""
-    ids = pd.Index(summary.index)
-    groups = [ids.isin(f["trial_id"]) for f in frames]
-    counts = [int(summary.loc[g, f"{column}_count"].sum()) for g in groups]
-    pcts = percentiles(tables, column, groups, counts, ids) if frames else []
-    bins = [edges(*(p if p is not None else (np.nan, np.nan))) for p in pcts]
-    return bins, (histograms(tables, cols, bins, ids) if frames else []), ids
-
-
 def gamma_distribution(tables, out: Path) -> list[Path]:
     """Fig. 4: the distribution of γ after training, one panel per network, one colour per
     subset whose γ trains, with the initial distribution in grey; channels pooled over layers
-    and seeds. Drawn from per-trial histograms streamed from the `bn` table (sweeper.analysis.reduce)."""
-    trials = train_trials(tables)
-    summary = bn_summary(tables, trials, ("gamma_count", "gamma_moved"))
-    if summary.empty:
+    and seeds. Drawn from per-trial histograms streamed from the `bn` table, in the passes it
+    shares with the β figure (sweeper.analysis.frankle.distributions)."""
+    panels = binned(tables).get("gamma")
+    if panels is None:
         return []
-    moved = summary.index[summary["gamma_moved"] > 0]
-    plans = []
-    for suffix, setting, frame in settings(trials):
-        frame = frame[frame["trial_id"].isin(summary.index)]
-        subsets = trained_gamma_subsets(frame, moved)
-        if subsets:
-            plans.append((suffix, setting, frame, subsets))
-    # the 0.5 and 99.5 percentiles of each setting's γ place its bins: one pass for all settings
-    bins, hists, ids = binned(tables, trials, summary, "gamma", [frame for _, _, frame, _ in plans],
-                              lambda lo, hi: np.linspace(min(lo, 0.0), max(hi, 1.0), 41), ["gamma", "gamma_init"])
+    summary = panels.summary
     paths = []
-    for (suffix, setting, frame, subsets), edges, counts in zip(plans, bins, hists):
+    for i, ((suffix, setting, frame, subsets), edges) in enumerate(zip(panels.plans, panels.bins)):
         models = model_order(frame)[:16]
         ncols = min(4, len(models))
         nrows = math.ceil(len(models) / ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), squeeze=False)
         for ax, model in zip(axes.ravel(), models):
             rows = frame[frame["model"] == model]
-            init = counts["gamma_init"][ids.get_indexer(rows.loc[rows["trainable"] == subsets[0], "trial_id"])]
-            weighted_hist(ax, init.sum(axis=0), edges, density=True, color="#cccccc", label="at initialisation")
+            init = panels.histogram(i, "gamma_init", rows.loc[rows["trainable"] == subsets[0], "trial_id"])
+            weighted_hist(ax, init, edges, density=True, color="#cccccc", label="at initialisation")
             for subset in subsets:
                 members = rows.loc[rows["trainable"] == subset, "trial_id"]
                 if summary.loc[summary.index.isin(members), "n"].sum():
-                    weighted_hist(ax, counts["gamma"][ids.get_indexer(members)].sum(axis=0), edges, density=True,
+                    weighted_hist(ax, panels.histogram(i, "gamma", members), edges, density=True,
                                   histtype="step", lw=1.6, color=subset_colour(subset))
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
             ax.set_title(model_title(frame[frame["model"] == model]), fontsize=9)
@@ -216,7 +177,7 @@ def gamma_sparsity_figure(tables, out: Path) -> list[Path]:
         fig.tight_layout()
         paths += save(fig, out, "gamma_sparsity" + suffix)
         csv = out / f"gamma_sparsity{suffix}.csv"
-        part.drop(columns="pct").sort_values(["trainable", "bn_params", "seed", "threshold"]).to_csv(csv, index=False)
+        save_csv(part.drop(columns="pct").sort_values(["trainable", "bn_params", "seed", "threshold"]), csv)
         paths.append(csv)
     return paths
 

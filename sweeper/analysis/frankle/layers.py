@@ -5,27 +5,26 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
 from sweeper.analysis.frankle.common import (
+    SPARSITY_THRESHOLDS,
     per_setting,
     legend_outside,
     model_order,
     model_title,
     ordered_subsets,
-    settings,
     subset_colour,
     subset_handles,
     title,
     train_trials,
 )
-from sweeper.analysis.frankle.gamma import binned, bn_summary
+from sweeper.analysis.frankle.distributions import binned
 from sweeper.analysis.join import with_trials
 from sweeper.analysis.reduce import gamma_layers as streamed_layers
 from sweeper.analysis.reduce import weighted_hist
-from sweeper.analysis.style import plt, save
+from sweeper.analysis.style import plt, save, save_csv
 
 
 def _grid(n: int) -> tuple:
@@ -41,26 +40,11 @@ def _grid(n: int) -> tuple:
 def beta_distribution(tables, out: Path) -> list[Path]:
     """The distribution of β after training, one panel per network, one colour per subset whose
     β trains (β starts at 0, marked; a subset that leaves β at its start is not drawn)."""
-    trials = train_trials(tables)
-    summary = bn_summary(tables, trials, ("beta_count", "beta_moved"))
-    if summary.empty:
+    panels = binned(tables).get("beta")  # in the passes it shares with Fig. 4 (frankle.distributions)
+    if panels is None:
         return []
-    summary = summary[summary["beta_moved"] > 0]
-    if summary.empty:
-        return []
-    plans = []
-    for suffix, setting, frame in settings(trials):
-        part = frame[frame["trial_id"].isin(summary.index)]
-        if not part.empty:
-            plans.append((suffix, setting, frame, part))
-
-    def symmetric(lo, hi):  # symmetric about β's start, 0
-        span = max(abs(lo), abs(hi), 1e-3)
-        return np.linspace(-span, span, 41)
-
-    bins, hists, ids = binned(tables, trials, summary, "beta", [part for *_, part in plans], symmetric, ["beta"])
     paths = []
-    for (suffix, setting, frame, part), edges, counts in zip(plans, bins, hists):
+    for i, ((suffix, setting, frame, part), edges) in enumerate(zip(panels.plans, panels.bins)):
         subsets = ordered_subsets(part["trainable"].astype(str))
         models = [m for m in model_order(frame) if m in set(part["model"].astype(str))][:16]
         fig, axes = _grid(len(models))
@@ -69,7 +53,7 @@ def beta_distribution(tables, out: Path) -> list[Path]:
             for subset in subsets:
                 members = rows.loc[rows["trainable"] == subset, "trial_id"]
                 if len(members):
-                    weighted_hist(ax, counts["beta"][ids.get_indexer(members)].sum(axis=0), edges, density=True,
+                    weighted_hist(ax, panels.histogram(i, "beta", members), edges, density=True,
                                   histtype="step", lw=1.6, color=subset_colour(subset))
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
             ax.set_title(model_title(frame[frame["model"] == model]), fontsize=9)
@@ -106,7 +90,7 @@ def gamma_by_layer(tables, out: Path) -> list[Path]:
     trials = train_trials(tables)
     if trials.empty or "bn" not in tables:
         return []
-    layers = streamed_layers(tables)  # per trial and layer, streamed (sweeper.analysis.reduce)
+    layers = streamed_layers(tables, SPARSITY_THRESHOLDS)  # in the pass of the γ summary (analysis.reduce)
     if layers.empty:
         return []
     layers = with_trials(layers, trials, ["trainable", "model", "seed"])  # text as categoricals: 2M rows at 10k trials
@@ -137,6 +121,6 @@ def gamma_by_layer(tables, out: Path) -> list[Path]:
         fig.tight_layout()
         paths += save(fig, out, "gamma_by_layer" + suffix)
         csv = out / f"gamma_by_layer{suffix}.csv"
-        part.sort_values(["model", "trainable", "seed", "layer_index"]).to_csv(csv, index=False)
+        save_csv(part.sort_values(["model", "trainable", "seed", "layer_index"]), csv)
         paths.append(csv)
     return paths

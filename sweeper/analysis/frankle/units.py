@@ -25,7 +25,7 @@ from sweeper.analysis.frankle.common import (
     train_trials,
 )
 from sweeper.analysis.join import columns, with_trials
-from sweeper.analysis.style import mean_std, plt, save
+from sweeper.analysis.style import mean_std, plt, save, save_csv
 
 
 # -- Fig. 7: dead ReLUs --------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def table1_params(tables, out: Path) -> list[Path]:
     table = params_table(trials)
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "table1_params.csv", out / "table1_params.md"
-    table.to_csv(csv, index=False)
+    save_csv(table, csv)
     md.write_text("Table 1: parameters by group (Frankle et al. 2021)\n\n" + _markdown(table)
                   + "\nAs the paper lays it out (one column per network; % of all parameters):\n\n"
                   + _markdown(paper_layout(table)))
