@@ -8,6 +8,11 @@ exactly-once rules as `Store.read`, a few columns, `trial_id` as dictionary code
 Arrow batch into per-trial arrays here. The results are the same numbers pandas computes on the
 whole table (tests/test_reduce.py): counts are exact, and the percentiles that place a histogram's
 bins are exact order statistics, kept as the smallest and largest values of each group only.
+
+Each summary is a `Fold` (fed batch by batch), and `scan` runs several over one read of the table:
+the γ figures read `bn` three times, not once per summary (six before): the per-trial `Summary` with
+`Layers` (γ by layer), then the `Percentiles` of γ and β, then their `Histograms` over the bins those
+place (sweeper.analysis.frankle.distributions).
 """
 from __future__ import annotations
 
