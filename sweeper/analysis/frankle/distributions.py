@@ -42,6 +42,7 @@ class Panels:
     plans: list[tuple]
     summary: pd.DataFrame
     edges: object  # (lo, hi) -> bin edges
+    placing: list[pd.Series]  # per plan: the trials whose values place its bins
     drawn: object  # (plan, column) -> the trial ids whose histogram of that column the figure draws
     bins: list[np.ndarray] | None = None
     counts: list[dict[str, np.ndarray]] | None = None  # per plan: column -> trials x bins
@@ -71,12 +72,14 @@ def _gamma_panels(tables) -> Panels | None:
         subsets = trained_gamma_subsets(frame, moved)
         if subsets:
             plans.append((suffix, setting, frame, subsets))
+
     def drawn(plan, col):  # trained γ of the subsets that train it; initial γ of the first one
         frame, subsets = plan[2], plan[3]
         return frame.loc[frame["trainable"].isin(subsets if col == "gamma" else subsets[:1]), "trial_id"]
 
     return Panels("gamma", ["gamma", "gamma_init"], plans, summary,
-                  lambda lo, hi: np.linspace(min(lo, 0.0), max(hi, 1.0), 41), drawn)
+                  lambda lo, hi: np.linspace(min(lo, 0.0), max(hi, 1.0), 41),
+                  [frame["trial_id"] for _, _, frame, _ in plans], drawn)
 
 
 def _beta_panels(tables) -> Panels | None:
@@ -99,11 +102,8 @@ def _beta_panels(tables) -> Panels | None:
         span = max(abs(lo), abs(hi), 1e-3)
         return np.linspace(-span, span, 41)
 
-    return Panels("beta", ["beta"], plans, summary, symmetric, lambda plan, col: plan[3]["trial_id"])
-
-
-def _members(panels: Panels) -> list[pd.DataFrame]:
-    return [plan[3] if panels.column == "beta" else plan[2] for plan in panels.plans]
+    return Panels("beta", ["beta"], plans, summary, symmetric, [part["trial_id"] for *_, part in plans],
+                  lambda plan, col: plan[3]["trial_id"])
 
 
 def binned(tables) -> dict[str, Panels]:
@@ -119,7 +119,7 @@ def binned(tables) -> dict[str, Panels]:
         ids = pd.Index(sorted(set().union(*(p.summary.index for p in found.values()))))
         folds = []
         for p in found.values():
-            groups = [ids.isin(f["trial_id"]) for f in _members(p)]
+            groups = [ids.isin(members) for members in p.placing]
             counts = [int(p.summary.loc[p.summary.index.isin(ids[g]), f"{p.column}_count"].sum()) for g in groups]
             folds.append(Percentiles(p.column, groups, counts, ids))
         for p, pcts in zip(found.values(), scan(tables, "bn", folds)):
