@@ -139,6 +139,31 @@ def test_eta_from_finished_trials():
     assert state.failed == 1 and state.done == 1 and state.pending == 4
 
 
+
+def test_a_lost_trial_waiting_to_retry_is_pending_not_running():
+    """Tune's on_trial_recover (a worker or node lost, the trial queued again): the trial leaves the
+    running count until it starts again, keeps its first start for the ETA, and finishes once.
+    (Two trials on two slots once read "3 running" after a lost worker.)"""
+    from types import SimpleNamespace
+
+    from sweeper.orchestration.progress import progress_callback
+
+    lines = []
+    cb = progress_callback(total=2, skipped=0, say=lines.append, metric="test_acc", mode="max")
+    trial = {k: SimpleNamespace(trial_id=k, config={}, last_result={"status": "done", "test_acc": 0.5})
+             for k in ("a", "b")}
+    cb.on_trial_start(0, [], trial["a"])
+    cb.on_trial_start(0, [], trial["b"])
+    first = cb.state.running["a"].started
+    cb.on_trial_recover(0, [], trial["a"])
+    assert list(cb.state.running) == ["b"] and cb.state.pending == 1
+    cb.on_trial_start(0, [], trial["a"])  # runs again
+    assert len(cb.state.running) == 2 and cb.state.running["a"].started == first
+    cb.on_trial_complete(0, [], trial["a"])
+    cb.on_trial_complete(0, [], trial["b"])
+    assert cb.state.done == 2 and not cb.state.running and not cb.state.retrying
+    assert lines[-1].startswith("[2/2] 2 done, 0 running, 0 pending, 0 failed")
+
 def test_auto_is_live_only_on_a_terminal():
     from sweeper.orchestration.live import choose, clock
 

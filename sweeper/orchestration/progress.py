@@ -55,6 +55,7 @@ class SweepState:
     mode: str
     started: float = field(default_factory=time.monotonic)
     running: dict[str, Running] = field(default_factory=dict)  # Tune's trial id -> trial
+    retrying: dict[str, Running] = field(default_factory=dict)  # lost, waiting to run again
     finished: int = 0
     failed: int = 0
     seconds: list[float] = field(default_factory=list)  # durations of the trials that finished done
@@ -84,9 +85,18 @@ class SweepState:
         return left / max(1, self.most_running)
 
     def start(self, key: str, label: str, epochs: int) -> None:
-        if key not in self.running:  # a retried trial starts again: keep its first start
+        if key in self.retrying:  # a retried trial starts again: keep its first start
+            self.running[key] = self.retrying.pop(key)
+        elif key not in self.running:
             self.running[key] = Running(label, time.monotonic(), epochs)
         self.most_running = max(self.most_running, len(self.running))
+
+    def retry(self, key: str) -> None:
+        """A trial lost (its worker or node gone) and queued to run again: pending until it starts,
+        not counted as running meanwhile."""
+        trial = self.running.pop(key, None)
+        if trial is not None:
+            self.retrying[key] = trial
 
     def result(self, key: str, result: dict) -> None:
         trial = self.running.get(key)
@@ -98,7 +108,7 @@ class SweepState:
             trial.value = float(result[self.metric])
 
     def finish(self, key: str, ok: bool, label: str, value=None) -> None:
-        trial = self.running.pop(key, None)
+        trial = self.running.pop(key, None) or self.retrying.pop(key, None)
         self.finished += 1
         if not ok:
             self.failed += 1
@@ -154,6 +164,9 @@ def progress_callback(total: int, skipped: int, say: Callable[[str], None], metr
                 self.state.finish(trial.trial_id, True, label, value)
                 last = f"{label}: {metric} {value:.4f}" if isinstance(value, float) else label
             say(self.state.line(last))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.state.retry(trial.trial_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.state.finish(trial.trial_id, False, _trial_label(trial))
