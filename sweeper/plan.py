@@ -33,6 +33,7 @@ from sweeper.experiments import EXPERIMENTS
 from sweeper.registry import Registry
 
 EFFICIENCY = 0.8  # share of the CPU matmul rate a training step reaches (see BENCHMARKS.md)
+NARROW = 16  # base widths below this reach far less of it (docs/laptop_scale.md measured 3.5-7x slower)
 
 
 def trial_cost(spec) -> TrialCost | None:
@@ -297,7 +298,10 @@ def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_fi
             f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
             f"{human(est['total_trial_seconds'])} of trial time at "
             + ", ".join(f"{r / 1e9:.0f} GFLOP/s for {p}" for p, r in est["rates"].items())
-            + f" per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"]
+            + f" per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"] + (
+            [f"  a floor for networks narrower than {NARROW} channels: width-8 ResNets took 3.5-7x this estimate "
+             "on 2 CPU cores (memory-bound small convolutions; docs/laptop_scale.md)"]
+            if any(0 < (getattr(s, "width", 0) or 0) < NARROW for s in specs) else [])
     if efficiency is not None and not 0 < efficiency <= 1:
         raise SweeperError(f"must be in (0, 1], got {efficiency:g}", "--efficiency")
     cluster_file = cluster_file or ("cluster.yaml" if Path("cluster.yaml").is_file() else None)

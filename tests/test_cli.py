@@ -302,3 +302,15 @@ def test_plan_refuses_an_object_store_it_cannot_read(s3_server):
                 f"s3://no-such-bucket/sweeps?endpoint_override={s3_server.endpoint}&scheme=http")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"sweeper: error: --store: bucket 'no-such-bucket' does not exist at http://{s3_server.endpoint}"], r.stderr
+
+
+def test_plan_says_its_cpu_estimate_is_a_floor_for_narrow_networks(tmp_path):
+    """Width-8 ResNets measured 3.5-7x the FLOP-model estimate on 2 cores (docs/laptop_scale.md):
+    a CPU plan with such networks says so under its estimate; one without them does not."""
+    narrow = sweeper("plan", "studies/quickstart.py")  # resnet-8-8, resnet-14-8, ...
+    assert narrow.returncode == 0, narrow.stderr
+    floor = "  a floor for networks narrower than 16 channels: width-8 ResNets took 3.5-7x this estimate"
+    assert any(line.startswith(floor) for line in narrow.stdout.splitlines())
+    wide = sweeper("plan", "studies/quickstart.py", "--set", "axes.model=resnet-8,resnet-14")  # width 16
+    assert wide.returncode == 0, wide.stderr
+    assert "estimated cost of the remaining trials" in wide.stdout and floor not in wide.stdout
