@@ -70,7 +70,7 @@ def cmd_plan(args) -> int:
     gpus = float(args.gpus_per_trial if args.gpus_per_trial is not None else study.resources.get("gpu", 0))
     remaining = [s for s in specs if s.trial_id not in done]
     cost, notes = describe(remaining, cpus, gpus, gpu=args.gpu, cluster_file=args.cluster, workers=args.workers,
-                           efficiency=args.efficiency)
+                           efficiency=args.efficiency, time_steps=args.time_steps)
     if args.json:
         # Written row by row: a 100,000-trial grid's document is tens of megabytes, and building it
         # whole (rows, then one string) took gigabytes.
@@ -385,6 +385,9 @@ def build_parser() -> Parser:
     plan.add_argument("--gpu", default=None, metavar="NAME", help="the card GPU trials are estimated on "
                       "(default: the cluster file's, else A10G): A10, A10G, H100, L4, T4, V100, A100")
     plan.add_argument("--workers", type=int, default=None, help="GPU workers (default: the cluster file's max_workers, else 1)")
+    plan.add_argument("--time-steps", action="store_true",
+                      help="CPU trials: time a few real training steps of each network here instead of the FLOP "
+                           "model (seconds per network; narrow networks run far below the FLOP rate)")
     plan.add_argument("--efficiency", type=float, default=None,
                       help="share of a card's stated rate a training step reaches (default: 0.3, an assumption)")
     add_overrides(plan)

@@ -71,6 +71,8 @@ class Experiment:
     figure_modules: tuple[str, ...] = ()  # sweeper.analysis modules whose FIGURES draw its results
     description: str = ""
     cost: str | None = None  # "module:function", spec -> TrialCost, imported on first use; None: no cost model
+    # "module:function", (specs, threads) -> seconds per trial timed on this CPU (plan --time-steps)
+    timing: str | None = None
 
     def __post_init__(self) -> None:
         if self.spec_type.experiment != self.name:
@@ -85,6 +87,11 @@ class Experiment:
     def trial_cost(self, spec) -> TrialCost | None:
         """What one trial of `spec` computes, or None for a kind without a cost model."""
         return None if self.cost is None else _function(self.cost)(spec)
+
+    def trial_seconds(self, specs, threads: int = 1) -> list[float] | None:
+        """Seconds each trial of `specs` takes on this CPU, timed from real steps; None for a kind
+        without a timing hook."""
+        return None if self.timing is None else _function(self.timing)(specs, threads)
 
 
 def _function(name: str) -> Callable:

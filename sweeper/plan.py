@@ -63,8 +63,10 @@ def matmul_rate(threads: int = 1, precision: str = "fp32") -> float:
         torch.set_num_threads(saved)
 
 
-def estimate(specs, cpus_per_trial: float = 1.0) -> dict:
-    """Seconds of compute per trial and in all, at this machine's measured rate per trial."""
+def estimate(specs, cpus_per_trial: float = 1.0, time_steps: bool = False) -> dict:
+    """Seconds of compute per trial and in all, at this machine's measured rate per trial; with
+    `time_steps`, from real training steps of each network timed here (the experiment's timing
+    hook) where its kind has one."""
     costs = list(map(trial_cost, specs))
     known = [c for c in costs if c is not None]
     if not known:  # nothing to time: no need to measure the rate
@@ -73,6 +75,8 @@ def estimate(specs, cpus_per_trial: float = 1.0) -> dict:
     threads = max(1, min(int(cpus_per_trial), os.cpu_count() or 1))
     rates = {p: matmul_rate(threads, p) * EFFICIENCY for p in sorted({c.precision for c in known})}
     seconds = [None if c is None else c.flops / rates[c.precision] for c in costs]
+    timed = _timed(specs, threads) if time_steps else {}
+    seconds = [timed.get(i, s) for i, s in enumerate(seconds)]
     total_flops, total_seconds = sum(c.flops for c in known), sum(s for s in seconds if s is not None)
     return {
         "flops_per_second": total_flops / total_seconds,  # the trials' mean rate (their precisions')
@@ -82,7 +86,21 @@ def estimate(specs, cpus_per_trial: float = 1.0) -> dict:
         "total_trial_seconds": total_seconds,
         "unknown_trials": len(costs) - len(known),
         "device": "cpu",
+        "timed_trials": len(timed),  # of them, timed from real steps (--time-steps)
     }
+
+
+def _timed(specs, threads: int) -> dict[int, float]:
+    """Trial index -> seconds, for the trials whose experiment kind can time its steps here."""
+    by_kind: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        by_kind.setdefault(spec.experiment, []).append(i)
+    out = {}
+    for kind, at in by_kind.items():
+        seconds = EXPERIMENTS[kind].trial_seconds([specs[i] for i in at], threads)
+        if seconds is not None:
+            out.update(zip(at, seconds))
+    return out
 
 
 # -- GPU rates -------------------------------------------------------------------------------------
@@ -286,21 +304,26 @@ def human(seconds: float) -> str:
 
 # -- what `sweeper plan` prints -----------------------------------------------------------------
 def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_file: str | None = None,
-             workers: int | None = None, efficiency: float | None = None) -> tuple[dict, list[str]]:
+             workers: int | None = None, efficiency: float | None = None,
+             time_steps: bool = False) -> tuple[dict, list[str]]:
     """The estimate of `specs` and the lines `sweeper plan` prints to state it with its assumptions.
-    `gpu`, `cluster_file`, `workers` and `efficiency` are plan's --gpu, --cluster, --workers and
-    --efficiency (None: not given)."""
+    `gpu`, `cluster_file`, `workers`, `efficiency` and `time_steps` are plan's --gpu, --cluster,
+    --workers, --efficiency and --time-steps (None, False: not given)."""
     if gpus <= 0:  # CPU trials: this machine's measured rate (measured only here)
-        est = estimate(specs, cpus)
+        est = estimate(specs, cpus, time_steps)
         if not est["total_flops"]:
             return est, []
+        if est["timed_trials"]:
+            return est, [f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
+                         f"{human(est['total_trial_seconds'])} of trial time, from real training steps of each "
+                         f"network timed here ({cpus:g} CPU a trial); spread over N parallel trials, about 1/N of that"]
         return est, [
             f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
             f"{human(est['total_trial_seconds'])} of trial time at "
             + ", ".join(f"{r / 1e9:.0f} GFLOP/s for {p}" for p, r in est["rates"].items())
             + f" per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"] + (
             [f"  a floor for networks narrower than {NARROW} channels: width-8 ResNets took 3.5-7x this estimate "
-             "on 2 CPU cores (memory-bound small convolutions; docs/laptop_scale.md)"]
+             "on 2 CPU cores (memory-bound small convolutions; --time-steps times real steps instead)"]
             if any(0 < (getattr(s, "width", 0) or 0) < NARROW for s in specs) else [])
     if efficiency is not None and not 0 < efficiency <= 1:
         raise SweeperError(f"must be in (0, 1], got {efficiency:g}", "--efficiency")

@@ -314,3 +314,26 @@ def test_plan_says_its_cpu_estimate_is_a_floor_for_narrow_networks(tmp_path):
     wide = sweeper("plan", "studies/quickstart.py", "--set", "axes.model=resnet-8,resnet-14")  # width 16
     assert wide.returncode == 0, wide.stderr
     assert "estimated cost of the remaining trials" in wide.stdout and floor not in wide.stdout
+
+
+def test_plan_time_steps_times_each_network_once(monkeypatch):
+    """`plan --time-steps`: CPU trials estimated from real training steps of each network (its
+    step and evaluation pass, as run_trial builds them), timed once per network, not per trial."""
+    from sweeper.experiments.train import timing
+    from sweeper.plan import estimate
+    from sweeper.study import load_study
+
+    specs = load_study(REPO / "studies" / "quickstart.py").specs()
+    specs += [s.replace(seed=1) for s in specs]  # the same networks again: not timed again
+    calls = []
+    real = timing.step_seconds
+    monkeypatch.setattr(timing, "step_seconds", lambda spec, threads=1: calls.append(spec) or real(spec, threads))
+    est = estimate(specs, 1.0, time_steps=True)
+    assert est["timed_trials"] == len(specs) and len(calls) == len({timing.network(s) for s in specs}) < len(specs)
+    assert all(0 < s < 3600 for s in est["trial_seconds"])
+    r = sweeper("plan", "studies/quickstart.py", "--time-steps")
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[-1]
+    assert line.startswith("estimated cost of the remaining trials: ") and "from real training steps" in line
+    assert json.loads(sweeper("plan", "studies/quickstart.py", "--time-steps", "--json").stdout)["estimate"][
+        "timed_trials"] == len(specs) // 2

@@ -40,4 +40,5 @@ EXPERIMENT = Experiment(
     figure_modules=("sweeper.analysis.frankle", "sweeper.analysis.norms"),
     description="train a network's chosen subset with SGD and measure it (Frankle et al.)",
     cost="sweeper.experiments.train.cost:trial_cost",
+    timing="sweeper.experiments.train.timing:trial_seconds",
 )
