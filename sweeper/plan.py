@@ -325,6 +325,9 @@ def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_fi
             [f"  a floor for networks narrower than {NARROW} channels: width-8 ResNets took 3.5-7x this estimate "
              "on 2 CPU cores (memory-bound small convolutions; --time-steps times real steps instead)"]
             if any(0 < (getattr(s, "width", 0) or 0) < NARROW for s in specs) else [])
+    if time_steps:  # the trials ask for GPUs, and none is here to time them on
+        raise SweeperError("times CPU trials on this machine; these trials ask for GPUs "
+                           "(add --gpus-per-trial 0 to time them here as CPU trials)", "--time-steps")
     if efficiency is not None and not 0 < efficiency <= 1:
         raise SweeperError(f"must be in (0, 1], got {efficiency:g}", "--efficiency")
     cluster_file = cluster_file or ("cluster.yaml" if Path("cluster.yaml").is_file() else None)

@@ -337,3 +337,11 @@ def test_plan_time_steps_times_each_network_once(monkeypatch):
     assert line.startswith("estimated cost of the remaining trials: ") and "from real training steps" in line
     assert json.loads(sweeper("plan", "studies/quickstart.py", "--time-steps", "--json").stdout)["estimate"][
         "timed_trials"] == len(specs) // 2
+
+
+def test_plan_time_steps_refuses_gpu_trials_in_one_line(tmp_path):
+    study = tiny_gpu_study(tmp_path)
+    r = sweeper("plan", study, "--time-steps", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "sweeper: error: --time-steps: times CPU trials on this machine; these trials ask for GPUs "
+        "(add --gpus-per-trial 0 to time them here as CPU trials)"], r.stderr
