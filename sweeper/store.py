@@ -385,13 +385,9 @@ class Store:
         not 8 million strings). `trials` (ids) keeps those trials' rows only, chosen by file: the
         own files of others are not opened, and the compacted parts say which trials they hold."""
         wanted = None if trials is None else set(trials)
-        table_ = storeread.again(lambda: storeread.read(self, study, table, columns, categorical, filters,
-                                                        trials_schema, wanted), self.url(study, table))
-        # Column by column into pandas, freeing each Arrow column as it goes: the same frame as a
-        # plain to_pandas(), with a lower peak and no copy into consolidated 2-D blocks.
-        if table_ is None:
-            return pd.DataFrame(columns=columns or [])
-        return table_.to_pandas(self_destruct=True, split_blocks=True)
+        frame = storeread.again(lambda: storeread.read_frame(self, study, table, columns, categorical, filters,
+                                                             trials_schema, wanted), self.url(study, table))
+        return pd.DataFrame(columns=columns or []) if frame is None else frame
 
     def reduce(self, study: str, table: str, columns: list[str], fold, categorical: list[str] = (),
                filters=None, trials=None, batch_rows: int = 1 << 20):

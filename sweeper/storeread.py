@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sweeper import storecheck
+from sweeper import frames, storecheck
 from sweeper.errors import SweeperError
 from sweeper.storecheck import KEY, TrialStatus
 
@@ -148,21 +148,28 @@ def _scan(store, paths, schema, columns, expr, fmt=None) -> pa.Table:
         raise _Vanished(", ".join(paths[:2])) from None
 
 
-def read(store, study: str, table: str, columns, categorical, filters, trials_schema,
-         wanted: set[str] | None = None) -> pa.Table | None:
-    """See Store.read: the Arrow table, or None when nothing is there. `wanted` (trial ids) picks
-    rows by file: own files of other trials are never opened, compacted parts are read whole when
-    every trial they hold is wanted, else filtered on trial_id."""
+def read_frame(store, study: str, table: str, columns, categorical, filters, trials_schema,
+               wanted: set[str] | None = None, batch_size: int = 1 << 18):
+    """See Store.read: the DataFrame, or None when nothing is there. Numeric and categorical
+    columns are counted, then filled batch by batch (sweeper.frames: the peak is the frame, not the
+    frame and the Arrow table); others go through one Arrow table and `to_pandas`."""
     scans = plan_scans(store, study, table, columns, categorical, filters, trials_schema, wanted)
     if scans is None:
         return None
-    parts = [scan.table() for scan in scans]
-    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    schema = scans[0].projected()
+    if not frames.streamable(schema):
+        parts = [scan.table() for scan in scans]
+        table_ = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        del parts
+        # column by column, freeing each Arrow column as it goes: a lower peak than plain to_pandas()
+        return table_.to_pandas(self_destruct=True, split_blocks=True)
+    rows = sum(scan.count() for scan in scans)  # from the footers, unless a row filter must be read
+    return frames.fill((b for scan in scans for b in scan.batches(batch_size)), schema, rows)
 
 
 def batches(store, study: str, table: str, columns, categorical, filters, trials_schema,
             wanted: set[str] | None = None, batch_size: int = 1 << 20):
-    """The rows `read` returns, as Arrow record batches one after another (the same file choice:
+    """The rows Store.read returns, as Arrow record batches one after another (the same file choice:
     every committed trial's rows once), so that a caller can reduce a table of 80 million rows
     without holding it. A file that vanishes mid-way raises _Vanished: run the whole reduction
     again (Store.reduce does), never resume, or rows would count twice."""
@@ -175,12 +182,40 @@ class _Scan:
     """One scan of the plan: Parquet files with a schema, columns, a row filter, and for a file
     that holds rows of other trials, the owner whose rows alone count."""
 
-    def __init__(self, store, paths, schema, columns, expr, fmt, owner=None, key=None, first=False):
-        self.store, self.paths, self.schema = store, paths, schema
+    def __init__(self, store, paths, schema, columns, expr, fmt, owner=None, key=None, first=False, rows=None):
+        self.store, self.paths, self.schema, self.rows = store, paths, schema, rows
         self.columns, self.expr, self.fmt = columns, expr, fmt
         self.owner, self.key, self.first = owner, key, first
+        self._dataset = self._owned = None
+
+    def projected(self) -> pa.Schema:
+        """The schema of the rows this scan gives: its columns, in their order."""
+        if self.columns is None:
+            return self.schema
+        return pa.schema([self.schema.field(c) for c in self.columns])
+
+    def dataset(self) -> ds.Dataset:
+        # one dataset object for the count and the scan: its fragments keep the footers they read
+        if self._dataset is None:
+            self._dataset = ds.dataset(self.paths, schema=self.schema, format=self.fmt, filesystem=self.store.fs)
+        return self._dataset
+
+    def count(self) -> int:
+        """The rows `batches` will give: from the footers the plan read, or with a row filter, by
+        scanning the columns the filter names."""
+        if self.rows is not None:
+            return self.rows
+        if self.owner is not None:
+            self._owned = self.table()
+            return self._owned.num_rows
+        try:
+            return self.dataset().count_rows(filter=self.expr)
+        except FileNotFoundError:
+            raise _Vanished(", ".join(self.paths[:2])) from None
 
     def table(self) -> pa.Table:
+        if self._owned is not None:
+            return self._owned
         if self.owner is None:
             return _scan(self.store, self.paths, self.schema, self.columns, self.expr, self.fmt)
         names = None if self.columns is None else list(dict.fromkeys([*self.columns, self.key]))
@@ -194,7 +229,7 @@ class _Scan:
             yield from self.table().to_batches(batch_size)
             return
         try:
-            dataset = ds.dataset(self.paths, schema=self.schema, format=self.fmt, filesystem=self.store.fs)
+            dataset = self.dataset()
             # little read-ahead: pyarrow's default (16 batches, 4 files) holds ~1 GB of a wide `bn` scan
             for batch in dataset.to_batches(columns=self.columns, filter=self.expr, batch_size=batch_size,
                                             batch_readahead=1, fragment_readahead=1):
@@ -266,7 +301,9 @@ def plan_scans(store, study: str, table: str, columns, categorical, filters, tri
     for c in as_dict:
         schema = schema.set(schema.get_field_index(c), pa.field(c, pa.dictionary(pa.int32(), pa.string())))
     fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=as_dict))
-    scans = [_Scan(store, whole, schema, columns, expr, fmt)] if whole else []
+    footers = {**metas, **part_metas}
+    rows = sum(footers[p].num_rows for p in whole) if expr is None else None
+    scans = [_Scan(store, whole, schema, columns, expr, fmt, rows=rows)] if whole else []
     for path, ids in partial:  # a part some of whose trials are read elsewhere (rerun since) or not done
         scans.append(_Scan(store, [path], schema, columns, _and(expr, _ids_filter(ids)), fmt))
     for p in filtered:  # rare: a file holding rows of other trials, or its own row twice
