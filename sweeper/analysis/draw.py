@@ -9,6 +9,7 @@ import pandas as pd
 
 from sweeper.analysis import figures
 from sweeper.analysis.cohort import Plan, restricted, study_cohort
+from sweeper.analysis.spool import Spools
 from sweeper.analysis.style import deferred_writes
 from sweeper.store import Store
 
@@ -23,6 +24,7 @@ class LazyTables(Mapping):
         self.store, self.study = store, study
         self.names = store.tables(study)
         self._cache: dict[str, pd.DataFrame] = {}
+        self._spools = Spools(self)
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         if name not in self.names:
@@ -63,8 +65,21 @@ class LazyTables(Mapping):
             if trials is not None:
                 table = table[table["trial_id"].isin(trials)]
             return fn(iter(pa.Table.from_pandas(table, preserve_index=False).to_batches(self.batch_rows)))
-        return self.store.reduce(self.study, name, list(cols), fn, categorical=list(categorical), trials=trials,
-                                 batch_rows=self.batch_rows)
+        # on an object store, the first pass over `bn` keeps the columns the later passes read on
+        # local disk (sweeper.analysis.spool): they read that instead of fetching them again
+        key = (name, None if trials is None else frozenset(trials))
+        spool = self._spools.find(key, cols) if "trial_id" in categorical else None
+        if spool is not None:
+            return fn(spool.batches(list(cols)))
+        if self.store.local or name != "bn" or "trial_id" not in categorical:
+            return self.store.reduce(self.study, name, list(cols), fn, categorical=list(categorical), trials=trials,
+                                     batch_rows=self.batch_rows)
+        return self.store.reduce(self.study, name, list(cols), lambda batches: fn(self._spools.tee(key, cols, batches)),
+                                 categorical=list(categorical), trials=trials, batch_rows=self.batch_rows)
+
+    def close(self) -> None:
+        """Delete what the reads spooled to local disk (also done when the object is collected)."""
+        self._spools.close()
 
     def __iter__(self):
         return iter(self.names)
@@ -102,17 +117,20 @@ def draw_study(store: Store, study: str, out: Path | None = None, names: list[st
     publish = out is None and not store.local
     out = Path(out) if out else local_folder(store, study)
     registry = figures()
-    tables = LazyTables(store, study)
-    cohort = study_cohort(store, study, tables, plan)
-    tables = restricted(tables, cohort)
+    lazy = LazyTables(store, study)
+    cohort = study_cohort(store, study, lazy, plan)
+    tables = restricted(lazy, cohort)
     drawn = Drawn(folders={study: out}, left_out={study: cohort.left_out} if cohort.left_out else {})
-    with deferred_writes():  # CSVs written while the next figures draw; all written after
-        for name in names or registry.names():
-            files = registry[name](tables, out)
-            if files:
-                drawn.written[f"{study}/{name}"] = files
-            else:
-                drawn.skipped[f"{study}/{name}"] = "no data for it in this study"
+    try:
+        with deferred_writes():  # CSVs written while the next figures draw; all written after
+            for name in names or registry.names():
+                files = registry[name](tables, out)
+                if files:
+                    drawn.written[f"{study}/{name}"] = files
+                else:
+                    drawn.skipped[f"{study}/{name}"] = "no data for it in this study"
+    finally:
+        lazy.close()
     if publish and drawn.written:
         for files in drawn.written.values():
             for f in files:
