@@ -265,25 +265,25 @@ def test_compaction_on_s3_reads_the_same_and_survives_a_kill(s3_store):
     assert len(store.files(STUDY, "bn")) == 0 and len(store.file_infos(STUDY, "bn", parts=True)) == 1
 
 
-def test_store_bench_200_trials_reports_both_states_side_by_side():
-    """`sweeper bench --only store` at 200 trials (a small model, to keep the test short): every key
+def test_store_bench_reports_both_states_side_by_side():
+    """`sweeper bench --only store` at 60 trials (a small model, to keep the test short): every key
     the issue names, for the uncompacted and compacted store, local and on S3 with request counts."""
     from sweeper.bench.run import format_table, run_bench
     from sweeper.bench import store as bench_store
 
-    result = bench_store.measure_store(trials=200, model=MODEL)
+    result = bench_store.measure_store(trials=60, model=MODEL)
     flat = bench_store.headline(result)
     for where in ("local", "s3"):
         r = result[where]
-        assert r["trials"] == 200 and r["files_before"] == 400 and r["files_after"] == 2
+        assert r["trials"] == 60 and r["files_before"] == 120 and r["files_after"] == 2
         assert r["compact_seconds"] > 0
         for state in ("uncompacted", "compacted"):
             s = r[state]
-            assert s["status_done"] == 200 and s["load_bn_rows"] == 200 * ROWS and s["figures_drawn"] >= 1
+            assert s["status_done"] == 60 and s["load_bn_rows"] == 60 * ROWS and s["figures_drawn"] >= 1
             assert all(s[k] > 0 for k in ("figures_seconds", "status_seconds", "load_bn_seconds", "peak_rss_gb"))
             assert f"store_{where}_{state}_figures_seconds" in flat
     assert {k for k, _ in run_bench.__globals__["ROWS"] if k.startswith("store_")} <= set(flat)
-    # the compacted store answers with far fewer requests than the 400 files did
+    # the compacted store answers with far fewer requests than the 120 files did
     assert result["s3"]["compacted"]["requests"]["figures"] * 5 < result["s3"]["uncompacted"]["requests"]["figures"]
     assert main(["bench", "--only", "store,nope"]) == 2
     assert "store_local_compacted_status_seconds" in format_table(

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from sweeper.analysis.draw import LazyTables
-from sweeper.analysis.join import per_trial_means, with_trials
+from sweeper.analysis.join import among, per_trial_means, with_trials
 from sweeper.store import Store
 from sweeper.experiments.train.spec import TrainSpec
 
@@ -64,3 +64,18 @@ def test_figure_tables_read_only_the_columns_asked_for(tmp_path):
     full = store.read("st", "bn")
     assert sorted(part["trial_id"].astype(str)) == sorted(full["trial_id"]) and not isinstance(
         full["trial_id"].dtype, pd.CategoricalDtype)  # plain reads, as users' notebooks see them, are unchanged
+
+
+@pytest.mark.parametrize("column, values", [
+    (pd.Series(["b", "a", None, "c"]), pd.Index(["a", "c"])),
+    (pd.Index(["x", "y", "z"]), pd.Series(["y"]).astype("category")),
+    (pd.Series(["a", "b", "a"]).astype("category"), {"a"}),
+    (pd.Series(["a", None]), ["a", None]),  # a missing value matches a missing value, as in pandas
+    (pd.Series(["a", "b"]), []),
+    (pd.Series([], dtype=str), ["a"]),
+    (pd.Series([f"{i:016x}" for i in range(5000)]), [f"{i:016x}" for i in range(0, 10000, 3)]),
+])
+def test_among_is_pandas_isin(column, values):
+    want = np.asarray(pd.Series(column).isin(list(values) if isinstance(values, set) else values))
+    got = among(column, values)
+    assert got.dtype == bool and np.array_equal(got, want)

@@ -22,6 +22,22 @@ def columns(tables: Mapping[str, pd.DataFrame], name: str, cols: Iterable[str]) 
     return table[[c for c in cols if c in table]]
 
 
+def among(column, values) -> np.ndarray:
+    """`column.isin(values)` for a column or index of trial ids (or other text), as a boolean
+    array. The same answer as pandas, by a hash of the distinct values: pandas 3's `isin` on its
+    Arrow-backed text makes one Python object per value asked about, 25-45 ms for 10,000 ids (0.5
+    ms here), and the figures of a 10,000-trial study ask hundreds of times."""
+    series = pd.Series(column, copy=False)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes, uniques = series.cat.codes.to_numpy(), series.cat.categories
+    else:
+        codes, uniques = pd.factorize(series)
+    wanted = pd.Index(pd.Series(list(values) if isinstance(values, (set, frozenset)) else values, dtype=object)
+                      .to_numpy(dtype=object, na_value=None))
+    hit = np.append(pd.Index(np.asarray(uniques, dtype=object)).isin(wanted), wanted.hasnans)  # code -1: missing
+    return hit[codes]
+
+
 def id_codes(ids: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """(codes, distinct ids) of a `trial_id` column: a categorical's own codes, or a factorisation
     (one hash per row, done once)."""

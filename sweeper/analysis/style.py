@@ -26,13 +26,26 @@ def save(fig, out: Path, name: str, *, dpi: float | None = None, pdf_dpi: float 
     out.mkdir(parents=True, exist_ok=True)
     fig.set_label(name)  # the file's name, for whoever holds the Figure (tests read its axes by it)
     paths = []
+    box = {"bbox_inches": _tight_box(fig, dpi)} if tight else {}
     for ext, resolution in (("png", dpi), ("pdf", pdf_dpi)):
         path = out / f"{name}.{ext}"
         options = {"dpi": resolution} if resolution is not None else {}
-        fig.savefig(path, **options, **({"bbox_inches": "tight"} if tight else {}))
+        fig.savefig(path, **options, **box)
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+def _tight_box(fig, dpi: float | None):
+    """What `bbox_inches="tight"` crops to (at the PNG's resolution, as savefig measures it), found
+    once for both files: savefig finds it by drawing the whole figure once more for each file."""
+    own = fig.dpi
+    fig.dpi = dpi or own
+    try:
+        fig.canvas.draw()
+        return fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
+    finally:
+        fig.dpi = own
 
 
 def done(trials: pd.DataFrame) -> pd.DataFrame:

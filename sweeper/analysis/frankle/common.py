@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from sweeper.analysis.join import among
 from sweeper.analysis.style import done, mean_std, plt
 from sweeper.experiments.train.spec import TrainSpec  # a dataclass only: importing it loads no torch
 
@@ -116,7 +117,7 @@ def per_setting(trials: pd.DataFrame, table: pd.DataFrame, keep=None):
     those trials), narrowed by `keep(rows, trials)` when given; settings left with no rows are
     skipped, since every figure draws one file per setting that has data."""
     for suffix, setting, frame in settings(trials):
-        part = table[table["trial_id"].isin(frame["trial_id"])]
+        part = table[among(table["trial_id"], frame["trial_id"])]
         if keep is not None:
             part = keep(part, frame)
         if not part.empty:
@@ -247,7 +248,7 @@ def series_grid(frame: pd.DataFrame, panels: list[tuple[str, pd.DataFrame, str]]
     for i, (name, rows, value) in enumerate(panels):
         for j, (kind, members, _) in enumerate(kinds):
             ax, x = axes[i][j], ("depth" if kind == "deeper" else "width")
-            part = rows[rows["trial_id"].isin(members["trial_id"])]
+            part = rows[among(rows["trial_id"], members["trial_id"])]
             for key in lines:
                 r = part[part[line_by] == key]
                 if r.empty:

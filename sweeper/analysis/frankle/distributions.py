@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sweeper.analysis.frankle.common import SPARSITY_THRESHOLDS, ordered_subsets, settings, train_trials
+from sweeper.analysis.join import among
 from sweeper.analysis.reduce import Histograms, Percentiles, cached, scan, trial_summary
 
 
@@ -25,12 +26,12 @@ def bn_summary(tables, trials: pd.DataFrame, need=("n",)) -> pd.DataFrame:
     summary = trial_summary(tables, SPARSITY_THRESHOLDS)
     if summary.empty or not set(need) <= set(summary):
         return pd.DataFrame()
-    return summary[summary.index.isin(trials["trial_id"]) & (summary["n"] > 0)]
+    return summary[among(summary.index, trials["trial_id"]) & (summary["n"] > 0).to_numpy()]
 
 
 def trained_gamma_subsets(trials: pd.DataFrame, moved: pd.Index) -> list[str]:
     """The subsets among `trials` that trained γ."""
-    return ordered_subsets(trials.loc[trials["trial_id"].isin(moved), "trainable"].astype(str))
+    return ordered_subsets(trials.loc[among(trials["trial_id"], moved), "trainable"].astype(str))
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _gamma_panels(tables) -> Panels | None:
     moved = summary.index[summary["gamma_moved"] > 0]
     plans = []
     for suffix, setting, frame in settings(trials):
-        frame = frame[frame["trial_id"].isin(summary.index)]
+        frame = frame[among(frame["trial_id"], summary.index)]
         subsets = trained_gamma_subsets(frame, moved)
         if subsets:
             plans.append((suffix, setting, frame, subsets))
@@ -94,7 +95,7 @@ def _beta_panels(tables) -> Panels | None:
         return None
     plans = []
     for suffix, setting, frame in settings(trials):
-        part = frame[frame["trial_id"].isin(summary.index)]
+        part = frame[among(frame["trial_id"], summary.index)]
         if not part.empty:
             plans.append((suffix, setting, frame, part))
 
@@ -119,8 +120,8 @@ def binned(tables) -> dict[str, Panels]:
         ids = pd.Index(sorted(set().union(*(p.summary.index for p in found.values()))))
         folds = []
         for p in found.values():
-            groups = [ids.isin(members) for members in p.placing]
-            counts = [int(p.summary.loc[p.summary.index.isin(ids[g]), f"{p.column}_count"].sum()) for g in groups]
+            groups = [among(ids, members) for members in p.placing]
+            counts = [int(p.summary.loc[among(p.summary.index, ids[g]), f"{p.column}_count"].sum()) for g in groups]
             folds.append(Percentiles(p.column, groups, counts, ids))
         for p, pcts in zip(found.values(), scan(tables, "bn", folds)):
             p.bins = [p.edges(*(q if q is not None else (np.nan, np.nan))) for q in pcts]

@@ -29,7 +29,7 @@ from sweeper.analysis.frankle.common import (
     title,
     train_trials,
 )
-from sweeper.analysis.join import columns, per_trial_means, with_trials
+from sweeper.analysis.join import among, columns, per_trial_means, with_trials
 from sweeper.analysis.frankle.distributions import binned, bn_summary, trained_gamma_subsets
 from sweeper.analysis.reduce import weighted_hist
 from sweeper.analysis.style import mean_std, plt, save, save_csv
@@ -46,7 +46,7 @@ def gamma_table(tables, trials: pd.DataFrame) -> pd.DataFrame:
     bn = columns(tables, "bn", GAMMA_COLUMNS)
     if bn.empty or not set(GAMMA_COLUMNS) <= set(bn):
         return pd.DataFrame()
-    keep = bn["trial_id"].isin(trials["trial_id"])
+    keep = among(bn["trial_id"], trials["trial_id"])
     return bn if keep.all() else bn[keep].reset_index(drop=True)  # no 8M-row copy when all are wanted
 
 
@@ -77,7 +77,7 @@ def gamma_distribution(tables, out: Path) -> list[Path]:
             weighted_hist(ax, init, edges, density=True, color="#cccccc", label="at initialisation")
             for subset in subsets:
                 members = rows.loc[rows["trainable"] == subset, "trial_id"]
-                if summary.loc[summary.index.isin(members), "n"].sum():
+                if summary.loc[among(summary.index, members), "n"].sum():
                     weighted_hist(ax, panels.histogram(i, "gamma", members), edges, density=True,
                                   histtype="step", lw=1.6, color=subset_colour(subset))
             ax.axvline(0, color="#999999", lw=0.8, linestyle=":")
