@@ -45,7 +45,7 @@ class _Categories:
     def dtype(self) -> np.dtype:
         """The narrowest codes pandas keeps for this many categories (int8 up to 127, then int16,
         ...): codes written in it need no converting copy at the end."""
-        return pd.Categorical.from_codes(np.empty(0, np.int64), categories=pd.RangeIndex(len(self.index) + 1)).codes.dtype
+        return pd.Categorical.from_codes(np.empty(0, np.int64), categories=pd.RangeIndex(len(self.index))).codes.dtype
 
     def codes(self, column: pa.DictionaryArray) -> np.ndarray:
         to_global = np.fromiter((self.index.setdefault(v, len(self.index)) for v in column.dictionary.to_pylist()),

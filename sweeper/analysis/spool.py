@@ -35,14 +35,15 @@ class Spools:
         self.folder: Path | None = None
         self.done: dict[tuple, Spool] = {}
         self._owner = weakref.ref(owner)
-        self._cleanup = None
+        self._cleanup, self._files = None, 0
 
     def _new_path(self) -> Path:
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix="sweeper-spool-"))
             # deleted with the tables object at the latest (close() sooner)
             self._cleanup = weakref.finalize(self._owner(), shutil.rmtree, self.folder, True)
-        return self.folder / f"{len(self.done)}-{id(object())}.arrows"
+        self._files += 1
+        return self.folder / f"{self._files}.arrows"
 
     def find(self, key: tuple, cols: Iterable[str]) -> Spool | None:
         """The finished spool of `key` that holds `cols`, if any."""
