@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sweeper.analysis.join import columns
+from sweeper.analysis.join import among, columns
 
 PLAN_FILE = "_plan.json"  # beside the study's tables; the leading "_" keeps it out of table listings
 
@@ -113,7 +113,7 @@ class Plan:
         """Per trials row, whether it belongs to the plan."""
         if trials.empty:
             return pd.Series(dtype=bool)
-        inside = trials["trial_id"].isin(self.ids)
+        inside = pd.Series(among(trials["trial_id"], self.ids), index=trials.index)
         if self.free:  # a search's samples: every field but the searched ones as planned
             sampled = pd.Series(True, index=trials.index)
             for f in self.fixed(trials.columns):
@@ -201,12 +201,7 @@ def select(trials: pd.DataFrame, plan: Plan | None, done_only: bool = True) -> C
 def _keep(table: pd.DataFrame, ids: frozenset[str]) -> pd.DataFrame:
     if table is None or table.empty or "trial_id" not in table:
         return table
-    column = table["trial_id"]
-    if isinstance(column.dtype, pd.CategoricalDtype):  # one lookup per distinct id, not per row
-        wanted = np.append(column.cat.categories.isin(list(ids)), False)
-        mask = wanted[column.cat.codes.to_numpy()]  # code -1 picks the appended False
-    else:
-        mask = column.isin(ids).to_numpy()
+    mask = among(table["trial_id"], ids)  # one lookup per distinct id, not per row
     return table if mask.all() else table[mask].reset_index(drop=True)
 
 
@@ -274,7 +269,7 @@ def plan_counts(trials: pd.DataFrame | None, done: set[str], failed: Iterable[st
     the study's rows (trial_id and the plan's fields), `done`/`failed`: the store's verdicts."""
     failed = set(failed)
     trials = pd.DataFrame(columns=["trial_id"]) if trials is None else trials
-    stored = trials[trials["trial_id"].isin(done | failed)] if not trials.empty else trials
+    stored = trials[among(trials["trial_id"], done | failed)] if not trials.empty else trials
     inside = set(stored.loc[plan.members(stored), "trial_id"]) if not stored.empty else set()
     return {"done": len(done & inside), "failed": len(failed & inside),
             "missing": len(plan.ids - done - failed),
