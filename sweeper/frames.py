@@ -21,8 +21,9 @@ import pyarrow as pa
 
 
 def streamable(schema: pa.Schema) -> bool:
-    """Whether every column of `schema` can be filled batch by batch (see the module doc)."""
-    return all(_kind(f.type) is not None for f in schema)
+    """Whether every column of `schema` can be filled batch by batch (see the module doc); a read
+    of no columns is not (its frame still has a row per row read)."""
+    return len(schema) > 0 and all(_kind(f.type) is not None for f in schema)
 
 
 def _kind(t: pa.DataType) -> str | None:

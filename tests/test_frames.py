@@ -69,3 +69,9 @@ def test_store_reads_streamed_equal_the_arrow_table_path(tmp_path):
                  filters=pc.field("gamma") < 0.2)
     want = text.loc[text["gamma"] < 0.2, ["trial_id", "gamma"]].reset_index(drop=True)
     pd.testing.assert_frame_equal(small.astype({"trial_id": str}), want.astype({"trial_id": str}))
+
+
+def test_a_read_of_no_columns_keeps_a_row_per_row(tmp_path):
+    root = tmp_path / "store"
+    generate_store(root, trials=2, model="resnet-8", workers=1)
+    assert Store(root).read(STUDY, "bn", columns=[]).shape == (2 * 336, 0)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from sweeper.analysis import figures
 from sweeper.analysis.cohort import Plan, restricted, study_cohort
+from sweeper.analysis.join import among
 from sweeper.analysis.spool import Spools
 from sweeper.analysis.style import deferred_writes
 from sweeper.store import Store
@@ -63,7 +64,7 @@ class LazyTables(Mapping):
             table = self._cache[name]
             table = table[[c for c in cols if c in table]]
             if trials is not None:
-                table = table[table["trial_id"].isin(trials)]
+                table = table[among(table["trial_id"], trials)]
             return fn(iter(pa.Table.from_pandas(table, preserve_index=False).to_batches(self.batch_rows)))
         # on an object store, the first pass over `bn` keeps the columns the later passes read on
         # local disk (sweeper.analysis.spool): they read that instead of fetching them again
