@@ -203,8 +203,7 @@ HEADLINE = {  # part -> the top-level keys it adds (BENCHMARKS.md's table reads 
     # issue 19 (`--only store`, measured in test_compact.py): the table's rows; the JSON adds request counts
     "store": {f"store_{w}_{s}_{k}" for w in ("local", "s3") for s in ("uncompacted", "compacted")
               for k in ("figures_seconds", "status_seconds", "load_bn_seconds", "peak_rss_gb")}
-    | {f"store_{w}_{k}" for w in ("local", "s3") for k in ("files_before", "files_after", "compact_seconds")}
-    | {"store_s3_read_mb_per_s"},  # the S3 server's own speed, which bounds its reads
+    | {f"store_{w}_{k}" for w in ("local", "s3") for k in ("files_before", "files_after", "compact_seconds")},
 }
 ALWAYS = {"date", "quick", "environment", "load_average_start", "threads_per_trial", "load_average_end",
           "bench_seconds", "goals", "met", "details"}
