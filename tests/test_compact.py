@@ -283,7 +283,6 @@ def test_store_bench_reports_both_states_side_by_side():
             assert all(s[k] > 0 for k in ("figures_seconds", "status_seconds", "load_bn_seconds", "peak_rss_gb"))
             assert f"store_{where}_{state}_figures_seconds" in flat
     assert {k for k, _ in run_bench.__globals__["ROWS"] if k.startswith("store_")} <= set(flat)
-    assert result["s3"]["read_mb_per_s"] > 0 and result["s3"]["read_bytes"] > 0  # what bounds the S3 reads
     # the compacted store answers with far fewer requests than the 120 files did
     assert result["s3"]["compacted"]["requests"]["figures"] * 5 < result["s3"]["uncompacted"]["requests"]["figures"]
     assert main(["bench", "--only", "store,nope"]) == 2

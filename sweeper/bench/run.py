@@ -154,7 +154,6 @@ ROWS = [  # (key, what it is measured against)
     *[(f"store_{w}_{k}", f"{what} ({place})") for w, place in (("local", "local folder"), ("s3", "S3 server"))
       for k, what in (("files_before", "Parquet files before compaction"), ("files_after", "after"),
                       ("compact_seconds", "`sweeper compact` wall"))],
-    ("store_s3_read_mb_per_s", "the S3 server's own speed: its largest compacted part fetched whole, MB/s"),
 ]
 
 

@@ -146,23 +146,6 @@ class _CountingS3:
 S3_UNCOMPACTED_MAX = 2000
 
 
-def server_speed(uri: str) -> dict[str, Any]:
-    """The S3 server's own speed, which bounds every read above: the largest compacted part
-    fetched whole, nothing parsed. moto's server is Python, in this process, on the same cores."""
-    from sweeper.store import Store
-
-    store = Store(uri)
-    parts = [i for t in store.tables(STUDY) for i in store.file_infos(STUDY, t, parts=True)]
-    if not parts:
-        return {}
-    biggest = max(parts, key=lambda i: i.size)
-    t0 = time.perf_counter()
-    with store.fs.open_input_stream(biggest.path) as f:
-        size = len(f.read())
-    seconds = time.perf_counter() - t0
-    return {"read_bytes": size, "read_seconds": round(seconds, 2), "read_mb_per_s": round(size / seconds / 1e6, 1)}
-
-
 def measure_store(trials: int = 10_000, model: str = MODEL, s3: bool = True,
                   say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Generate the store; compact it and measure it; measure an uncompacted copy (hard links);
@@ -205,7 +188,7 @@ def measure_store(trials: int = 10_000, model: str = MODEL, s3: bool = True,
             say("store: the compacted store's reads on S3 ...")
             out["s3"] = {"trials": trials, "files_after": count_files(Store(uri)),
                          "compacted": measure_state(uri, server.total),
-                         "uncompacted": f"not measured above {S3_UNCOMPACTED_MAX} trials", **server_speed(uri)}
+                         "uncompacted": f"not measured above {S3_UNCOMPACTED_MAX} trials"}
             say("__partial__ " + json.dumps(out))
         say("store: the uncompacted copy's reads ...")
         local["uncompacted"] = measure_state(copy)
@@ -214,7 +197,6 @@ def measure_store(trials: int = 10_000, model: str = MODEL, s3: bool = True,
             say("store: S3, uncompacted, compacting, compacted ...")
             before = measure_state(uri, server.total)
             out["s3"] = {"trials": trials, **compacting(uri, server.total), "uncompacted": before}
-            out["s3"].update(server_speed(uri))
     finally:
         if server is not None:
             server.stop()
@@ -230,7 +212,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         r = result.get(where)
         if not isinstance(r, dict):
             continue
-        for key in ("files_before", "files_after", "compact_seconds", "compact_requests", "read_mb_per_s"):
+        for key in ("files_before", "files_after", "compact_seconds", "compact_requests"):
             if key in r:
                 out[f"store_{where}_{key}"] = r[key]
         for state in ("uncompacted", "compacted"):
