@@ -13,11 +13,12 @@ text as categoricals); a read with other columns (text, booleans, lists, timesta
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def streamable(schema: pa.Schema) -> bool:
@@ -36,30 +37,63 @@ def _kind(t: pa.DataType) -> str | None:
     return None
 
 
-class _Categories:
+class Ids:
+    """Dense codes for trial ids: the given ones (other trials' rows get -1), or every id seen."""
+
+    def __init__(self, known: Iterable[str] | None = None):
+        self.fixed = known is not None
+        self.names = list(known) if known is not None else []
+        self.code = {name: i for i, name in enumerate(self.names)}
+
+    @property
+    def index(self) -> pd.Index:
+        return pd.Index(self.names, dtype=str) if self.names else pd.Index([], dtype=object)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def codes(self, column: pa.Array) -> np.ndarray:
+        """Each row's code (-1: an id not wanted, or null)."""
+        rows, distinct = split(column)
+        return self.positions(distinct)[rows]
+
+    def positions(self, distinct) -> np.ndarray:
+        """The code of each of a batch's distinct ids, and -1 appended: `positions(d)[rows]` are the
+        rows' codes (row -1, a null, picks the -1)."""
+        return np.append(self._lookup(distinct), -1)
+
+    def _lookup(self, names) -> np.ndarray:
+        """Each name's code, by a dict: a pandas Index rebuilt as ids arrive cost 1-2 ms a batch."""
+        code = self.code
+        if not self.fixed:
+            for name in names:
+                if name not in code:
+                    code[name] = len(self.names)
+                    self.names.append(name)
+        return np.fromiter((code.get(name, -1) for name in names), np.int64, len(names))
+
+
+def split(column: pa.Array) -> tuple[np.ndarray, list]:
+    """(rows, distinct): each row's position among the column's distinct values (-1: null). A
+    dictionary column is already split so (its dictionary: a row group's ids, a few hundred)."""
+    if pa.types.is_dictionary(column.type):
+        indices = column.indices if not column.null_count else pc.fill_null(column.indices, -1)
+        return indices.to_numpy(zero_copy_only=False), column.dictionary.to_pylist()
+    rows, names = pd.factorize(column.to_numpy(zero_copy_only=False))
+    return rows, list(names)
+
+
+class _Categories(Ids):
     """One category list for a column whose batches each bring their own dictionary: each batch's
     dictionary positions are mapped to positions in the list, new values appended as first seen."""
-
-    def __init__(self):
-        self.index: dict[str, int] = {}
 
     def dtype(self) -> np.dtype:
         """The narrowest codes pandas keeps for this many categories (int8 up to 127, then int16,
         ...): codes written in it need no converting copy at the end."""
-        return pd.Categorical.from_codes(np.empty(0, np.int64), categories=pd.RangeIndex(len(self.index))).codes.dtype
-
-    def codes(self, column: pa.DictionaryArray) -> np.ndarray:
-        to_global = np.fromiter((self.index.setdefault(v, len(self.index)) for v in column.dictionary.to_pylist()),
-                                dtype=np.int32, count=len(column.dictionary))
-        positions = column.indices
-        if column.null_count:  # a missing value is code -1, as in pandas
-            to_global = np.append(to_global, np.int32(-1))
-            positions = positions.fill_null(len(column.dictionary))
-        return to_global[positions.to_numpy()]
+        return pd.Categorical.from_codes(np.empty(0, np.int64), categories=pd.RangeIndex(len(self))).codes.dtype
 
     def categorical(self, codes: np.ndarray) -> pd.Categorical:
-        categories = pd.Index(list(self.index))  # text dtype as to_pandas gives it
-        return pd.Categorical.from_codes(codes, categories=categories)
+        return pd.Categorical.from_codes(codes, categories=pd.Index(self.names))  # text dtype as to_pandas gives it
 
 
 def fill(batches: Iterable[pa.RecordBatch], schema: pa.Schema, rows: int) -> pd.DataFrame:

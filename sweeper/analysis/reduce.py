@@ -22,9 +22,9 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sweeper.analysis.join import columns
+from sweeper.frames import Ids, split  # trial ids as dense codes, shared with Store.read
 
 BATCH_ROWS = 1 << 20
 
@@ -38,52 +38,6 @@ def fold(tables: Mapping[str, pd.DataFrame], name: str, cols: Iterable[str], fn,
         return reduce(name, cols, fn, categorical=list(categorical))
     frame = columns(tables, name, cols)
     return fn(iter(pa.Table.from_pandas(frame, preserve_index=False).to_batches(BATCH_ROWS)))
-
-
-class Ids:
-    """Dense codes for trial ids: the given ones (other trials' rows get -1), or every id seen."""
-
-    def __init__(self, known: Iterable[str] | None = None):
-        self.fixed = known is not None
-        self.names = list(known) if known is not None else []
-        self.code = {name: i for i, name in enumerate(self.names)}
-
-    @property
-    def index(self) -> pd.Index:
-        return pd.Index(self.names, dtype=str) if self.names else pd.Index([], dtype=object)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def codes(self, column: pa.Array) -> np.ndarray:
-        """Each row's code (-1: an id not wanted, or null)."""
-        rows, distinct = split(column)
-        return self.positions(distinct)[rows]
-
-    def positions(self, distinct) -> np.ndarray:
-        """The code of each of a batch's distinct ids, and -1 appended: `positions(d)[rows]` are the
-        rows' codes (row -1, a null, picks the -1)."""
-        return np.append(self._lookup(distinct), -1)
-
-    def _lookup(self, names) -> np.ndarray:
-        """Each name's code, by a dict: a pandas Index rebuilt as ids arrive cost 1-2 ms a batch."""
-        code = self.code
-        if not self.fixed:
-            for name in names:
-                if name not in code:
-                    code[name] = len(self.names)
-                    self.names.append(name)
-        return np.fromiter((code.get(name, -1) for name in names), np.int64, len(names))
-
-
-def split(column: pa.Array) -> tuple[np.ndarray, list]:
-    """(rows, distinct): each row's position among the column's distinct values (-1: null). A
-    dictionary column is already split so (its dictionary: a row group's ids, a few hundred)."""
-    if pa.types.is_dictionary(column.type):
-        indices = column.indices if not column.null_count else pc.fill_null(column.indices, -1)
-        return indices.to_numpy(zero_copy_only=False), column.dictionary.to_pylist()
-    rows, names = pd.factorize(column.to_numpy(zero_copy_only=False))
-    return rows, list(names)
 
 
 def _text(column: pa.Array) -> bool:
