@@ -34,16 +34,18 @@ import signal
 import socket
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sweeper import procs
+from sweeper import digests, procs
 from sweeper import segments as seglib
 from sweeper import storecheck
 from sweeper.errors import SweeperError
@@ -120,6 +122,7 @@ def collect_garbage(store: Store, study: str, tables: list[str]) -> int:
             continue
         segment = info.base_name[: -len(".pending")]
         if segment not in committed:
+            _delete_digests(store, infos, segment)
             for table in tables:
                 sel = pafs.FileSelector(store.table_dir(study, table), allow_not_found=True)
                 for f in store.fs.get_file_info(sel):
@@ -128,6 +131,17 @@ def collect_garbage(store: Store, study: str, tables: list[str]) -> int:
                         removed += 1
         store.fs.delete_file(info.path)
     return removed
+
+
+def _delete_digests(store: Store, infos: list[pafs.FileInfo], segment: str) -> int:
+    """Delete a segment's digest files (sweeper.digests) among `infos` (its `_compacted` folder)."""
+    doomed = [i.path for i in infos if i.base_name.startswith(f"{segment}.") and i.base_name.endswith(".parquet")]
+    for path in doomed:
+        try:
+            store.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+    return len(doomed)
 
 
 def _drop_replaced(store: Store, study: str, segs: seglib.Segments, tables: list[str]) -> None:
@@ -139,6 +153,7 @@ def _drop_replaced(store: Store, study: str, segs: seglib.Segments, tables: list
             for f in store.fs.get_file_info(sel):
                 if f.base_name.startswith(f"{seglib.PREFIX}{name}-"):
                     store.fs.delete_file(f.path)
+        _delete_digests(store, seglib.listing(store, study), name)
         try:
             store.fs.delete_file(seglib.manifest_path(store, study, name))
         except FileNotFoundError:
@@ -301,6 +316,30 @@ def _merge_table(store: Store, study: str, table: str, sources: dict[str, pafs.F
     return out, stamps
 
 
+def _write_digests(store: Store, study: str, table: str, segment: str, parts: list[str]) -> dict:
+    """Each digest registered for `table` (sweeper.digests), computed over the segment's new parts
+    and written beside its manifest; returns the manifest's entries. A digest that fails is left
+    out with a warning: readers then stream those rows, as they do for trials not compacted."""
+    entries = {}
+    for name, digest in digests.registered(table).items():
+        try:
+            dataset = ds.dataset(parts, format=ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
+                dictionary_columns=list(digest.categorical))), filesystem=store.fs)
+            columns = [c for c in digest.columns if c in dataset.schema.names]
+            outputs = digest.compute(dataset.to_batches(columns=columns, batch_readahead=1, fragment_readahead=1))
+            files = {}
+            for output, rows in outputs.items():
+                files[output] = digests.file_name(segment, table, name, output)
+                store.write_table(store.path(study, seglib.FOLDER, files[output]), rows)
+        except Exception as e:  # noqa: BLE001 - a digest saves later reads; the merge stands without it
+            why = f"{type(e).__name__}: {e}"
+            warnings.warn(f"{study}: digest {name} of {table} not written ({why}); readers stream those rows instead")
+            entries[name] = {"key": digest.key, "failed": why}  # noted, so that the next compaction does not retry
+            continue
+        entries[name] = {"key": digest.key, "files": files}
+    return entries
+
+
 def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[str], None] = lambda s: None) -> Compacted:
     """Merge the study's committed per-trial files when some table holds at least `min_files`."""
     started = time.perf_counter()
@@ -324,7 +363,10 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
     for table in tables[1:]:
         sources[table] = {t: i for t, i in own[table].items() if t in st.done}
     again = any(segs.has(t, tid) for t, files in sources.items() for tid in files)  # rerun since merged
-    rewrite = bool(segs.names) and (again or segs.doubled() or len(segs.names) >= MAX_SEGMENTS)
+    # a segment without a digest registered now (written before it existed, or by an older version)
+    # is rewritten once, with it: an old store gains the fast reads on its next `sweeper compact`
+    stale = any(segs.undigested(t, name, d.key) for t in tables for name, d in digests.registered(t).items())
+    rewrite = bool(segs.names) and (again or segs.doubled() or len(segs.names) >= MAX_SEGMENTS or stale)
     if not rewrite and max((len(s) for s in sources.values()), default=0) < max(min_files, 1):
         _drop_replaced(store, study, segs, tables)
         result.files_after = _study_files(store, study, tables)
@@ -362,6 +404,11 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
             if where != final_path:
                 os.replace(where, final_path)
     _fault("visible")
+    for writer in writers:
+        written = _write_digests(store, study, writer.table, segment, [final for _, final in writer.written])
+        if written:
+            manifest["tables"][writer.table]["digests"] = written
+    _fault("digested")
     store.write_bytes(seglib.manifest_path(store, study, segment), json.dumps(manifest).encode())  # the commit
     result.segment = segment
     _fault("committed")

@@ -6,6 +6,8 @@ Layout (beside the per-trial files, so that a glob over `<table>/*.parquet` read
     <store>/<study>/<table>/compacted-<segment>-<part>.parquet  many trials' rows, sorted by trial_id
     <store>/<study>/_compacted/<segment>.json                   the manifest: the commit point
     <store>/<study>/_compacted/<segment>.pending                who is writing it (until it is done)
+    <store>/<study>/_compacted/<segment>.<table>.<digest>.<output>.parquet
+                                                               per-trial summaries (sweeper.digests)
 
 A *segment* is what one compaction wrote: per table, one or more *parts* (a part holds at most
 PART_ROWS rows, in row groups of ROW_GROUP_ROWS with min/max statistics, each trial's rows
@@ -64,6 +66,8 @@ class Segments:
     stamps: dict[str, dict[str, str]] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)  # live segment names, oldest first
     replaced: list[str] = field(default_factory=list)  # committed, but rewritten into a newer one
+    # (table, segment) -> digest name -> {"key": ..., "files": {output: path}} (sweeper.digests)
+    digests: dict[tuple[str, str], dict[str, dict]] = field(default_factory=dict)
 
     def doubled(self) -> bool:
         """Whether some trial is in two live parts of a table (two compactions ran at once)."""
@@ -74,6 +78,18 @@ class Segments:
 
     def has(self, table: str, trial_id: str) -> bool:
         return trial_id in self.holder.get(table, {})
+
+    def digest(self, table: str, segment: str, name: str, key: str) -> dict[str, str] | None:
+        """The files (output -> path) of the segment's digest `name` of `table`, if it was computed
+        with `key` (sweeper.digests)."""
+        entry = self.digests.get((table, segment), {}).get(name)
+        return entry["files"] or None if entry is not None and entry.get("key") == key else None
+
+    def undigested(self, table: str, name: str, key: str) -> bool:
+        """Whether a live segment of `table` has no digest `name` computed with `key` (nor a note
+        that computing it failed: a failure is not tried again and again)."""
+        return any(self.digests.get((table, p.segment), {}).get(name, {}).get("key") != key
+                   for p in self.parts.get(table, []))
 
     def plan(self, table: str, own: set[str], wanted: set[str] | None = None) -> list[tuple[Part, set[str] | None]]:
         """The parts a reader of `table` opens, each with the trial ids to take from it (None: all
@@ -141,6 +157,10 @@ def read_segments(store, study: str) -> Segments:
                 for tid in part.trials:
                     segs.holder.setdefault(table, {})[tid] = part  # newest segment last: it wins
             segs.stamps.setdefault(table, {}).update(entry.get("stamps", {}))
+            digests = {d: {"key": v["key"], "files": {o: store.path(study, FOLDER, f) for o, f in v.get("files", {}).items()}}
+                       for d, v in entry.get("digests", {}).items()}
+            if digests:
+                segs.digests[(table, name)] = digests
     return segs
 
 

@@ -401,6 +401,23 @@ class Store:
                                                                 trials_schema, wanted, batch_rows)),
                                      self.url(study, table))
 
+    def reduce_digested(self, study: str, table: str, name: str, digest, fold, trials=None,
+                        batch_rows: int = 1 << 20) -> tuple[Any, dict[str, pa.Table]]:
+        """The digest `name` (a sweeper.digests.Digest) of every committed trial of `table`: the
+        compacted trials' from the digest their segment stored, the others' by `fold(batches)` over
+        their rows (`digest.columns`, as `reduce` gives them). Returns (`fold`'s result over the
+        rows not digested, output -> the stored digests' rows of the other trials); one listing
+        serves both, so that each trial is in exactly one of the two."""
+        wanted = None if trials is None else set(trials)
+
+        def run():
+            scans, given = storeread.plan_reads(self, study, table, list(digest.columns), list(digest.categorical),
+                                                None, trials_schema, wanted, (name, digest.key))
+            stored = storeread.read_digests(self, given)
+            return fold(b for scan in scans or () for b in scan.batches(batch_rows)), stored
+
+        return storeread.again(run, self.url(study, table))
+
     def read_all(self, study: str) -> dict[str, pd.DataFrame]:
         return {t: self.read(study, t) for t in self.tables(study)}
 

@@ -238,10 +238,46 @@ class _Scan:
             raise _Vanished(", ".join(self.paths[:2])) from None
 
 
+def read_digests(store, given: list[tuple[dict[str, str], set[str] | None]]) -> dict[str, pa.Table]:
+    """Output -> the rows of the trials `plan_reads` took from stored digests, every segment's."""
+    parts: dict[str, list[pa.Table]] = {}
+    for files, ids in given:
+        for output, path in files.items():
+            parts.setdefault(output, []).append(_scan(store, [path], None, None, _ids_filter(ids)))
+    return {output: pa.concat_tables(tables, promote_options="permissive") for output, tables in parts.items()}
+
+
+def _digested(segs, table: str, plan: list, done: set[str], digest: tuple[str, str]) -> tuple[list, list]:
+    """`plan` less the parts whose segment holds `digest` (name, key); and for each such segment,
+    its digest files and the committed trial ids to take from them (None: all the segment holds)."""
+    rest, taken = [], {}
+    for part, ids in plan:
+        files = segs.digest(table, part.segment, *digest)
+        if files is None:
+            rest.append((part, ids))
+            continue
+        entry = taken.setdefault(part.segment, (files, set()))
+        entry[1].update((part.trials if ids is None else ids) & done)
+    given = []
+    for segment, (files, ids) in taken.items():
+        held = set().union(*(p.trials for p in segs.parts[table] if p.segment == segment))
+        given.append((files, None if ids == held else ids))
+    return rest, given
+
+
 def plan_scans(store, study: str, table: str, columns, categorical, filters, trials_schema,
                wanted: set[str] | None = None) -> list[_Scan] | None:
     """The scans that read each committed trial's rows of `table` once (see `read`); None when
     nothing is there."""
+    return plan_reads(store, study, table, columns, categorical, filters, trials_schema, wanted)[0]
+
+
+def plan_reads(store, study: str, table: str, columns, categorical, filters, trials_schema,
+         wanted: set[str] | None = None, digest: tuple[str, str] | None = None
+         ) -> tuple[list[_Scan] | None, list[tuple[dict[str, str], set[str] | None]]]:
+    """`plan_scans`, and with `digest` (name, key), the trials whose segment holds that digest
+    (sweeper.digests) left out of the scans and given apart: (its files, the trial ids to take
+    from them, None for all of the segment's)."""
     expr = row_filter(filters)
     own = store.files(study, table)
     listed = {storecheck.stem(p) for p in own}
@@ -256,6 +292,9 @@ def plan_scans(store, study: str, table: str, columns, categorical, filters, tri
         st = trial_status(store, study, trials_schema)  # lists again, then reads the manifests
         segs = st.segments
     plan = segs.plan(table, listed, wanted)
+    given = []
+    if digest is not None and not trials and expr is None:  # a digested segment's trials: not scanned
+        plan, given = _digested(segs, table, plan, st.done, digest)
     part_metas = {}
     for part, _ in plan:
         with _open(store, part.path) as f:
@@ -292,7 +331,7 @@ def plan_scans(store, study: str, table: str, columns, categorical, filters, tri
         elif ids:
             partial.append((part.path, ids))
     if not whole and not filtered and not partial:
-        return None
+        return None, given
     used = whole + filtered + [p for p, _ in partial]
     schema = pa.unify_schemas([schemas[p] for p in used], promote_options="permissive")
     if columns is not None:
@@ -308,4 +347,4 @@ def plan_scans(store, study: str, table: str, columns, categorical, filters, tri
         scans.append(_Scan(store, [path], schema, columns, _and(expr, _ids_filter(ids)), fmt))
     for p in filtered:  # rare: a file holding rows of other trials, or its own row twice
         scans.append(_Scan(store, [p], schema, columns, expr, fmt, owner=storecheck.stem(p), key=key, first=trials))
-    return scans
+    return scans, given

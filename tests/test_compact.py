@@ -50,7 +50,20 @@ def assert_same(a, b):
 
 
 def files(root, kind="*"):
-    return sorted(p.relative_to(root).as_posix() for p in Path(root).rglob(kind) if p.is_file())
+    """The files under `root`, less the segments' digests in `_compacted` below it (checked by
+    `segments_left`): the tables' files."""
+    return sorted(p.relative_to(root).as_posix() for p in Path(root).rglob(kind)
+                  if p.is_file() and FOLDER not in p.relative_to(root).parts[:-1])
+
+
+def segments_left(root) -> list[str]:
+    """The segments whose manifest is in the study's `_compacted` folder, after checking that
+    nothing else is there but their digests (sweeper.digests): no pending file, no leftovers."""
+    names = files(root / STUDY / FOLDER)
+    live = [n[: -len(".json")] for n in names if n.endswith(".json")]
+    for n in names:
+        assert n.endswith(".json") or (n.endswith(".parquet") and n.split(".", 1)[0] in live), names
+    return live
 
 
 def test_compaction_reads_the_same_with_few_files_sorted_with_statistics(tmp_path):
@@ -65,7 +78,9 @@ def test_compaction_reads_the_same_with_few_files_sorted_with_statistics(tmp_pat
     left = files(root / STUDY, "*.parquet")
     assert len(left) == 2 and all(Path(p).name.startswith(PREFIX) for p in left)
     assert not [p for p in files(root) if Path(p).name.startswith(".")]  # nothing aside left
-    assert [p for p in files(root / STUDY / FOLDER)] and all(p.endswith(".json") for p in files(root / STUDY / FOLDER))
+    assert segments_left(root) == [result.segment]
+    assert sorted(files(root / STUDY / FOLDER)) == sorted(f"{result.segment}.{x}" for x in (
+        "json", "bn.first-pass.summary.parquet", "bn.first-pass.layers.parquet"))  # the figures' digest of bn
     part = pq.ParquetFile(next((root / STUDY / "bn").glob("*.parquet")))
     ids = part.read(columns=["trial_id"]).column(0).to_pylist()
     assert ids == sorted(ids)  # sorted by trial id, each trial's rows together
@@ -144,7 +159,7 @@ def test_a_trial_rerun_after_compaction_wins_and_the_next_compaction_keeps_it_on
         assert t["trial_id"].is_unique and len(t) == 10 and t.loc[t["trial_id"] == tid, "test_acc"].item() == 0.99
         assert len(pd.read_parquet(root / STUDY / "bn")) == len(old) or _ == 0  # a glob: once, after compaction
         compact_study(store, STUDY)
-    assert len(files(root / STUDY / FOLDER)) == 1  # the replaced segment is gone
+    assert len(segments_left(root)) == 1  # the replaced segment is gone, its digests too
 
 
 def test_readers_during_compaction_see_every_trial_exactly_once(tmp_path):
@@ -192,12 +207,15 @@ def test_two_compactions_at_once_both_commit_and_the_next_rewrites_them_into_one
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert_same(want, snapshot(store))
+    # both merged the same trials (doubled), or the second only what the first had not deleted yet
+    segs = store.segments(STUDY)
     compact_study(store, STUDY)
     assert_same(want, snapshot(store))
-    assert len(files(root / STUDY / FOLDER)) == 1 and len(files(root / STUDY, "*.parquet")) == 2
+    left = 1 if segs.doubled() else len(segs.names)
+    assert len(segments_left(root)) == left and len(files(root / STUDY, "*.parquet")) == 2 * left
 
 
-@pytest.mark.parametrize("point", ["written", "visible", "committed", "deleting"])
+@pytest.mark.parametrize("point", ["written", "visible", "digested", "committed", "deleting"])
 def test_sigkill_at_each_step_leaves_a_store_that_reads_correctly_and_the_next_run_finishes(tmp_path, point):
     root = tmp_path / "store"
     make(root, trials=16)
@@ -213,7 +231,7 @@ def test_sigkill_at_each_step_leaves_a_store_that_reads_correctly_and_the_next_r
     assert r.returncode == 0, r.stderr
     assert_same(want, snapshot(store))
     assert len(files(root / STUDY, "*.parquet")) == 2  # finished: one part a table, no leftovers
-    assert [p for p in files(root / STUDY / FOLDER)] == [p for p in files(root / STUDY / FOLDER) if p.endswith(".json")]
+    assert len(segments_left(root)) == 1
     assert not [p for p in files(root) if Path(p).name.startswith(".") and "compacted" in p]
     assert len(pd.read_parquet(root / STUDY / "bn")) == 16 * ROWS
 

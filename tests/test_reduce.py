@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeper.analysis import reduce
+from sweeper.analysis import digest, reduce
 from sweeper.analysis.cohort import Restricted
 from sweeper.analysis.draw import LazyTables
 from sweeper.analysis.frankle import gamma, layers
@@ -20,6 +20,7 @@ from sweeper.store import Store
 STUDY = "bench-figures"
 MODEL = "resnet-8"
 TRIALS = 10
+ROWS = 336  # resnet-8's BN channels: `bn` rows a trial
 
 
 def rerun_one(store: Store) -> str:
@@ -69,7 +70,7 @@ def test_streamed_summaries_equal_pandas_on_the_whole_table(stores, state):
     bn = store.read(STUDY, "bn")
     assert bn["trial_id"].nunique() == TRIALS
     tables = streamed(store)
-    summary = reduce.trial_summary(tables, SPARSITY_THRESHOLDS)
+    summary = digest.trial_summary(tables, SPARSITY_THRESHOLDS)
     by = bn.groupby("trial_id")
     pd.testing.assert_series_equal(summary["n"], by.size().astype(np.int64), check_names=False)
     for v in ("gamma", "beta"):
@@ -82,7 +83,7 @@ def test_streamed_summaries_equal_pandas_on_the_whole_table(stores, state):
     pd.testing.assert_frame_equal(got, expected.astype(got.dtypes.to_dict()))
     # γ by layer: the streamed sums against the groupby on the whole table
     want = layers.gamma_layers(bn).sort_values(["trial_id", "layer_index"]).reset_index(drop=True)
-    have = reduce.gamma_layers(tables)
+    have = digest.gamma_layers(tables)
     assert list(have["trial_id"]) == list(want["trial_id"]) and list(have["layer_index"]) == list(want["layer_index"])
     for c in ("mean_abs_gamma", "small_share", "channels"):
         np.testing.assert_allclose(have[c].to_numpy(float), want[c].to_numpy(float), rtol=1e-12, err_msg=c)
@@ -98,7 +99,7 @@ def test_streamed_percentiles_and_histograms_equal_numpy(stores, state):
     store = stores[state]
     bn = store.read(STUDY, "bn")
     tables = streamed(store, batch_rows=777)
-    summary = reduce.trial_summary(tables, SPARSITY_THRESHOLDS)
+    summary = digest.trial_summary(tables, SPARSITY_THRESHOLDS)
     ids = pd.Index(summary.index)
     groups = [np.ones(len(ids), bool), ids.isin(ids[::3]), np.zeros(len(ids), bool)]
     counts = [int(summary.loc[g, "gamma_count"].sum()) for g in groups]
@@ -121,10 +122,10 @@ def test_a_cohort_streams_only_its_trials(stores):
     store = stores["rerun"]
     bn = store.read(STUDY, "bn")
     keep = frozenset(sorted(bn["trial_id"].unique())[:4])
-    summary = reduce.trial_summary(Restricted(streamed(store), keep), SPARSITY_THRESHOLDS)
+    summary = digest.trial_summary(Restricted(streamed(store), keep), SPARSITY_THRESHOLDS)
     assert set(summary.index) == keep
     assert summary["n"].sum() == bn["trial_id"].isin(keep).sum()
-    plain = reduce.trial_summary({"bn": bn}, SPARSITY_THRESHOLDS)  # a dict of frames: the same numbers
+    plain = digest.trial_summary({"bn": bn}, SPARSITY_THRESHOLDS)  # a dict of frames: the same numbers
     pd.testing.assert_frame_equal(plain.loc[sorted(keep)], summary.loc[sorted(keep)])
 
 
@@ -143,7 +144,7 @@ def test_gamma_layers_of_rows_out_of_trial_order_equal_pandas():
                                        "block": layer % 2, "role": "main", "gamma": g}))
     order = [0, 5, 1, 9, 2, 6, 3, 10, 4, 7, 8, 11]  # trials interleaved, and "a" before "b" ends
     bn = pd.concat([parts[i] for i in order], ignore_index=True)
-    have = reduce.gamma_layers({"bn": bn})
+    have = digest.gamma_layers({"bn": bn})
     want = layers.gamma_layers(bn).sort_values(["trial_id", "layer_index"]).reset_index(drop=True)
     assert list(have["trial_id"]) == list(want["trial_id"]) and list(have["layer_index"]) == list(want["layer_index"])
     for c in ("mean_abs_gamma", "small_share", "channels"):
@@ -171,13 +172,29 @@ class CountingTables(LazyTables):
         self.passes[name] = self.passes.get(name, 0) + 1
         return super().reduce(name, cols, fn, categorical, trials)
 
+    def digested(self, name, digest_name, digest, fn, trials=None):
+        """A pass that takes what digests hold from them: counted apart, with the rows it streams."""
+        key = f"{name} digest"
+        self.passes[key] = self.passes.get(key, 0) + 1
 
-def test_every_bn_figure_together_reads_bn_three_times(stores, tmp_path):
-    """Figs. 4 and 5, β and γ by layer share their passes over `bn` (issue 19: six before)."""
+        def counting(batches):
+            for batch in batches:
+                self.passes[f"{key} rows streamed"] = self.passes.get(f"{key} rows streamed", 0) + batch.num_rows
+                yield batch
+
+        return super().digested(name, digest_name, digest, lambda batches: fn(counting(batches)), trials)
+
+
+@pytest.mark.parametrize("state", ["files", "compacted"])
+def test_every_bn_figure_together_reads_bn_three_times(stores, tmp_path, state):
+    """Figs. 4 and 5, β and γ by layer share their passes over `bn` (issue 19: six before); on a
+    compacted store the first comes from the digest compaction stored (sweeper.analysis.digest),
+    which streams only what it lacks (here nothing)."""
     from sweeper.analysis.frankle import FIGURES
 
-    tables = CountingTables(stores["compacted"], STUDY)
+    tables = CountingTables(stores[state], STUDY)
     for name in ("gamma_distribution", "beta_distribution", "gamma_sparsity", "gamma_sparsity_vs_bn_params",
                  "gamma_by_layer"):
         assert FIGURES[name](tables, tmp_path), name
-    assert tables.passes == {"bn": 3}
+    streamed = {} if state == "compacted" else {"bn digest rows streamed": TRIALS * ROWS}
+    assert tables.passes == {"bn digest": 1, "bn": 2, **streamed}

@@ -240,6 +240,14 @@ class Restricted(Mapping):
         return fn(iter(pa.Table.from_pandas(table[[c for c in cols if c in table]], preserve_index=False)
                        .to_batches(1 << 20)))
 
+    def digested(self, name: str, digest_name: str, digest, fn, trials=None):
+        """The cohort's part of LazyTables.digested (None where the tables cannot)."""
+        ids = self.ids if trials is None else self.ids & frozenset(trials)
+        inner = getattr(self.tables, "digested", None)
+        if inner is None:
+            return None
+        return inner(name, digest_name, digest, lambda batches: fn(_kept_batches(batches, ids)), trials=ids)
+
     def __contains__(self, name) -> bool:
         return name in self.tables
 

@@ -10,7 +10,7 @@ import pandas as pd
 from sweeper.analysis import figures
 from sweeper.analysis.cohort import Plan, restricted, study_cohort
 from sweeper.analysis.join import among
-from sweeper.analysis.spool import Spools
+from sweeper.analysis.spool import COLUMNS, Spools
 from sweeper.analysis.style import deferred_writes
 from sweeper.store import Store
 
@@ -75,8 +75,33 @@ class LazyTables(Mapping):
         if self.store.local or name != "bn" or "trial_id" not in categorical:
             return self.store.reduce(self.study, name, list(cols), fn, categorical=list(categorical), trials=trials,
                                      batch_rows=self.batch_rows)
-        return self.store.reduce(self.study, name, list(cols), lambda batches: fn(self._spools.tee(key, cols, batches)),
+        # the read takes every column the later passes want (a first pass that a digest answered
+        # left this one first), and the fold sees its own
+        wide = list(dict.fromkeys([*cols, *COLUMNS])) if key not in self._spools.done else list(cols)
+        return self.store.reduce(self.study, name, wide,
+                                 lambda batches: fn(_only(self._spools.tee(key, wide, batches), list(cols))),
                                  categorical=list(categorical), trials=trials, batch_rows=self.batch_rows)
+
+    def digested(self, name: str, digest_name: str, digest, fn, trials=None):
+        """(`fn(batches)` over the rows of the trials no stored digest covers, output -> the stored
+        digests' rows of the others): Store.reduce_digested. None for a table already read whole
+        (the caller folds it from memory)."""
+        if name not in self.names:
+            raise KeyError(name)
+        if name in self._cache:
+            return None
+        if self.store.local or name != "bn" or "trial_id" not in digest.categorical:
+            return self.store.reduce_digested(self.study, name, digest_name, digest, fn, trials=trials,
+                                              batch_rows=self.batch_rows)
+        # on an object store, what this pass streams is spooled for the later passes (as in `reduce`),
+        # kept only if it is every trial's rows: none came from a digest
+        key = (name, None if trials is None else frozenset(trials))
+        found = self.store.reduce_digested(self.study, name, digest_name, digest,
+                                           lambda batches: fn(self._spools.tee(key, list(digest.columns), batches)),
+                                           trials=trials, batch_rows=self.batch_rows)
+        if found[1]:
+            self._spools.discard(key)
+        return found
 
     def close(self) -> None:
         """Delete what the reads spooled to local disk (also done when the object is collected)."""
@@ -87,6 +112,12 @@ class LazyTables(Mapping):
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def _only(batches, cols: list[str]):
+    """The batches with only those of `cols` they have, in that order."""
+    for batch in batches:
+        yield batch.select([c for c in cols if c in batch.schema.names])
 
 
 @dataclass

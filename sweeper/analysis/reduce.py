@@ -12,7 +12,9 @@ bins are exact order statistics, kept as the smallest and largest values of each
 Each summary is a `Fold` (fed batch by batch), and `scan` runs several over one read of the table:
 the γ figures read `bn` three times, not once per summary (six before): the per-trial `Summary` with
 `Layers` (γ by layer), then the `Percentiles` of γ and β, then their `Histograms` over the bins those
-place (sweeper.analysis.frankle.distributions).
+place (sweeper.analysis.frankle.distributions). The first pass (sweeper.analysis.digest.first_pass)
+is what `sweeper compact` stores per trial: on a compacted store only the trials not compacted are
+streamed.
 """
 from __future__ import annotations
 
@@ -141,16 +143,18 @@ def scan(tables, name: str, folds: list[Fold]) -> list:
     cols = [c for f in folds for c in f.columns]
     categorical = list(dict.fromkeys(c for f in folds for c in f.categorical))
 
-    def run(batches: Iterator[pa.RecordBatch]) -> list:
-        for f in folds:
-            f.start()
-        for batch in batches:
-            view = View(batch)  # the columns the folds share, converted once
-            for f in folds:
-                f.feed(view)
-        return [f.result() for f in folds]
+    return fold(tables, name, cols, lambda batches: run(folds, batches), categorical)
 
-    return fold(tables, name, cols, run, categorical)
+
+def run(folds: list[Fold], batches: Iterator[pa.RecordBatch]) -> list:
+    """Every fold's result over `batches` (each converted once for all of them)."""
+    for f in folds:
+        f.start()
+    for batch in batches:
+        view = View(batch)
+        for f in folds:
+            f.feed(view)
+    return [f.result() for f in folds]
 
 
 # -- per trial: rows, moved, below thresholds --------------------------------------------------------
@@ -194,18 +198,6 @@ class Summary(Fold):
         for key, a in self.acc.items():
             frame[key] = _grow(a, len(ids))[:len(ids)].astype(np.int64)
         return frame[frame["n"] > 0].sort_index() if "n" in frame else frame  # ids of a dictionary, no rows: out
-
-
-def first_pass(tables, thresholds: Iterable[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The per-trial summary at `thresholds` and γ by layer, from one pass over `bn` (cached per
-    tables object: every γ figure starts from these)."""
-    thresholds = [float(t) for t in thresholds]
-    return cached(tables, f"first:{thresholds}", lambda: tuple(scan(tables, "bn", [Summary(thresholds), Layers()])))
-
-
-def trial_summary(tables, thresholds: Iterable[float]) -> pd.DataFrame:
-    """`Summary` of the `bn` table (see there), from the pass that also gives `gamma_layers`."""
-    return first_pass(tables, thresholds)[0]
 
 
 def cached(tables, key: str, compute):
@@ -425,9 +417,3 @@ class Layers(Fold):
             order = np.argsort(place, kind="stable")
             frame = {c: (v.take(order) if isinstance(v, pd.Categorical) else v[order]) for c, v in frame.items()}
         return pd.DataFrame(frame)
-
-
-def gamma_layers(tables, thresholds: Iterable[float] = ()) -> pd.DataFrame:
-    """`Layers` of the `bn` table (see there), from the pass that also gives `trial_summary` at
-    `thresholds`: name the thresholds the summary is wanted at and one pass serves both."""
-    return first_pass(tables, thresholds)[1]

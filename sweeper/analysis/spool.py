@@ -4,8 +4,10 @@ an object store reads them.
 Why: the γ figures pass over `bn` three times (sweeper.analysis.reduce). On local disk a pass is a
 few seconds of decoding; on an object store every pass fetches the column chunks again over the
 network: at 10,000 trials that was 4.1 GB for the figures, bound by bytes, not requests (issue 19).
-The first pass reads every column the later ones do (`COLUMNS`), so it also writes them to an Arrow
-stream file in a temporary folder, and the later passes read that. The figures then also all come
+The first pass that fetches `bn` reads every column the later ones do (`COLUMNS`: the first pass
+proper, or on a compacted store, whose first pass comes from digests (sweeper.analysis.digest), the
+percentiles' pass, widened to them), so it also writes them to an Arrow stream file in a temporary
+folder, and the later passes read that. The figures then also all come
 from one snapshot of the store, even when trials are committed between passes.
 
 The file is uncompressed Arrow (28 bytes a row: 2.3 GB at 10,000 ResNet-218 trials) in the system's
@@ -68,6 +70,12 @@ class Spools:
                 self.done[key] = spool
             elif not whole:
                 spool.drop()
+
+    def discard(self, key: tuple) -> None:
+        """Forget (and delete) the spool of `key`: it turned out to hold only some of the trials."""
+        spool = self.done.pop(key, None)
+        if spool is not None:
+            spool.drop()
 
     def close(self) -> None:
         self.done.clear()

@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from sweeper.analysis.digest import SPARSITY_THRESHOLDS  # noqa: F401 - the figures' thresholds, stored by compaction
 from sweeper.analysis.join import among
 from sweeper.analysis.style import done, mean_std, plt
 from sweeper.experiments.train.spec import TrainSpec  # a dataclass only: importing it loads no torch
@@ -40,7 +41,6 @@ SUBSET_LABELS = {
 SERIES_STYLE = {"deeper": "-", "wider": "--"}
 SERIES_MARKER = {"deeper": "o", "wider": "s"}
 CLASSES = {"cifar100": 100}  # chance level = 1 / classes; every other dataset here has 10
-SPARSITY_THRESHOLDS = (0.01, 0.05, 0.1, 0.2)
 
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSpec))
 #: fields the figures draw (or that are not settings); every other varying spec field splits files

@@ -15,11 +15,12 @@ import pandas as pd
 
 from sweeper.analysis.frankle.common import SPARSITY_THRESHOLDS, ordered_subsets, settings, train_trials
 from sweeper.analysis.join import among
-from sweeper.analysis.reduce import Histograms, Percentiles, cached, scan, trial_summary
+from sweeper.analysis.digest import trial_summary
+from sweeper.analysis.reduce import Histograms, Percentiles, cached, scan
 
 
 def bn_summary(tables, trials: pd.DataFrame, need=("n",)) -> pd.DataFrame:
-    """The per-trial summary of the `bn` table (sweeper.analysis.reduce.trial_summary), of the
+    """The per-trial summary of the `bn` table (sweeper.analysis.digest.trial_summary), of the
     given trials that have rows there; empty when there are none or the table lacks a column."""
     if trials.empty or "bn" not in tables:
         return pd.DataFrame()

@@ -22,7 +22,7 @@ from sweeper.analysis.frankle.common import (
 )
 from sweeper.analysis.frankle.distributions import binned
 from sweeper.analysis.join import with_trials
-from sweeper.analysis.reduce import gamma_layers as streamed_layers
+from sweeper.analysis.digest import gamma_layers as streamed_layers
 from sweeper.analysis.reduce import weighted_hist
 from sweeper.analysis.style import plt, save, save_csv
 
@@ -70,7 +70,7 @@ def beta_distribution(tables, out: Path) -> list[Path]:
 # -- γ layer by layer ----------------------------------------------------------------------------
 def gamma_layers(bn: pd.DataFrame) -> pd.DataFrame:
     """Per trial and BN layer: the mean |γ| over its channels, and the share with |γ| < 0.05, from
-    `bn` rows in memory (the figure streams the same numbers: sweeper.analysis.reduce.gamma_layers)."""
+    `bn` rows in memory (the figure streams the same numbers: sweeper.analysis.digest.gamma_layers)."""
     g = bn.assign(abs_gamma=bn["gamma"].abs(), small=bn["gamma"].abs() < 0.05)
     # grouped by (trial, layer index) alone: a layer's name, stage, block and role follow from its
     # index, so they are taken from its first row instead of hashed as keys (8 million rows of
@@ -90,7 +90,7 @@ def gamma_by_layer(tables, out: Path) -> list[Path]:
     trials = train_trials(tables)
     if trials.empty or "bn" not in tables:
         return []
-    layers = streamed_layers(tables, SPARSITY_THRESHOLDS)  # in the pass of the γ summary (analysis.reduce)
+    layers = streamed_layers(tables, SPARSITY_THRESHOLDS)  # in the pass of the γ summary (analysis.digest)
     if layers.empty:
         return []
     layers = with_trials(layers, trials, ["trainable", "model", "seed"])  # text as categoricals: 2M rows at 10k trials
