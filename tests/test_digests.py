@@ -150,15 +150,22 @@ def test_figures_from_a_digested_store_equal_those_before_compaction(tmp_path):
     assert draw(tmp_path / "after") == before and before
 
 
-def test_a_digest_of_another_version_or_thresholds_is_not_used(tmp_path, monkeypatch):
-    root = tmp_path / "store"
+def compacted_then_edited(root: Path, edit) -> Store:
+    """8 trials compacted, then the segment's `bn` manifest entry changed by `edit(entry)`."""
     generate_store(root, trials=8, model=MODEL, workers=2)
     store = Store(root)
-    segment = compact_study(store, STUDY).segment
-    manifest = root / STUDY / FOLDER / f"{segment}.json"
+    manifest = root / STUDY / FOLDER / f"{compact_study(store, STUDY).segment}.json"
     doc = json.loads(manifest.read_text())
-    doc["tables"]["bn"]["digests"][digest.NAME]["key"] = "0:[0.5]"  # written by another version
+    edit(doc["tables"]["bn"])
     manifest.write_text(json.dumps(doc))
+    return store
+
+
+def test_a_digest_of_another_version_or_thresholds_is_not_used(tmp_path):
+    def older(entry):  # written by another version
+        entry["digests"][digest.NAME]["key"] = "0:[0.5]"
+
+    store = compacted_then_edited(tmp_path / "store", older)
     calls = counted(store)
     tables = LazyTables(store, STUDY)
     assert_same(first_pass(tables), streamed(LazyTables(store, STUDY)))
@@ -197,13 +204,7 @@ def test_a_store_compacted_before_digests_gains_them_on_its_next_compaction(tmp_
     from sweeper.cli import main
 
     root = tmp_path / "store"
-    generate_store(root, trials=8, model=MODEL, workers=2)
-    store = Store(root)
-    segment = compact_study(store, STUDY).segment
-    manifest = root / STUDY / FOLDER / f"{segment}.json"
-    doc = json.loads(manifest.read_text())
-    del doc["tables"]["bn"]["digests"]  # as an earlier version wrote it
-    manifest.write_text(json.dumps(doc))
+    store = compacted_then_edited(root, lambda entry: entry.pop("digests"))  # as an earlier version wrote it
     for f in (root / STUDY / FOLDER).glob("*.parquet"):
         f.unlink()
     want = streamed(LazyTables(store, STUDY))
