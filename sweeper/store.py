@@ -410,10 +410,16 @@ class Store:
         serves both, so that each trial is in exactly one of the two."""
         wanted = None if trials is None else set(trials)
 
+        def plan(use):
+            return storeread.plan_reads(self, study, table, list(digest.columns), list(digest.categorical), None,
+                                        trials_schema, wanted, (name, digest.key) if use else None)
+
         def run():
-            scans, given = storeread.plan_reads(self, study, table, list(digest.columns), list(digest.categorical),
-                                                None, trials_schema, wanted, (name, digest.key))
-            stored = storeread.read_digests(self, given)
+            scans, given = plan(True)
+            try:
+                stored = storeread.read_digests(self, given)
+            except _Vanished:  # a digest file gone (deleted by hand, or its segment rewritten
+                scans, stored = plan(False)[0], {}  # since the listing): every row streamed instead
             return fold(b for scan in scans or () for b in scan.batches(batch_rows)), stored
 
         return storeread.again(run, self.url(study, table))

@@ -4,6 +4,7 @@ streaming every row, whatever mix of compacted, rerun and new trials the store h
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -241,3 +242,19 @@ def test_figures_on_an_object_store_read_the_digest_and_fetch_bn_once(s3_server,
         assert calls["reduce"] == (["bn"] if where == "s3" else ["bn", "bn"])
         tables.close()
     assert drawn["s3"] == drawn["local"] and drawn["s3"]
+
+
+def test_a_digest_file_gone_is_streamed_instead_at_once(tmp_path):
+    """Deleted by hand: the figures stream those trials' rows (no retrying as for a file a compaction
+    deletes, which a new listing finds elsewhere)."""
+    root = tmp_path / "store"
+    generate_store(root, trials=8, model=MODEL, workers=2)
+    store = Store(root)
+    want = streamed(LazyTables(store, STUDY))
+    compact_study(store, STUDY)
+    for f in (root / STUDY / FOLDER).glob("*.layers.parquet"):
+        f.unlink()
+    calls = counted(store)
+    started = time.monotonic()
+    assert_same(first_pass(LazyTables(store, STUDY)), want)
+    assert time.monotonic() - started < 10 and calls["digested"] == ["bn"]
