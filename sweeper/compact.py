@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from sweeper import digests, procs
 from sweeper import segments as seglib
-from sweeper import storecheck
+from sweeper import storecheck, storeread
 from sweeper.errors import SweeperError
 from sweeper.store import TRIALS, Store
 
@@ -323,8 +323,7 @@ def _write_digests(store: Store, study: str, table: str, segment: str, parts: li
     entries = {}
     for name, digest in digests.registered(table).items():
         try:
-            dataset = ds.dataset(parts, format=ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
-                dictionary_columns=list(digest.categorical))), filesystem=store.fs)
+            dataset = ds.dataset(parts, format=storeread.parquet_format(store, digest.categorical), filesystem=store.fs)
             columns = [c for c in digest.columns if c in dataset.schema.names]
             outputs = digest.compute(dataset.to_batches(columns=columns, batch_readahead=1, fragment_readahead=1))
             files = {}

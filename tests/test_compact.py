@@ -308,3 +308,27 @@ def test_store_bench_reports_both_states_side_by_side():
         {**flat, "date": "d", "environment": {"cpu": "c", "cores": 2, "torch": "t", "ray": "r", "python": "p"},
          "load_average_start": [], "threads_per_trial": 1, "bench_seconds": 1,
          "goals": {k: "" for k in run_bench.__globals__["GOALS"]}, "met": {}})
+
+
+def test_an_object_store_fetches_nearby_columns_of_a_row_group_in_one_request(monkeypatch):
+    """Reading `trial_id` and γ, β (eight columns apart) of a compacted part on S3 costs as many
+    requests as reading `trial_id` alone: one ranged GET per row group (storeread.NETWORK), not
+    one per column chunk. Counted on the bench's S3 server, which counts what it answers."""
+    from sweeper import segments
+    from sweeper.bench.store import _CountingS3
+
+    monkeypatch.setattr(segments, "ROW_GROUP_ROWS", 2 * ROWS)  # row groups of two trials: 8 of them
+    s3 = _CountingS3()
+    try:
+        uri = s3.bucket("rowgroups")
+        make(uri, trials=16)
+        compact_study(Store(uri), STUDY)
+        counts = {}
+        for cols in (["trial_id"], ["trial_id", "gamma", "beta"]):
+            before = s3.total()
+            frame = load(uri, STUDY, "bn", columns=cols, categorical=["trial_id"])
+            assert len(frame) == 16 * ROWS
+            counts[len(cols)] = s3.total() - before
+    finally:
+        s3.stop()
+    assert counts[3] == counts[1], counts
