@@ -133,7 +133,7 @@ def collect_garbage(store: Store, study: str, tables: list[str]) -> int:
     return removed
 
 
-def _delete_digests(store: Store, infos: list[pafs.FileInfo], segment: str) -> int:
+def _delete_digests(store: Store, infos: list[pafs.FileInfo], segment: str) -> None:
     """Delete a segment's digest files (sweeper.digests) among `infos` (its `_compacted` folder)."""
     doomed = [i.path for i in infos if i.base_name.startswith(f"{segment}.") and i.base_name.endswith(".parquet")]
     for path in doomed:
@@ -141,7 +141,6 @@ def _delete_digests(store: Store, infos: list[pafs.FileInfo], segment: str) -> i
             store.fs.delete_file(path)
         except FileNotFoundError:
             pass
-    return len(doomed)
 
 
 def _drop_replaced(store: Store, study: str, segs: seglib.Segments, tables: list[str]) -> None:

@@ -30,8 +30,9 @@ VERSION = 1
 THRESHOLDS = [float(t) for t in SPARSITY_THRESHOLDS]
 
 
-def _folds() -> list[reduce.Fold]:
-    return [reduce.Summary(THRESHOLDS), reduce.Layers()]
+def _folds(thresholds: list[float] = THRESHOLDS) -> list[reduce.Fold]:
+    """The first pass: per-trial counts below `thresholds`, and γ by layer."""
+    return [reduce.Summary(thresholds), reduce.Layers()]
 
 
 def _compute(batches: Iterator[pa.RecordBatch]) -> dict[str, pa.Table]:
@@ -53,8 +54,8 @@ def first_pass(tables, thresholds: Iterable[float]) -> tuple[pd.DataFrame, pd.Da
     pass over it, or from the stored digests and a pass over the trials they lack; cached per
     tables object: every γ figure starts from these."""
     thresholds = [float(t) for t in thresholds]
-    return reduce.cached(tables, f"first:{thresholds}", lambda: _stored(tables, thresholds) or tuple(
-        reduce.scan(tables, "bn", [reduce.Summary(thresholds), reduce.Layers()])))
+    return reduce.cached(tables, f"first:{thresholds}",
+                         lambda: _stored(tables, thresholds) or tuple(reduce.scan(tables, "bn", _folds(thresholds))))
 
 
 def trial_summary(tables, thresholds: Iterable[float]) -> pd.DataFrame:
