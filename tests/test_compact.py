@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweeper import load
-from sweeper.bench.figures import generate_store
+from sweeper.bench.figures import generate_store, rerun_trial
 from sweeper.cli import main
 from sweeper.compact import compact_study, maybe_compact
 from sweeper.segments import FOLDER, PREFIX
@@ -138,20 +138,9 @@ def test_a_trial_rerun_after_compaction_wins_and_the_next_compaction_keeps_it_on
     compact_study(store, STUDY)
     old = store.read(STUDY, "bn")
     tid = sorted(old["trial_id"].unique())[0]
+    assert store.trial_row(STUDY, tid) is None  # its own trials file is gone: the row is in the compacted part
     # rerun that trial with other results: a fresh own file beside the compacted part
-    bn = old[old["trial_id"] == tid].drop(columns=["trial_id"]).assign(gamma=7.0)
-    from sweeper.experiments.train.spec import TrainSpec
-
-    row = store.trial_row(STUDY, tid)
-    assert row is None  # its own trials file is gone: the row is in the compacted part
-    trials = store.read(STUDY, "trials")
-    row = trials[trials["trial_id"] == tid].iloc[0].to_dict()
-    spec = next(TrainSpec.from_values({"model": MODEL, "trainable": t, "seed": s})
-                for t in ("bn", "all", "bn+output", "output", "random") for s in range(2)
-                if TrainSpec.from_values({"model": MODEL, "trainable": t, "seed": s}).trial_id == tid)
-    row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()
-           if k not in ("schema_version", "tables")}
-    store.commit_trial(STUDY, spec, {**row, "test_acc": 0.99}, {"bn": bn})
+    rerun_trial(store, tid, 7.0, test_acc=0.99)
     for _ in range(2):  # before and after the next compaction (which rewrites the segment)
         now = store.read(STUDY, "bn")
         assert len(now) == len(old) and now.loc[now["trial_id"] == tid, "gamma"].eq(7.0).all()

@@ -16,7 +16,7 @@ from sweeper.analysis.cohort import Restricted
 from sweeper.analysis.draw import LazyTables
 from sweeper.analysis.frankle import FIGURES
 from sweeper.analysis.frankle.common import SPARSITY_THRESHOLDS
-from sweeper.bench.figures import generate_store
+from sweeper.bench.figures import generate_store, rerun_trial
 from sweeper.compact import compact_study
 from sweeper.segments import FOLDER
 from sweeper.store import Store
@@ -60,22 +60,6 @@ def assert_same(a, b):
     assert len(a[0]) and len(a[1])
 
 
-def rerun(store: Store, tid: str, gamma: float) -> None:
-    """Commit trial `tid` again with every γ set to `gamma`: its own file beside the compacted part."""
-    from sweeper.experiments.train.spec import TrainSpec
-
-    bn = store.read(STUDY, "bn")
-    bn = bn[bn["trial_id"] == tid].drop(columns=["trial_id"]).assign(gamma=gamma)
-    trials = store.read(STUDY, "trials")
-    row = trials[trials["trial_id"] == tid].iloc[0].to_dict()
-    values = {"model": MODEL, "trainable": row["trainable"], "seed": int(row["seed"])}
-    spec = TrainSpec.from_values(values)
-    assert spec.trial_id == tid
-    row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()
-           if k not in ("schema_version", "tables")}
-    store.commit_trial(STUDY, spec, row, {"bn": bn})
-
-
 def add_trials(root: Path, total: int, tmp: Path) -> list[str]:
     """Trials beyond those `root` holds, up to `total`, committed as own files (a run since the
     compaction): generated aside, their files copied in. Returns their ids."""
@@ -105,7 +89,7 @@ def test_compaction_stores_the_first_pass_and_drawing_reads_it_with_the_same_num
 
     # a rerun (its own file wins over the part) and new trials: streamed, the others from the digest
     tid = sorted(want[0].index)[0]
-    rerun(store, tid, 7.0)
+    rerun_trial(store, tid, 7.0)
     new = add_trials(root, 16, tmp_path / "more")
     assert len(new) == 4
     tables = LazyTables(store, STUDY)
@@ -126,7 +110,7 @@ def test_a_cohort_takes_its_trials_from_the_digest_and_the_stream(tmp_path):
     store = Store(root)
     compact_study(store, STUDY)
     old = sorted(store.read(STUDY, "trials")["trial_id"])
-    rerun(store, old[1], 0.01)
+    rerun_trial(store, old[1], 0.01)
     new = add_trials(root, 14, tmp_path / "more")
     keep = frozenset(old[:3] + new[:2])  # compacted, one rerun since, and new
     have = first_pass(Restricted(LazyTables(store, STUDY), keep))
@@ -229,7 +213,7 @@ def test_figures_on_an_object_store_read_the_digest_and_fetch_bn_once(s3_server,
         generate_store(root, trials=10, model=MODEL, workers=2)
         compact_study(Store(root), STUDY)
         store = Store(root)
-        rerun(store, sorted(store.read(STUDY, "trials")["trial_id"])[2], 0.03)
+        rerun_trial(store, sorted(store.read(STUDY, "trials")["trial_id"])[2], 0.03)
     drawn = {}
     for where, root in (("s3", uri), ("local", local)):
         tables = LazyTables(Store(root), STUDY)

@@ -12,9 +12,8 @@ from sweeper.analysis.cohort import Restricted
 from sweeper.analysis.draw import LazyTables
 from sweeper.analysis.frankle import gamma, layers
 from sweeper.analysis.frankle.common import SPARSITY_THRESHOLDS
-from sweeper.bench.figures import generate_store
+from sweeper.bench.figures import generate_store, rerun_trial
 from sweeper.compact import compact_study
-from sweeper.experiments.train.spec import TrainSpec
 from sweeper.store import Store
 
 STUDY = "bench-figures"
@@ -26,19 +25,10 @@ ROWS = 336  # resnet-8's BN channels: `bn` rows a trial
 def rerun_one(store: Store) -> str:
     """Commit one trial again with other γ (some NaN): its own file then overrides its rows in
     the compacted part."""
-    old = store.read(STUDY, "bn")
-    tid = sorted(old["trial_id"].unique())[0]
-    rows = old[old["trial_id"] == tid].drop(columns=["trial_id"])
-    new_gamma = np.linspace(-0.3, 2.0, len(rows))
+    tid = sorted(store.read(STUDY, "trials")["trial_id"])[0]
+    new_gamma = np.linspace(-0.3, 2.0, ROWS)
     new_gamma[::7] = np.nan
-    trials = store.read(STUDY, "trials")
-    row = trials[trials["trial_id"] == tid].iloc[0].to_dict()
-    spec = next(TrainSpec.from_values({"model": MODEL, "trainable": t, "seed": s})
-                for t in ("bn", "all", "bn+output", "output", "random") for s in range(2)
-                if TrainSpec.from_values({"model": MODEL, "trainable": t, "seed": s}).trial_id == tid)
-    row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()
-           if k not in ("schema_version", "tables")}
-    store.commit_trial(STUDY, spec, row, {"bn": rows.assign(gamma=new_gamma)})
+    rerun_trial(store, tid, new_gamma)
     return tid
 
 

@@ -83,6 +83,25 @@ def generate_store(root: str | os.PathLike, trials: int = 1000, model: str = "re
             "write_s": round(time.perf_counter() - t0, 2)}
 
 
+
+def rerun_trial(store, tid: str, gamma, study: str = "bench-figures", **results) -> None:
+    """Commit trial `tid` of a generated store again, its γ set to `gamma` (a number or one value
+    per row) and its trials row updated with `results`: the store a rerun leaves, the trial's own
+    file beside whatever part held it before."""
+    import pandas as pd
+
+    from sweeper.experiments.train.spec import TrainSpec
+
+    bn = store.read(study, "bn")
+    bn = bn[bn["trial_id"] == tid].drop(columns=["trial_id"]).assign(gamma=gamma)
+    trials = store.read(study, "trials")
+    row = trials[trials["trial_id"] == tid].iloc[0].to_dict()
+    spec = TrainSpec.from_values({"model": row["model"], "trainable": row["trainable"], "seed": int(row["seed"])})
+    assert spec.trial_id == tid, "not a trial of generate_store's"
+    row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()
+           if k not in ("schema_version", "tables")}
+    store.commit_trial(study, spec, {**row, **results}, {"bn": bn})
+
 _MEASURED = """
 import json, sys, time
 t0 = time.perf_counter()
