@@ -141,17 +141,15 @@ def cmd_run(args) -> int:
     )
     for tid, error in list(summary.failed.items())[:10]:
         print(f"  failed {tid}: {error.splitlines()[0] if error else ''}")
-    from sweeper.analysis.cohort import Plan, record_plan
     from sweeper.compact import maybe_compact
 
     maybe_compact(store, study.name, say=print)  # a table of many small files: merged before figures read it
-    plan = Plan.of(study)
-    record_plan(store, plan)  # figures and status drawn later without the study file use it
-    if not args.no_figures:
+    if not args.no_figures:  # the run recorded the study's plan (orchestration.resources.begin) as it began
+        from sweeper.analysis.cohort import Plan
         from sweeper.analysis.draw import draw_study
 
         # An object store's figures are drawn into a local folder (named below) and copied to it.
-        drawn = draw_study(store, study.name, names=study.figures or None, plan=plan)
+        drawn = draw_study(store, study.name, names=study.figures or None, plan=Plan.of(study))
         for key, files in drawn.written.items():
             print(f"  figure {key}: {files[0]}")
         _say_where(drawn)

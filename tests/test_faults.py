@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from sweeper.analysis.cohort import recorded_plan
+from sweeper.store import Store
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
@@ -53,6 +56,10 @@ def test_sigkill_driver_then_rerun_runs_only_missing(tmp_path):
     kill_group(proc)
     first = committed(store)
     assert 1 <= len(first) < 5, "the kill should land mid-sweep"
+    # The run recorded its plan as it began: figures drawn before the rerun restrict to this plan's
+    # trials, not to what an earlier (or no) run of the study recorded.
+    plan = recorded_plan(Store(store), "faults")
+    assert plan is not None and len(plan.ids) == 5 and plan.values["epochs"] == ["4"]
 
     r = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", str(study), "--store", str(store), "--no-figures"],
                        capture_output=True, text=True, env=ENV, timeout=600)

@@ -167,15 +167,27 @@ def trial_resources(study: Study, cpus_per_trial, gpus_per_trial) -> tuple[float
     return cpus, gpus
 
 
-def await_then_mark(store: Store, name: str, cpus: float, gpus: float, address: str | None,
-                    wait_s: float | None, demand: int, say: Callable[[str], None]) -> None:
-    """Wait for a node that holds one trial, then make the store's first write (its version
-    file): a sweep that gives up waiting leaves the store as it found it."""
+def await_then_begin(store: Store, study: Study, cpus: float, gpus: float, address: str | None,
+                     wait_s: float | None, demand: int, say: Callable[[str], None]) -> None:
+    """Wait for a node that holds one trial, then make the store's first writes: its version file,
+    and the plan this run means (see `begin`). A sweep that gives up waiting leaves the store as it
+    found it."""
     if wait_s is None:
         wait_s = 0.0 if is_local(address) else REMOTE_WAIT_S
     await_resources(cpus, gpus, wait_s=wait_s, local=is_local(address), demand=demand,
-                    say=lambda line: say(f"{name}: {line}"))
+                    say=lambda line: say(f"{study.name}: {line}"))
     store.write_marker()
+    begin(store, study)
+
+
+def begin(store: Store, study: Study) -> None:
+    """Record the study's plan as the store's current one (figures and status drawn later without
+    the study file restrict to it). At the start, not the end: a run stopped part way (killed, a
+    time limit) has still changed what the study means, and figures drawn before the rerun finishes
+    it should show the new plan's trials, not the previous run's."""
+    from sweeper.analysis.cohort import Plan, record_plan
+
+    record_plan(store, Plan.of(study))
 
 
 def cluster_cpus(default: float) -> float:

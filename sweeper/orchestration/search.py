@@ -16,7 +16,7 @@ from typing import Any
 from sweeper.orchestration.checkpoints import checkpoint_config, keep_newest_checkpoint
 from sweeper.orchestration.connect import connect
 from sweeper.orchestration.progress import RunSummary, progress_callback
-from sweeper.orchestration.resources import await_then_mark, trial_resources
+from sweeper.orchestration.resources import await_then_begin, trial_resources
 from sweeper.orchestration.optuna_study import search_key, told_trials, trial_count, trial_id_of
 from sweeper.orchestration.trackers import tracker_callbacks
 from sweeper.orchestration.trainable import trial_config, tune_trial
@@ -56,7 +56,7 @@ def run_search(study: Study, store: Store, base, *, address=None, data_root=None
     started_ray = connect(address)
     try:
         # a searcher proposes one trial at a time: Tune keeps one pending, so shall the wait
-        await_then_mark(store, study.name, cpus, gpus, address, wait_for_resources, 1, say)
+        await_then_begin(store, study, cpus, gpus, address, wait_for_resources, 1, say)
         name, seed, storage = f"{study.name}-{search_key(search, base)}", search.seed, None
         if found is not None:
             storage = found.storage()

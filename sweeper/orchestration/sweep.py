@@ -9,7 +9,7 @@ from typing import Any, Callable
 from sweeper.orchestration.checkpoints import checkpoint_config, keep_newest_checkpoint
 from sweeper.orchestration.connect import connect
 from sweeper.orchestration.progress import RunSummary, progress_callback, spec_label
-from sweeper.orchestration.resources import await_then_mark, trial_resources
+from sweeper.orchestration.resources import await_then_begin, begin, trial_resources
 from sweeper.orchestration.search import run_search
 from sweeper.orchestration.trackers import tracker_callbacks
 from sweeper.orchestration.trainable import trial_config, tune_trial
@@ -57,6 +57,7 @@ def run_study(
     if summary.skipped:
         say(f"{study.name}: {summary.skipped} of {len(specs)} trials already in the store; skipped")
     if not todo:
+        begin(store, study)  # nothing left to run: the plan is still the one the user now means
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -66,7 +67,7 @@ def run_study(
     cpus, gpus = trial_resources(study, cpus_per_trial, gpus_per_trial)
     started_ray = connect(address)
     try:
-        await_then_mark(store, study.name, cpus, gpus, address, wait_for_resources, len(todo), say)
+        await_then_begin(store, study, cpus, gpus, address, wait_for_resources, len(todo), say)
         say(f"{study.name}: running {len(todo)} trials ({cpus:g} CPU, {gpus:g} GPU each) -> {store.uri}")
         by_label = {s.trial_id: spec_label(s) for s in todo}
         common = trial_config(study, store, data_root, cpus, gpus, checkpoint_seconds)
