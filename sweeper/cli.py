@@ -204,7 +204,7 @@ def cmd_figures(args) -> int:
     store.check_reachable()  # an object store: one line within seconds when it cannot be read
     if not store.studies():
         raise SweeperError("no study results here", args.store)
-    plans = _plans(args.studies)
+    plans = _plans(args)
     # study files name the studies to draw (their current plans only), unless --study names others
     studies = args.study or list(plans) or None
     drawn = draw_store(store, Path(args.out) if args.out else None, studies, plans=plans)
@@ -217,14 +217,19 @@ def cmd_figures(args) -> int:
     return 0
 
 
-def _plans(paths: list[str]) -> dict:
-    """Study name -> the current plan of each study file given (sweeper.analysis.cohort)."""
+def _plans(args) -> dict:
+    """Study name -> the current plan of each study file given (sweeper.analysis.cohort), at the
+    scale and with the overrides the command names: the same study `sweeper run` was given."""
     from sweeper.analysis.cohort import Plan
     from sweeper.study import load_study
 
+    scale = scale_of(args)
+    if not args.studies and (scale != "full" or args.overrides or args.name):
+        raise SweeperError("--quick, --scale, --set and --name apply to study files; name one "
+                           "(e.g. studies/depth_vs_width.py), or pick a stored study with --study", "studies")
     plans = {}
-    for path in paths:
-        study = load_study(path)
+    for path in args.studies:
+        study = load_study(path, scale=scale, overrides=args.overrides, name=args.name)
         plans[study.name] = Plan.of(study)
     return plans
 
@@ -237,7 +242,7 @@ def cmd_status(args) -> int:
     store.check_reachable()
     from sweeper.analysis.cohort import plan_counts, recorded_plan
 
-    planned = _plans(args.studies)
+    planned = _plans(args)
     rows, files, left_out = [], [], []
     for name in sorted(set(store.studies()) | set(planned)):
         st = store.trial_status(name)
@@ -319,6 +324,14 @@ def add_overrides(p) -> None:
     from sweeper.overrides import add_options
 
     add_options(p)
+
+
+def add_study_file_options(p) -> None:
+    """For commands that read a store given study files (figures, status): the flags that made the
+    run's study out of its file, so that `--scale cpu` (or `--set`, `--name`) names the same plan."""
+    p.add_argument("--quick", action="store_true", help="the study files' quick variants")
+    add_scale_option(p)
+    add_overrides(p)
 
 
 def add_scale_option(p) -> None:
@@ -425,6 +438,7 @@ def build_parser() -> Parser:
     figures.add_argument("--out", default=None, help="folder (default: <store>/<study>/figures; for an "
                          "s3:// or gs:// store ./figures/<bucket>/<prefix>/<study>, copied to the store)")
     figures.add_argument("--study", action="append", help="only this study (repeatable)")
+    add_study_file_options(figures)
     figures.set_defaults(fn=cmd_figures)
 
     status = sub.add_parser("status", help="per study: trials done, failed, missing; the last run")
@@ -432,6 +446,7 @@ def build_parser() -> Parser:
     status.add_argument("studies", nargs="*", help="study files: count their current plans' trials (done, "
                         "failed, missing) and say what else the store holds")
     status.add_argument("--json", action="store_true")
+    add_study_file_options(status)
     status.set_defaults(fn=cmd_status)
 
     for module in COMMAND_MODULES:  # commands that live in their own modules

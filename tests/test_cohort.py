@@ -129,3 +129,23 @@ def test_a_combination_no_longer_planned_is_named_as_such():
     assert cohort.ids == frozenset({"a", "b"})
     assert cohort.left_out == ["left out 1 trial not in the current plan (each of its values is in the study "
                                "file, but not this combination)"]
+
+
+def test_study_files_take_the_scale_and_overrides_the_run_was_given(edited, tmp_path, capsys):
+    store, files, ids = edited
+    # --set: the lr 0.1 file, overridden as `sweeper run --set recipe.lr=0.05` ran it, is the old plan
+    assert main(["figures", str(store.root), str(files["0.1"]), "--set", "recipe.lr=0.05",
+                 "--out", str(tmp_path / "set")]) == 0
+    assert "figures of edited: left out 2 trials with lr=0.1 (the study file now says 0.05)" in capsys.readouterr().out
+    assert set(pd.read_csv(tmp_path / "set" / "edited" / "gamma_sparsity.csv")["trial_id"]) == ids["0.05"]
+    # --scale cpu: the study file's cpu variant, stored as `<name>-cpu`, is the plan counted
+    scaled = tmp_path / "scaled.py"
+    scaled.write_text(files["0.1"].read_text().replace("resources=", 'cpu={"recipe": {"epochs": 2}}, resources='))
+    assert main(["status", str(store.root), str(scaled), "--scale", "cpu", "--json"]) == 0
+    rows = {r["study"]: r for r in json.loads(capsys.readouterr().out)["studies"]}
+    assert (rows["edited-cpu"]["done"], rows["edited-cpu"]["missing"], rows["edited-cpu"]["plan"]) == (0, 2, "study file")
+    assert rows["edited"]["plan"] is None  # the full-scale study's trials: no file given for it, none recorded
+    # the flags without a study file: one line, exit 2
+    assert main(["figures", str(store.root), "--scale", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--quick, --scale, --set and --name apply to study files" in err and len(err.strip().splitlines()) == 1
