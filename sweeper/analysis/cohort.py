@@ -9,7 +9,8 @@ said so in one line per kind: "left out 6 trials with lr=0.05 (the study file no
 
 The plan comes from the study file when one is given; otherwise from the last `sweeper run` (or
 nightly), which records it as `<store>/<study>/_plan.json` as it begins (ids, the values each field
-takes, the searched fields): a run stopped part way has still changed what the study means. A store with neither draws every trial, as before.
+takes, the searched fields): a run stopped part way has still changed what the study means. A store
+with neither draws every trial, as before.
 
 `restricted(tables, ids)` is the view of a study's tables that figures draw from: every table cut
 to the plan's trials, so no figure module needs to know about plans.

@@ -83,7 +83,6 @@ def generate_store(root: str | os.PathLike, trials: int = 1000, model: str = "re
             "write_s": round(time.perf_counter() - t0, 2)}
 
 
-
 def rerun_trial(store, tid: str, gamma, study: str = "bench-figures", **results) -> None:
     """Commit trial `tid` of a generated store again, its γ set to `gamma` (a number or one value
     per row) and its trials row updated with `results`: the store a rerun leaves, the trial's own
@@ -101,6 +100,7 @@ def rerun_trial(store, tid: str, gamma, study: str = "bench-figures", **results)
     row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()
            if k not in ("schema_version", "tables")}
     store.commit_trial(study, spec, {**row, **results}, {"bn": bn})
+
 
 _MEASURED = """
 import json, sys, time
