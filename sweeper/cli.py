@@ -204,7 +204,9 @@ def cmd_figures(args) -> int:
     store.check_reachable()  # an object store: one line within seconds when it cannot be read
     if not store.studies():
         raise SweeperError("no study results here", args.store)
-    plans = _plans(args)
+    from sweeper.studyfiles import plans_of
+
+    plans = plans_of(args, scale_of(args))
     # study files name the studies to draw (their current plans only), unless --study names others
     studies = args.study or list(plans) or None
     drawn = draw_store(store, Path(args.out) if args.out else None, studies, plans=plans)
@@ -217,23 +219,6 @@ def cmd_figures(args) -> int:
     return 0
 
 
-def _plans(args) -> dict:
-    """Study name -> the current plan of each study file given (sweeper.analysis.cohort), at the
-    scale and with the overrides the command names: the same study `sweeper run` was given."""
-    from sweeper.analysis.cohort import Plan
-    from sweeper.study import load_study
-
-    scale = scale_of(args)
-    if not args.studies and (scale != "full" or args.overrides or args.name):
-        raise SweeperError("--quick, --scale, --set and --name apply to study files; name one "
-                           "(e.g. studies/depth_vs_width.py), or pick a stored study with --study", "studies")
-    plans = {}
-    for path in args.studies:
-        study = load_study(path, scale=scale, overrides=args.overrides, name=args.name)
-        plans[study.name] = Plan.of(study)
-    return plans
-
-
 # -- status --------------------------------------------------------------------------------------
 def cmd_status(args) -> int:
     from sweeper.store import Store
@@ -241,8 +226,9 @@ def cmd_status(args) -> int:
     store = Store(args.store)
     store.check_reachable()
     from sweeper.analysis.cohort import plan_counts, recorded_plan
+    from sweeper.studyfiles import plans_of
 
-    planned = _plans(args)
+    planned = plans_of(args, scale_of(args))
     rows, files, left_out = [], [], []
     for name in sorted(set(store.studies()) | set(planned)):
         st = store.trial_status(name)
@@ -327,8 +313,7 @@ def add_overrides(p) -> None:
 
 
 def add_study_file_options(p) -> None:
-    """For commands that read a store given study files (figures, status): the flags that made the
-    run's study out of its file, so that `--scale cpu` (or `--set`, `--name`) names the same plan."""
+    """figures, status: the flags that made the run's study of its file (sweeper.studyfiles)."""
     p.add_argument("--quick", action="store_true", help="the study files' quick variants")
     add_scale_option(p)
     add_overrides(p)
