@@ -13,7 +13,7 @@ from sweeper.experiments.train import subsets
 from sweeper.analysis import figures, norms as norm_figures
 from sweeper.errors import SweeperError
 from sweeper.nn.init import initialise
-from sweeper.nn.norms import Affine, is_norm
+from sweeper.nn.norms import Affine, GroupNorm, is_norm
 from sweeper.experiments.train.model import build_model, count, count_groups
 from sweeper.store import Store
 from sweeper.study import load_study
@@ -154,6 +154,29 @@ def test_affine_is_a_per_channel_map():
     expected = x * torch.tensor([1.0, 2.0, -1.0]).view(1, 3, 1, 1) + torch.tensor([0.0, 1.0, 0.5]).view(1, 3, 1, 1)
     assert torch.allclose(layer(x), expected)
     assert torch.allclose(layer(x[:, :, 0, 0]), expected[:, :, 0, 0])
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])  # layer, group, instance at 8 channels
+def test_group_norm_on_channels_last_matches_torchs_and_keeps_the_layout(groups):
+    """sweeper's GroupNorm runs on NCHW memory on the CPU (torch's channels_last CPU kernel is several
+    times slower); it must compute torch's function, gradients included, and hand back channels_last."""
+    torch.manual_seed(0)
+    ours = GroupNorm(groups, 8)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.normal_()
+    theirs = torch.nn.GroupNorm(groups, 8)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    assert ya.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(ya, yb, atol=1e-5)
+    (ya * torch.arange(ya.numel()).view_as(ya)).sum().backward()
+    (yb * torch.arange(yb.numel()).view_as(yb)).sum().backward()
+    for a, b in [(xa.grad, xb.grad), (ours.weight.grad, theirs.weight.grad), (ours.bias.grad, theirs.bias.grad)]:
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
+    assert type(ours).__name__ == "GroupNorm" and isinstance(ours, torch.nn.GroupNorm)  # stored names unchanged
 
 
 # -- the study file ------------------------------------------------------------------------------
