@@ -23,8 +23,9 @@ independent check that already showed ResNet-32 above WRN-14-2 (10,000 class-bal
 images, the full test set, 20 epochs, batch 128, lr 0.1 dropped at 50% and 75%, crop + flip), in
 bf16, at base width 8, with three deeper/wider pairs at matched BN parameter counts (table below,
 pinned by tests/test_scale.py), trained three ways: BN-only, output-only and the equal-count random
-baseline, 3 seeds; 63 trials, about 3 hours with the cpu variants of sparsity.py and norm_types.py
-on 2 cores (`sweeper plan --scale cpu` for this machine's estimate):
+baseline, 3 seeds; 63 trials. Sized by FLOPs for about 3 hours with the cpu variants of sparsity.py
+and norm_types.py on 2 cores, it alone took 7.0 trial-hours (3.5 hours two at a time) on a 2-core
+machine (docs/laptop_scale.md; `sweeper plan --scale cpu --time-steps` times this machine's steps):
 
     sweeper run studies/depth_vs_width.py --scale cpu --data-root ../shared/data/cifar10
 

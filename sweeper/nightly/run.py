@@ -78,14 +78,15 @@ def _run_study(study, path: str, store: Store, current: str, *, address, data_ro
 
 def _draw(study, store: Store, name: str, night: StudyNight) -> None:
     """Redraw the study's figures into the store and keep a copy of each PNG with the report."""
-    from sweeper.analysis.cohort import Plan, record_plan
+    from sweeper.analysis.cohort import Plan
     from sweeper.analysis.draw import draw_study
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = None if store.local else Path(tmp)
-            plan = Plan.of(study)  # the study file's current plan: trials of an earlier recipe stay out
-            record_plan(store, plan)
+            # the study file's current plan: trials of an earlier recipe stay out (run_study recorded
+            # it in the store as its sweep began; a night that could not start leaves the store as it was)
+            plan = Plan.of(study)
             drawn = draw_study(store, study.name, out=out, names=study.figures or None, plan=plan)
             for key, files in sorted(drawn.written.items()):
                 figure = key.split("/", 1)[1]
