@@ -4,26 +4,23 @@ GroupNorm (sweeper/nn/norms.py, which runs the same op on NCHW memory), side by 
     .venv/bin/python benchmarks/group_norm_layout.py [--repeats 15] [--depth 20] [--width 8]
 
 For each group-norm layer of the norm_types study (layer, group(groups=4), instance) it builds the
-trials' BN-only network of `norm_types --scale cpu` twice with the same weights, once with every
-norm module switched back to torch's class, and times (interleaved round robin, one thread, the
-median) the training step at batch 128 (`train_step` itself, bf16 autocast, channels_last) and the
-evaluation forward pass at batch 512. It also checks that both give the same logits. One JSON object.
+trials' BN-only network of `norm_types --scale cpu` twice with the same weights
+(`timing.trial_network`, as run_trial builds it), once with every norm module switched back to
+torch's class, and times (interleaved round robin, one thread, the median) the training step at
+batch 128 (`train_step` itself, bf16 autocast, channels_last) and the evaluation forward pass at
+batch 512. It also checks that both give the same logits. One JSON object.
 """
 import argparse
-import copy
 import json
 import time
 
 import torch
 from torch import nn
 
-from sweeper import seeds
 from sweeper.bench.common import time_interleaved, torch_threads
-from sweeper.experiments.train import subsets
-from sweeper.experiments.train.loop import autocast, build_optimizer, train_step
-from sweeper.experiments.train.model import build_model
+from sweeper.experiments.train.loop import autocast
 from sweeper.experiments.train.spec import TrainSpec
-from sweeper.nn.init import initialise
+from sweeper.experiments.train.timing import trial_network
 
 p = argparse.ArgumentParser()
 p.add_argument("--repeats", type=int, default=15)
@@ -41,26 +38,22 @@ out = {"depth": a.depth, "width": a.width, "repeats": a.repeats, "threads": 1, "
 
 
 def as_torch(model: nn.Module) -> nn.Module:
-    """The same network and weights with every group norm back to torch's own class."""
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
+    """The network with every group norm switched back to torch's own class (same weights)."""
+    for m in model.modules():
         if isinstance(m, nn.GroupNorm):
             m.__class__ = nn.GroupNorm
-    return twin
+    return model
 
 
 with torch_threads(1):
     for norm in ("layer", "group(groups=4)", "instance"):
         spec = TrainSpec(dataset="cifar10", family="resnet", depth=a.depth, width=a.width, norm=norm,
                          trainable="bn", precision="bf16", batch_size=128, seed=0).resolve()
-        ours = build_model(spec)
-        initialise(ours, spec.weight_init, spec.bn_init, seeds.init(0))
         steps, forwards = {}, {}
-        for name, model in {"torch": as_torch(ours), "sweeper": ours}.items():
-            selection = subsets.apply(model, spec.trainable, spec.random_k, spec.seed)
-            model = model.to(memory_format=torch.channels_last)
-            optimizer, masks = build_optimizer(model, spec, selection)
-            step = train_step(model, optimizer, masks, spec, cpu)
+        for name in ("torch", "sweeper"):
+            model, step = trial_network(spec, cpu)  # the same weights each time (the spec's seed)
+            if name == "torch":
+                as_torch(model)
             steps[name] = lambda s=step, m=model: (m.train(), s(x_train, y_train))
 
             def forward(m=model):

@@ -39,8 +39,8 @@ class GroupNorm(nn.GroupNorm):
     Why: trials keep feature maps channels_last (faster convolutions), and torch's CPU group-norm
     kernel is slow on channels_last input: 3-10x per layer at width 8, and a whole BN-only
     ResNet-20-8 step 5.4x slower with one channel per group (instance), 2.6x with four groups and
-    1.3x with one (layer), BENCHMARKS.md ("Group norms on the CPU"). Copying to NCHW and back costs far less. The numbers
-    are the same up to float rounding (the reduction order differs)."""
+    1.3x with one (layer), BENCHMARKS.md ("Group norms on the CPU"). Copying to NCHW and back costs
+    far less. The numbers are the same up to float rounding (the reduction order differs)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):

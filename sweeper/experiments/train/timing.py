@@ -46,20 +46,26 @@ def _median(fn, repeats: int = REPEATS) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def trial_network(spec: TrainSpec, device: torch.device):
+    """(model, training step) of `spec` as `run_trial` builds them: initialised from the spec's
+    seed (the same weights on every call), its subset trainable, channels_last when convolutional."""
+    model = build_model(spec)
+    initialise(model, spec.weight_init, spec.bn_init, seeds.init(spec.seed))
+    selection = subsets.apply(model, spec.trainable, spec.random_k, spec.seed)
+    if FAMILIES[spec.family].convolutional:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, masks = build_optimizer(model, spec, selection)
+    return model, train_step(model, optimizer, masks, spec, device)
+
+
 def step_seconds(spec: TrainSpec, threads: int = 1) -> tuple[float, float]:
     """(seconds of one training step at the trial's batch size, seconds of one evaluation forward
     pass at its test batch size) of `spec`'s network on this CPU with `threads` threads."""
     device = torch.device("cpu")
     shape, classes = DATASETS[spec.dataset].shape, DATASETS[spec.dataset].num_classes
+    convolutional = FAMILIES[spec.family].convolutional
     with torch_threads(threads):
-        model = build_model(spec)
-        initialise(model, spec.weight_init, spec.bn_init, seeds.init(spec.seed))
-        selection = subsets.apply(model, spec.trainable, spec.random_k, spec.seed)
-        convolutional = FAMILIES[spec.family].convolutional
-        if convolutional:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer, masks = build_optimizer(model, spec, selection)
-        step = train_step(model, optimizer, masks, spec, device)
+        model, step = trial_network(spec, device)
 
         def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             g = torch.Generator().manual_seed(0)
