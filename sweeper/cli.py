@@ -447,6 +447,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _missing_package(e: BaseException | None) -> str | None:
+    """The package whose absence raised `e`, also when a library caught it and raised its own
+    ImportError from it (Ray Tune's `ray.train` does so for pydantic); None for a module of ours."""
+    while e is not None:
+        if isinstance(e, ModuleNotFoundError) and e.name and e.name.split(".")[0] != "sweeper":
+            return e.name.split(".")[0]
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _stdout_closed() -> int:
     """The reader of our output went away (`sweeper status --json | head`): stop quietly, as a
     command killed by SIGPIPE does, and keep Python from complaining when it flushes at exit."""
@@ -484,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug of ours: still one line, the traceback behind --debug
         if debug:
             raise
+        missing = _missing_package(e)
+        if missing:  # not a bug of ours but an incomplete install (a hand-built image, say)
+            print(f"sweeper: error: the Python package {missing!r} is missing ({_one_line(e)[:300]}); install "
+                  "sweeper with its dependencies (pip install -e . in a checkout)", file=sys.stderr)
+            return 3
         print(f"sweeper: internal error: {type(e).__name__}: {_one_line(e)[:500]} (run with --debug for the "
               "traceback)", file=sys.stderr)
         return 3

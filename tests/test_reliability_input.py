@@ -14,6 +14,8 @@ import json
 import math
 import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -413,3 +415,18 @@ def test_a_search_cannot_sample_outside_a_fields_range(space):
     study = Study(name="s", dataset="digits", axes={"seed": [0]}, search=Search(space=space))
     with pytest.raises(SweeperError, match=f"search.space.{next(iter(space))}: samples outside the field's range"):
         study.specs()
+
+
+def test_a_missing_package_is_named_in_one_line_not_called_a_bug(tmp_path):
+    """An install that lacks one of Ray Tune's own needs (pydantic, which `ray.train` checks for and
+    reports through its own ImportError; seen on a hand-built GPU machine) is named in one line, exit
+    3, before anything is written; not reported as an internal error."""
+    study = write_study(tmp_path / "tiny.py")
+    hide = "import sys; sys.modules['pydantic'] = None\nfrom sweeper.cli import main\nsys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", hide, "run", str(study), "--store", str(tmp_path / "store")],
+                       capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip()
+    assert r.returncode == 3, err
+    assert len(err.splitlines()) == 1 and "package 'pydantic' is missing" in err, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
