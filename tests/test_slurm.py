@@ -271,8 +271,12 @@ def test_time_limit_kill_then_resubmission_runs_only_the_missing_trials(study, t
         time.sleep(0.2)
     assert trial_files(store), "no trial finished before the deadline"
     os.killpg(first.pid, signal.SIGTERM)  # the time limit: SLURM sends SIGTERM to every process of the job
+    killed = time.monotonic()
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 143, out
+    # ... and SIGKILL after KillWait (30 s by default): the job must have stopped Ray by then. (Ray's
+    # own SIGTERM drain took the whole 30 s here, its raylet having died of the same signal.)
+    assert time.monotonic() - killed < 30, out
     assert "signal received" in out
     assert_cleaned_up(ray_tmpdir, out)
     assert (tmp_path / "logs" / "101" / "ray-head-node001.log").exists()  # a log per node

@@ -23,6 +23,11 @@ export PATH=@BIN@:$PATH
 @SETUP@
 @AUTH@
 unset RAY_ADDRESS  # the driver joins this job's cluster, named below, and no other
+# On SIGTERM (scancel, the time limit, this script's cleanup) a Ray 2.60 node first drains for up
+# to 30 s, for Ray Serve's proxies; when its raylet got the same SIGTERM, the drain waits out all
+# 30 s. A sweep has nothing to drain (finished trials are in the store; a resubmission runs the
+# rest), and SLURM sends SIGKILL 30 s (KillWait) after its SIGTERM: stop at once instead.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
 
 STUDY=@STUDY@
 STORE=@STORE@
