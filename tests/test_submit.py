@@ -25,6 +25,9 @@ def test_submit_runs_the_sweep_as_a_job(tmp_path, ray_local):
     # ray_local on purpose: CI runs this beside the embedded cluster, which must not steal the agent
     # the head runs in the project's environment, as on a cluster set up by cluster.yaml
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    # Stopped below by SIGTERM to all its processes, a Ray 2.60 head would wait out a 30-s drain
+    # (its raylet dead of the same signal) that has nothing to drain: stop at once, as `sweeper slurm` does.
+    head_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     gcs, dash, agent = free_port(), free_port(), free_port()
     # The session's embedded cluster (ray_local) already holds the agent's default port 52365; a
     # second head on that port gets no job agent and refuses every job, so give it its own.
@@ -32,7 +35,7 @@ def test_submit_runs_the_sweep_as_a_job(tmp_path, ray_local):
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
          f"--dashboard-agent-listen-port={agent}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=head_env, start_new_session=True,
     )
     try:
         from ray.job_submission import JobSubmissionClient
