@@ -9,9 +9,10 @@ Rates:
 - CPU trials: this machine's measured matrix-multiply rate with the trial's threads, in the trial's
   precision (fp32 or bf16; measured only when some trial runs on CPUs).
 - GPU trials: a card's stated dense rate for the trial's precision (`GPUS`), times an efficiency
-  factor: the share of that rate a conv net's training step reaches. No GPU was at hand to measure
-  either, so both are stated assumptions, printed with every estimate and changeable (--gpu,
-  --efficiency).
+  factor: the share of that rate a conv net's training step reaches. Both are stated assumptions,
+  printed with every estimate and changeable (--gpu, --efficiency). The one GPU measurement, the
+  laptop-scale width-8 ResNets on an H200, reached 0.4% of the stated bf16 rate (kernel launches
+  bound them), so for networks narrower than NARROW the estimate says it is a floor.
 
 A cluster's wall time comes from a small simulation of the trials in the order Tune starts them,
 each worker holding as many at a time as its GPUs and CPUs allow, the trials on a worker sharing its
@@ -324,7 +325,7 @@ def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_fi
             + f" per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"] + (
             [f"  a floor for networks narrower than {NARROW} channels: width-8 ResNets took 3.5-7x this estimate "
              "on 2 CPU cores (memory-bound small convolutions; --time-steps times real steps instead)"]
-            if any(0 < (getattr(s, "width", 0) or 0) < NARROW for s in specs) else [])
+            if narrow(specs) else [])
     if time_steps:  # the trials ask for GPUs, and none is here to time them on
         raise SweeperError("times CPU trials on this machine; these trials ask for GPUs "
                            "(add --gpus-per-trial 0 to time them here as CPU trials)", "--time-steps")
@@ -376,4 +377,13 @@ def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_fi
         lines.append(f"  {precision} trials: {r['rate']}, {r['stated_flops_per_second'] / 1e12:.4g} TFLOP/s stated "
                      f"x {efficiency:g} efficiency (assumed; --efficiency) = {r['flops_per_second'] / 1e12:.3g} "
                      f"TFLOP/s per trial with a card to itself")
+    if narrow(specs):  # measured on an H200 (BENCHMARKS.md, "The GPU path on an H200")
+        lines.append(f"  a floor for networks narrower than {NARROW} channels: on an H200, the 63 width-8 ResNets of "
+                     "`depth_vs_width --scale cpu` (bf16, 16 trials sharing the card) took 312 s where this "
+                     "estimate says about 4 s: kernel launches, not arithmetic, bound them")
     return est, lines
+
+
+def narrow(specs) -> bool:
+    """Whether some trial's network is narrower than NARROW channels, where the FLOP rate is a floor."""
+    return any(0 < (getattr(s, "width", 0) or 0) < NARROW for s in specs)

@@ -316,6 +316,21 @@ def test_plan_says_its_cpu_estimate_is_a_floor_for_narrow_networks(tmp_path):
     assert "estimated cost of the remaining trials" in wide.stdout and floor not in wide.stdout
 
 
+def test_plan_says_its_gpu_estimate_is_a_floor_for_narrow_networks():
+    """On an H200 the laptop-scale width-8 ResNets took 312 s where the GPU estimate said 4 s
+    (BENCHMARKS.md): a GPU plan with networks narrower than 16 channels says so; one without does not."""
+    from sweeper.plan import describe
+    from sweeper.study import load_study
+
+    specs = load_study(REPO / "studies" / "depth_vs_width.py").variant("cpu").specs()  # base width 8
+    _, lines = describe(specs, 1, 0.0625, gpu="H100", workers=1)
+    floor = "  a floor for networks narrower than 16 channels: on an H200, the 63 width-8 ResNets"
+    assert any(line.startswith(floor) for line in lines), lines
+    wide = [s for s in load_study(REPO / "studies" / "depth_vs_width.py").specs() if s.width >= 16][:4]
+    _, lines = describe(wide, 4, 1, gpu="H100", workers=1)
+    assert lines and not any(line.startswith(floor[:40]) for line in lines), lines
+
+
 def test_plan_time_steps_times_each_network_once(monkeypatch):
     """`plan --time-steps`: CPU trials estimated from real training steps of each network (its
     step and evaluation pass, as run_trial builds them), timed once per network, not per trial."""
