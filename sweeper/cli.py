@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, missing_package
 
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
@@ -447,16 +447,6 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _missing_package(e: BaseException | None) -> str | None:
-    """The package whose absence raised `e`, also when a library caught it and raised its own
-    ImportError from it (Ray Tune's `ray.train` does so for pydantic); None for a module of ours."""
-    while e is not None:
-        if isinstance(e, ModuleNotFoundError) and e.name and e.name.split(".")[0] != "sweeper":
-            return e.name.split(".")[0]
-        e = e.__cause__ or e.__context__
-    return None
-
-
 def _stdout_closed() -> int:
     """The reader of our output went away (`sweeper status --json | head`): stop quietly, as a
     command killed by SIGPIPE does, and keep Python from complaining when it flushes at exit."""
@@ -494,8 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug of ours: still one line, the traceback behind --debug
         if debug:
             raise
-        missing = _missing_package(e)
-        if missing:  # not a bug of ours but an incomplete install (a hand-built image, say)
+        if missing := missing_package(e):  # not a bug of ours but an incomplete install (a hand-built image)
             print(f"sweeper: error: the Python package {missing!r} is missing ({_one_line(e)[:300]}); install "
                   "sweeper with its dependencies (pip install -e . in a checkout)", file=sys.stderr)
             return 3

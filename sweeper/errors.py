@@ -17,3 +17,13 @@ class SweeperError(Exception):
     def at(self, where: str) -> "SweeperError":
         """The same error, located under an outer context (a file, then a field)."""
         return SweeperError(self.message, f"{where}: {self.where}" if self.where else where)
+
+
+def missing_package(e: BaseException | None) -> str | None:
+    """The package whose absence raised `e`, also when a library caught it and raised its own
+    ImportError from it (Ray Tune's `ray.train` does so for pydantic); None for a module of ours."""
+    while e is not None:
+        if isinstance(e, ModuleNotFoundError) and e.name and e.name.split(".")[0] != "sweeper":
+            return e.name.split(".")[0]
+        e = e.__cause__ or e.__context__
+    return None

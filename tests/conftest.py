@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,14 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                      ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
     os.environ.setdefault(_key, _value)
+
+# Under pytest-xdist (`pytest -q` runs two workers: pyproject.toml's addopts) each worker keeps its
+# Ray clusters' sessions, sockets and `ray_current_cluster` (what `--address auto` reads) in a folder
+# of its own, so that one worker's `auto` never finds the other's cluster. Set before Ray is imported;
+# every subprocess a test starts (`sweeper`, `ray start`) inherits it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), f"sweeper-{os.environ['PYTEST_XDIST_WORKER']}"))
+    os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_ROOT = REPO.parent / "shared" / "data" / "cifar10"

@@ -139,7 +139,8 @@ def test_plan_reads_the_cluster_file_and_prints_its_assumptions(tmp_path):
         "  gpu: {min_workers: 0, max_workers: 5, resources: {CPU: 2, GPU: 1}, node_config: {InstanceType: g4dn.xlarge}}\n")
     r = sweeper("plan", study, "--cluster", "gpus.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()[-4:]
+    *lines, floor = r.stdout.splitlines()[-5:]
+    assert floor.startswith("  a floor for networks narrower than 16 channels")  # resnet-8-4
     # T4 has no bf16: estimated at its fp32 rate; 3 workers (the file's cap), 2 CPUs each -> 2 trials each
     alone = one_trial_flops(study) / (8.1e12 * 0.3)
     assert lines[0].startswith(f"estimated cost of the remaining trials: {4 * one_trial_flops(study):.3g} FLOPs: "
@@ -186,7 +187,7 @@ def test_plan_says_when_trials_do_not_fit_the_workers(tmp_path):
                                        "  w: {resources: {CPU: 2, GPU: 1}, node_config: {InstanceType: g5.xlarge}}\n")
     r = sweeper("plan", study, "--cluster", "gpu.yaml", "--cpus-per-trial", "4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+    lines = r.stdout.splitlines()[:-1]  # the last: a floor for narrow networks (resnet-8-4)
     assert lines[-4].endswith(" GPU-hours; no wall time: the trials do not fit on these workers")
     assert lines[-2] == ("  workers: 1, from gpu.yaml's worker type w (g5.xlarge); 1 GPU and 2 CPU each, too small: "
                          "each trial asks for 4 CPUs, but a worker has 2; `run` would wait forever")

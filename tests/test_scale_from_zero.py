@@ -22,7 +22,6 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CURRENT = Path("/tmp/ray/ray_current_cluster")
 
 HELPER = textwrap.dedent(r'''
     import json, signal, sys
@@ -31,7 +30,8 @@ HELPER = textwrap.dedent(r'''
 
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))  # unwind: shutdown below runs
     dashboard, agent = json.loads(sys.argv[1])
-    current = Path("/tmp/ray/ray_current_cluster")
+    from ray._common.utils import get_ray_address_file
+    current = Path(get_ray_address_file(None))  # /tmp/ray/ray_current_cluster, or under $RAY_TMPDIR
     before = current.read_bytes() if current.exists() else None
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "dashboard_port": dashboard,

@@ -228,8 +228,10 @@ def assert_cleaned_up(tmpdir: str, out: str):
     assert not ray_processes(tmpdir), ray_processes(tmpdir)
     assert not os.path.exists(tmpdir)
     address = re.search(r"head node001 at (\S+),", out).group(1)
-    # the head wrote its address into its own temp dir, not into /tmp/ray where `ray.init()` looks
-    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    # the head wrote its address into its own temp dir, not where `ray.init()` looks
+    from ray._common.utils import get_ray_address_file
+
+    current = Path(get_ray_address_file(None))
     assert not current.exists() or current.read_text().strip() != address
 
 

@@ -6,7 +6,6 @@ import contextlib
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -104,7 +103,9 @@ def check_address(address: str, timeout: float = 3.0) -> None:
         return
     target = address
     if address == "auto":  # the cluster this host runs, or RAY_ADDRESS
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        from ray._common.utils import get_ray_address_file
+
+        current = Path(get_ray_address_file(None))  # under $RAY_TMPDIR when set, as Ray itself looks
         if not os.environ.get("RAY_ADDRESS") and not current.exists():
             raise SweeperError("no Ray cluster is running on this host (start one with `ray start --head`)", "--address")
         try:
