@@ -65,6 +65,22 @@ def test_dead_address_is_refused_within_seconds(tmp_path):
     assert r.returncode == 2 and "--address: no Ray cluster answers at 127.0.0.1:9" in r.stderr
 
 
+def test_address_auto_reads_the_cluster_file_where_ray_writes_it(tmp_path, monkeypatch):
+    """`--address auto` finds this host's cluster through the file Ray writes, which lives under
+    $RAY_TMPDIR when that is set (clusters whose /tmp is small), not always under /tmp/ray."""
+    from sweeper.errors import SweeperError
+    from sweeper.orchestration.connect import check_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    with pytest.raises(SweeperError, match="no Ray cluster is running on this host"):
+        check_address("auto")
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # found, and then probed: dead
+    with pytest.raises(SweeperError, match=r"no Ray cluster answers at \S+:9 \(from auto\)"):
+        check_address("auto", timeout=1)
+
+
 def test_debug_shows_the_traceback():
     r = sweeper("--debug", "plan", "studies/nope.py")
     assert r.returncode != 0 and "Traceback" in r.stderr
