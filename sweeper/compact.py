@@ -389,13 +389,18 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
             continue
         say(f"{study}: merging {len(sources[table])} {table} files" + (" into a rewrite of the segments" if rewrite else ""))
         writer, stamps = _merge_table(store, study, table, sources[table], old[table], segment)
-        if writer is None:
+        if writer is None or not writer.parts:  # its files gone meanwhile: merged by a compaction beside this one
             continue
         writers.append(writer)
         merged[table] = stamps
         carried = {t: v for t, v in segs.stamps.get(table, {}).items() if rewrite and t not in stamps}
         manifest["tables"][table] = {"parts": writer.parts, "stamps": {**carried, **stamps}}
         result.trials[table] = sum(len(p["trials"]) for p in writer.parts)
+    if not writers:  # nothing left to merge (that compaction took it all): commit no empty segment
+        store.fs.delete_file(seglib.pending_path(store, study, segment))
+        result.files_after = _study_files(store, study, tables)
+        result.seconds = time.perf_counter() - started
+        return result
     _fault("written")
     for writer in writers:
         for where, final_path in writer.written:

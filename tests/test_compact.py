@@ -204,6 +204,32 @@ def test_two_compactions_at_once_both_commit_and_the_next_rewrites_them_into_one
     assert len(segments_left(root)) == left and len(files(root / STUDY, "*.parquet")) == 2 * left
 
 
+def test_a_compaction_that_finds_its_files_merged_meanwhile_commits_no_empty_segment(tmp_path, monkeypatch):
+    """The race above, made certain: this compaction lists the files, then another one (a real
+    `sweeper compact`) merges and deletes all of them before this one reads any. This one then has
+    nothing to merge: it commits nothing, rather than an empty segment that lingers in the store."""
+    import sweeper.compact as compact
+
+    root = tmp_path / "store"
+    make(root, trials=12)
+    store = Store(root)
+    want = snapshot(store)
+    real, other = compact._merge_table, []
+
+    def after_another_compaction(*args, **kwargs):
+        if not other:
+            other.append(subprocess.run([sys.executable, "-m", "sweeper.cli", "compact", str(root)], env=ENV,
+                                        capture_output=True, text=True, timeout=300))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compact, "_merge_table", after_another_compaction)
+    result = compact_study(store, STUDY)
+    assert other[0].returncode == 0, other[0].stdout + other[0].stderr
+    assert result.segment is None and result.deleted == 0
+    assert_same(want, snapshot(store))
+    assert len(segments_left(root)) == 1 and len(files(root / STUDY, "*.parquet")) == 2
+
+
 @pytest.mark.parametrize("point", ["written", "visible", "digested", "committed", "deleting"])
 def test_sigkill_at_each_step_leaves_a_store_that_reads_correctly_and_the_next_run_finishes(tmp_path, point):
     root = tmp_path / "store"
