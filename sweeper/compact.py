@@ -286,7 +286,7 @@ def _merge_table(store: Store, study: str, table: str, sources: dict[str, pafs.F
                  segment: str) -> tuple[_PartWriter | None, dict[str, str]]:
     """Write the rows of `sources` (trial id -> its own file) and of `old` ((part, trial ids to keep)
     of segments being rewritten) into parts, all in trial id order; returns the writer (its parts)
-    and the stamps of the own files merged."""
+    and the stamps of the own files merged, or (None, {}) when there were no rows to merge."""
     metas = {}
     for tid, info in sources.items():
         try:
@@ -312,7 +312,7 @@ def _merge_table(store: Store, study: str, table: str, sources: dict[str, pafs.F
         if stamp is not None:
             stamps[tid] = stamp
     out.finish()
-    return out, stamps
+    return (out, stamps) if out.parts else (None, {})  # every own file gone meanwhile: nothing merged
 
 
 def _write_digests(store: Store, study: str, table: str, segment: str, parts: list[str]) -> dict:
@@ -365,11 +365,17 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
     # is rewritten once, with it: an old store gains the fast reads on its next `sweeper compact`
     stale = any(segs.undigested(t, name, d.key) for t in tables for name, d in digests.registered(t).items())
     rewrite = bool(segs.names) and (again or segs.doubled() or len(segs.names) >= MAX_SEGMENTS or stale)
-    if not rewrite and max((len(s) for s in sources.values()), default=0) < max(min_files, 1):
+
+    def finished(pending: str | None = None) -> Compacted:
         _drop_replaced(store, study, segs, tables)
+        if pending:  # this run's own marker, last: the segment it names is committed or never will be
+            store.fs.delete_file(pending)
         result.files_after = _study_files(store, study, tables)
         result.seconds = time.perf_counter() - started
         return result
+
+    if not rewrite and max((len(s) for s in sources.values()), default=0) < max(min_files, 1):
+        return finished()
     old = {t: [] for t in tables}
     if rewrite:  # every live segment into the new one, less the trials merged again from own files
         for table in tables:
@@ -389,7 +395,7 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
             continue
         say(f"{study}: merging {len(sources[table])} {table} files" + (" into a rewrite of the segments" if rewrite else ""))
         writer, stamps = _merge_table(store, study, table, sources[table], old[table], segment)
-        if writer is None or not writer.parts:  # its files gone meanwhile: merged by a compaction beside this one
+        if writer is None:  # its files gone meanwhile: merged by a compaction beside this one
             continue
         writers.append(writer)
         merged[table] = stamps
@@ -397,10 +403,7 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
         manifest["tables"][table] = {"parts": writer.parts, "stamps": {**carried, **stamps}}
         result.trials[table] = sum(len(p["trials"]) for p in writer.parts)
     if not writers:  # nothing left to merge (that compaction took it all): commit no empty segment
-        store.fs.delete_file(seglib.pending_path(store, study, segment))
-        result.files_after = _study_files(store, study, tables)
-        result.seconds = time.perf_counter() - started
-        return result
+        return finished(seglib.pending_path(store, study, segment))
     _fault("written")
     for writer in writers:
         for where, final_path in writer.written:
@@ -422,11 +425,7 @@ def compact_study(store: Store, study: str, min_files: int = 2, say: Callable[[s
         result.deleted += _delete_if_same(store, path, stamp)
     if rewrite:
         segs.replaced = sorted(set(segs.replaced) | set(segs.names))
-    _drop_replaced(store, study, segs, tables)
-    store.fs.delete_file(seglib.pending_path(store, study, segment))
-    result.files_after = _study_files(store, study, tables)
-    result.seconds = time.perf_counter() - started
-    return result
+    return finished(seglib.pending_path(store, study, segment))
 
 
 def own_files(store: Store, study: str) -> int:
