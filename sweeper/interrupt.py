@@ -24,6 +24,12 @@ terminated = False
 
 def _raise_terminated(signum, frame):
     global terminated
+    if terminated:
+        # Already unwinding. SIGTERM often comes twice (a batch scheduler signals every process of
+        # the job, then the job script's cleanup signals the sweep again); a second Terminated
+        # raised inside the first one's cleanup cut `ray.shutdown()` short, and Tune's exit hook
+        # then waited 60 s on the Ray head's GCS, which had died of the same signal.
+        return
     terminated = True
     raise Terminated()
 

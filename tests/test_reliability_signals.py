@@ -73,6 +73,31 @@ def test_a_stopped_sweep_says_one_line_and_labels_no_trial_falsely(tmp_path, sig
         assert set(pd.read_parquet(trials)["status"]) <= {"done"}
 
 
+UNWIND_TWICE_SIGNALLED = """
+import os, signal, time
+from sweeper import interrupt
+interrupt.on_sigterm_interrupt()
+try:
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # a batch scheduler's SIGTERM ...
+        time.sleep(30)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)  # ... then the job script's own, during the cleanup
+        time.sleep(0.5)
+        print("cleanup finished", flush=True)
+except interrupt.Terminated:
+    print("terminated once", flush=True)
+"""
+
+
+def test_a_second_sigterm_does_not_cut_the_unwinding_short():
+    """The second SIGTERM used to raise inside the first one's cleanup (cutting `ray.shutdown()`
+    short, after which the driver waited 60 s at exit on a dead GCS: a SLURM job overran KillWait)."""
+    r = subprocess.run([sys.executable, "-c", UNWIND_TWICE_SIGNALLED], capture_output=True, text=True, env=ENV,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["cleanup finished", "terminated once"], r.stdout + r.stderr
+
+
 def test_status_json_into_a_closed_pipe_exits_quietly(tmp_path):
     """`sweeper status STORE --json | head -c1`: the reader goes away before the output is written."""
     store = Store(tmp_path)

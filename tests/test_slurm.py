@@ -277,9 +277,11 @@ def test_time_limit_kill_then_resubmission_runs_only_the_missing_trials(study, t
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 143, out
     # ... and SIGKILL after KillWait (30 s by default): the job must have stopped Ray by then. (Ray's
-    # own SIGTERM drain took the whole 30 s here, its raylet having died of the same signal.)
+    # own SIGTERM drain took the whole 30 s here, its raylet having died of the same signal; and a
+    # sweep whose second SIGTERM cut its Ray shutdown short waited 60 s at exit on the dead GCS.)
     assert time.monotonic() - killed < 30, out
     assert "signal received" in out
+    assert re.search(r"the running step stopped in \d+ s", out), out  # each stop says how long it took
     assert_cleaned_up(ray_tmpdir, out)
     assert (tmp_path / "logs" / "101" / "ray-head-node001.log").exists()  # a log per node
     committed = trial_files(store)

@@ -2,9 +2,9 @@
 its handler, which turns the night's result into the exit status (see `sweeper.nightly`)."""
 from __future__ import annotations
 
-import signal
 import sys
 
+from sweeper import interrupt
 from sweeper.nightly.lock import LockHeld
 from sweeper.nightly.run import EXIT_LOCKED, run_nightly
 
@@ -47,10 +47,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(fn=cmd_nightly)
 
 
-def _on_sigterm(signum, frame):  # cron or systemd stopping us: unwind, so the lock is released
-    raise KeyboardInterrupt
-
-
 def cmd_nightly(args) -> int:
     from sweeper.cli import scale_of
     from sweeper.data import normalize_root
@@ -58,10 +54,8 @@ def cmd_nightly(args) -> int:
 
     check_installed(args.log)
     data_root = normalize_root(args.data_root)  # a path made absolute; an s3:// or gs:// URI as given
-    try:
-        previous, handled = signal.signal(signal.SIGTERM, _on_sigterm), True
-    except ValueError:  # not the main thread (a notebook, a test runner's worker)
-        previous, handled = None, False
+    # cron or systemd stopping us unwinds (the lock is released), once, however often it signals
+    previous = interrupt.on_sigterm_interrupt()
     try:
         result = run_nightly(
             args.studies, args.store, address=args.address, data_root=data_root, scale=scale_of(args),
@@ -74,6 +68,5 @@ def cmd_nightly(args) -> int:
         print(f"sweeper: {e}", file=sys.stderr, flush=True)
         return EXIT_LOCKED
     finally:
-        if handled:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        interrupt.restore_sigterm(previous)
     return result.exit_code

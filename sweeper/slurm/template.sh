@@ -68,34 +68,42 @@ if [ "$NNODES" -gt 1 ]; then
 fi
 
 # -- stop what this job started, whatever ends it -------------------------------------------------
-HEAD_PID=; CHILD=; WORKER_PIDS=()
+HEAD_PID=; CHILD=; WORKER_PIDS=(); SIGNALLED=
 alive() {  # a child that has exited stays a zombie until waited for: not alive
   local stat
   stat=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${stat:0:1}" != Z ]
 }
-stop_pids() {  # SIGTERM, up to 60 s to exit (a Ray node drains, then stops its processes), SIGKILL
-  local pid deadline=$((SECONDS + 60))
+stop_pids() {  # WHAT SECONDS PID...: SIGTERM, up to SECONDS to exit, then SIGKILL
+  local what=$1 pid start=$SECONDS deadline=$((SECONDS + $2)) killed=
+  shift 2
   for pid in "$@"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "$@"; do
-    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
-    kill -KILL "$pid" 2>/dev/null
+    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null; killed=" (killed)"; fi
     wait "$pid" 2>/dev/null
   done
+  # How long each stop took, so that a job killed during its cleanup (KillWait) says what was slow.
+  say "$what stopped in $((SECONDS - start)) s$killed"
 }
 cleanup() {
   local rc=$?
   trap - EXIT TERM INT HUP
-  if [ -n "$CHILD" ]; then stop_pids "$CHILD"; fi  # the sweep, when a signal ends the job
+  # Ended by a signal, at most 10 + 6 + 6 s in all: SLURM's SIGKILL comes 30 s (KillWait) after
+  # its SIGTERM. Killing the sweep loses nothing (a trial's row is written whole or not at all; the
+  # rest rerun). Otherwise a Ray node has up to 60 s to stop by itself.
+  local node_wait=60
+  if [ -n "$SIGNALLED" ]; then node_wait=6; fi
+  if [ -n "$CHILD" ]; then stop_pids "the running step" 10 "$CHILD"; fi  # when a signal ends the job
   # Workers first (srun passes the SIGTERM on to their `ray start`), then the head; a Ray node's
   # processes share its `ray start`'s fate, so they go with it.
-  if [ "${#WORKER_PIDS[@]}" -gt 0 ]; then stop_pids "${WORKER_PIDS[@]}"; fi
-  if [ -n "$HEAD_PID" ]; then stop_pids "$HEAD_PID"; fi
+  if [ "${#WORKER_PIDS[@]}" -gt 0 ]; then stop_pids "the Ray workers" "$node_wait" "${WORKER_PIDS[@]}"; fi
+  if [ -n "$HEAD_PID" ]; then stop_pids "the Ray head" "$node_wait" "$HEAD_PID"; fi
   rm -rf "$SWEEPER_RAY_TMPDIR"
   say "job exits with status $rc"
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'say "signal received: stopping the sweep and Ray"; exit @EXIT_SIGNAL@' TERM INT HUP
+trap 'SIGNALLED=1; say "signal received: stopping the sweep and Ray"; exit @EXIT_SIGNAL@' TERM INT HUP
 # Long steps run in the background and are waited for, so that a signal reaches the trap at once.
 run() { "$@" & CHILD=$!; wait "$CHILD"; local rc=$?; CHILD=; return "$rc"; }
 mkdir -p "$JOB_LOGS" "$SWEEPER_RAY_TMPDIR" || exit 2
