@@ -90,12 +90,28 @@ RECORDED = {
 }
 
 
+# The same code on an x86 CPU without AVX-512 (AVX2 only; recorded 2026-11-27): other SIMD kernels
+# round differently in the last bits, so bit-identity holds per kind of CPU. experiment -> (float
+# columns, table digests) that differ there; the rest as above.
+RECORDED_AVX2 = {
+    "train": ({}, {"bn": "b08327b98fa5b9ca", "curves": "c5499658a7d71178"}),
+    "construction": (
+        {"relative_error": 1.8265423276375466e-06, "sgd_relative_error": 0.8416341181487755,
+         "weight_residual": 3.674738244271618e-14, "condition_number": 48.697157735190615},
+        {"construction_layers": "0c08a757adc90a11", "sgd_curve": "28bdaa7bcc8e33ed"},
+    ),
+}
+
+
 @pytest.mark.parametrize("kind", sorted(RECORDED))
 def test_seeded_trial_is_bit_identical_to_the_recorded_one(kind):
     import torch
 
     torch.set_num_threads(1)
     values, trial_id, floats, digests = RECORDED[kind]
+    if not torch.cpu._is_avx512_supported():
+        other_floats, other_digests = RECORDED_AVX2.get(kind, ({}, {}))
+        floats, digests = {**floats, **other_floats}, {**digests, **other_digests}
     experiment = EXPERIMENTS[kind]
     spec = experiment.spec_type.from_values(values)
     assert spec.trial_id == trial_id

@@ -83,3 +83,35 @@ def test_activations_are_modules_hooks_can_see():
     layers = activation_layers(model)
     assert len(layers) == 1 + 2 * 3  # stem + two per block, three blocks
     assert all(type(m).__name__ == "GELU" for _, m in layers)
+
+
+def test_width_4_resnets_train_their_convolutions_on_any_cpu():
+    """A PyTorch bug (oneDNN without AVX-512) crashed these trials' processes: the 1x1 stride-2
+    shortcut of 4 input channels, trained (sweeper.experiments.train.onednn). In a subprocess, so
+    that a crash fails this test rather than the test run."""
+    import subprocess
+    import sys
+
+    code = """
+from sweeper.experiments.train.loop import run_trial
+from sweeper.experiments.train.spec import TrainSpec
+for trainable in ["all", "random", "all-but-bn"]:
+    s = TrainSpec.from_values({"dataset": "digits", "model": "resnet-8", "width": 4, "epochs": 2, "batch_size": 64,
+                               "augment": "none", "trainable": trainable, "seed": 0})
+    print(trainable, run_trial(s, device="cpu", threads=1).row["test_acc"])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [line.split()[0] for line in r.stdout.splitlines()] == ["all", "random", "all-but-bn"]
+    import torch
+
+    from sweeper.experiments.train.onednn import crashes_onednn
+    from sweeper.experiments.train.spec import TrainSpec
+
+    def spec(**values):
+        return TrainSpec.from_values({"dataset": "digits", "model": "resnet-8", "augment": "none", **values})
+
+    # only where the bug is: never a BN-only trial (frozen shortcut), never width 8
+    assert not crashes_onednn(spec(width=4, trainable="bn"), torch.device("cpu"))
+    assert not crashes_onednn(spec(width=8, trainable="all"), torch.device("cpu"))
+    assert crashes_onednn(spec(width=4, trainable="all"), torch.device("cpu")) == (not torch.cpu._is_avx512_supported())

@@ -137,10 +137,18 @@ def run_trial(
     callbacks: Iterable[Callback] = (),
     resume: dict[str, Any] | None = None,
 ) -> TrialResult:
+    from sweeper.experiments.train.onednn import avoiding_onednn_bug
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with avoiding_onednn_bug(spec, device):  # a PyTorch bug that crashes a few CPU trials (see there)
+        return _run_trial(spec, data_root, device, threads, channels_last, callbacks, resume)
+
+
+def _run_trial(spec: TrainSpec, data_root: str | None, device: torch.device, threads: int | None,
+               channels_last: bool, callbacks: Iterable[Callback], resume: dict[str, Any] | None) -> TrialResult:
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # a streamed dataset decodes in all but one of the trial's CPUs (none: in this process)
     train, test = prepare_data(spec, data_root, device, channels_last, workers=max(0, (threads or 1) - 1))
     callbacks = [*standard_callbacks(spec), *callbacks]
