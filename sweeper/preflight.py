@@ -53,3 +53,26 @@ def check_environment(studies: Sequence, store: Store, data_root: str | None, ad
         from sweeper.orchestration.connect import check_address
 
         check_address(address)
+
+
+def slow_cpu_bf16(specs, gpus_per_trial: float, scale: str) -> str | None:
+    """A warning when CPU trials ask for bf16 on a CPU where PyTorch's oneDNN has no bf16 (an
+    AVX2-only x86, as most laptops): their convolutions then fall back to a slow generic path. On
+    such a CPU (2026-11-27) `sweeper plan studies/depth_vs_width.py --scale cpu --time-steps` timed
+    4.0 days of trial time in bf16 against 9.0 hours in fp32, where an AVX-512 CPU with bf16 ran
+    the same 63 trials in 7.0 hours. None when nothing here is slow. `precision` is part of a
+    trial's id, so the fix (fp32) is the user's choice, not made silently."""
+    if gpus_per_trial > 0 or not any(getattr(s, "precision", None) == "bf16" for s in specs):
+        return None
+    import torch
+
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 convolution either
+        native = False
+    if native:
+        return None
+    key = "recipe.precision" if scale == "full" else f"{scale}.recipe.precision"
+    return (f"warning: {key} is bf16, and this CPU has no bf16 that PyTorch's oneDNN can use (it needs AVX-512): "
+            "bf16 convolutions run on a slow fallback, about 10x the fp32 time (`sweeper plan --time-steps` "
+            f"times both); --set {key}=fp32 trains in fp32 (new trial ids)")

@@ -75,3 +75,34 @@ def test_run_and_nightly_refuse_the_same_environment_in_the_same_order(case, com
     # refused before any work, and a refusal writes nothing: no store folder, marker, lock or report
     # (issue 20; a nightly used to take its lock first, leaving the store folder and the lock file)
     assert out == "" and not store.exists(), out
+
+
+# -- bf16 on a CPU without oneDNN bf16 --------------------------------------------------------------
+def test_bf16_cpu_trials_are_flagged_exactly_where_pytorch_has_no_fast_bf16(tmp_path, monkeypatch, capsys):
+    """On an AVX2-only CPU PyTorch runs bf16 convolutions on a slow fallback (here `depth_vs_width
+    --scale cpu` timed 4.0 days in bf16 against 9.0 hours in fp32): `plan` and `run` say so, naming
+    the field and the --set that changes it; GPU and fp32 trials, or a CPU with oneDNN bf16, get nothing."""
+    import torch
+
+    from sweeper.preflight import slow_cpu_bf16
+
+    study = load_study(Path(__file__).parents[1] / "studies" / "depth_vs_width.py", scale="cpu")
+    specs = study.specs()
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    note = slow_cpu_bf16(specs, 0, "cpu")
+    assert (note is None) == native, note  # this machine's own answer, whichever it is
+    for supported in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda s=supported: s)
+        note = slow_cpu_bf16(specs, 0, "cpu")
+        assert (note is None) == supported
+        assert slow_cpu_bf16(specs, 0.25, "cpu") is None  # GPU trials
+        assert slow_cpu_bf16([], 0, "cpu") is None
+    assert "cpu.recipe.precision is bf16" in note and "--set cpu.recipe.precision=fp32" in note
+    (tmp_path / "tiny.py").write_text(TRAIN)
+    fp32 = load_study(tmp_path / "tiny.py")
+    assert slow_cpu_bf16(fp32.specs(), 0, "full") is None
+    bf16 = load_study(tmp_path / "tiny.py", overrides=["recipe.precision=bf16"])
+    assert "--set recipe.precision=fp32" in slow_cpu_bf16(bf16.specs(), 0, "full")
+    # `sweeper plan` says it under its estimate (the warning is computed before any timing)
+    assert main(["plan", str(tmp_path / "tiny.py"), "--set", "recipe.precision=bf16"]) == 0
+    assert "  warning: recipe.precision is bf16" in capsys.readouterr().out
