@@ -69,7 +69,9 @@ def test_flop_count_equals_analytic_count_all_trainable():
 
 # -- the training step ---------------------------------------------------------------------------------
 def test_measure_step_tiny():
-    out = step.measure_step(depth=8, width=4, batch=8, threads=1, repeats=1, warmup=0)
+    # width 8: at width 4 the reference's trained 1x1 stride-2 shortcut (4 input channels) hits
+    # PyTorch's oneDNN crash on CPUs without AVX-512 (sweeper.experiments.train.onednn)
+    out = step.measure_step(depth=8, width=8, batch=8, threads=1, repeats=1, warmup=0)
     assert set(out["seconds"]) == {"ours", "ours_bf16", "masked", "reference", "full"}
     assert _positive(*out["seconds"].values())
     for key in ("speedup_vs_reference", "bf16_speedup_vs_fp32", "bf16_speedup_vs_reference",

@@ -22,6 +22,7 @@ from sweeper.data import DATASETS
 from sweeper.experiments.train import subsets
 from sweeper.experiments.train.cost import SIZES
 from sweeper.experiments.train.loop import autocast, build_optimizer, train_step
+from sweeper.experiments.train.onednn import avoiding_onednn_bug
 from sweeper.experiments.train.model import build_model
 from sweeper.experiments.train.spec import TrainSpec
 from sweeper.models import FAMILIES
@@ -64,7 +65,7 @@ def step_seconds(spec: TrainSpec, threads: int = 1) -> tuple[float, float]:
     device = torch.device("cpu")
     shape, classes = DATASETS[spec.dataset].shape, DATASETS[spec.dataset].num_classes
     convolutional = FAMILIES[spec.family].convolutional
-    with torch_threads(threads):
+    with torch_threads(threads), avoiding_onednn_bug(spec, device):  # as run_trial trains it
         model, step = trial_network(spec, device)
 
         def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
