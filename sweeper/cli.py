@@ -44,7 +44,6 @@ def _fmt(v) -> str:
 def cmd_plan(args) -> int:
     from sweeper import overrides
     from sweeper.plan import describe
-    from sweeper.preflight import slow_cpu_bf16
     from sweeper.study import load_study
 
     study = load_study(args.study, scale=scale_of(args), overrides=args.overrides, name=args.name)
@@ -71,8 +70,7 @@ def cmd_plan(args) -> int:
     gpus = float(args.gpus_per_trial if args.gpus_per_trial is not None else study.resources.get("gpu", 0))
     remaining = [s for s in specs if s.trial_id not in done]
     cost, notes = describe(remaining, cpus, gpus, gpu=args.gpu, cluster_file=args.cluster, workers=args.workers,
-                           efficiency=args.efficiency, time_steps=args.time_steps)
-    notes += [f"  {note}" for note in [slow_cpu_bf16(remaining, gpus, scale_of(args))] if note]
+                           efficiency=args.efficiency, time_steps=args.time_steps, scale=scale_of(args))
     if args.json:
         # Written row by row: a 100,000-trial grid's document is tens of megabytes, and building it
         # whole (rows, then one string) took gigabytes.
@@ -106,7 +104,7 @@ def cmd_plan(args) -> int:
 # -- run -----------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
     from sweeper.data import normalize_root
-    from sweeper.preflight import check_environment, slow_cpu_bf16
+    from sweeper.preflight import check_environment, warn_slow_cpu_bf16
     from sweeper.store import Store
     from sweeper.study import load_study
     from sweeper.trackers import check_installed
@@ -118,9 +116,7 @@ def cmd_run(args) -> int:
     # Before any work: the store takes writes, the data are there, the cluster answers. The store's
     # first file waits until the sweep starts (a sweep that waits for nodes in vain leaves none).
     check_environment([study], store, data_root, args.address, marker=False)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else study.resources.get("gpu", 0)
-    if args.address is None and (note := slow_cpu_bf16(study.specs(), gpus, scale_of(args))):
-        print(f"{study.name}: {note}")  # on the embedded cluster the trials run on this CPU
+    warn_slow_cpu_bf16(study, args.gpus_per_trial, scale_of(args), args.address)
 
     from sweeper.orchestration.live import LiveView, choose
     from sweeper.orchestration.sweep import run_study

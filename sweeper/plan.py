@@ -306,26 +306,16 @@ def human(seconds: float) -> str:
 # -- what `sweeper plan` prints -----------------------------------------------------------------
 def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_file: str | None = None,
              workers: int | None = None, efficiency: float | None = None,
-             time_steps: bool = False) -> tuple[dict, list[str]]:
+             time_steps: bool = False, scale: str = "full") -> tuple[dict, list[str]]:
     """The estimate of `specs` and the lines `sweeper plan` prints to state it with its assumptions.
     `gpu`, `cluster_file`, `workers`, `efficiency` and `time_steps` are plan's --gpu, --cluster,
     --workers, --efficiency and --time-steps (None, False: not given)."""
     if gpus <= 0:  # CPU trials: this machine's measured rate (measured only here)
-        est = estimate(specs, cpus, time_steps)
-        if not est["total_flops"]:
-            return est, []
-        if est["timed_trials"]:
-            return est, [f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
-                         f"{human(est['total_trial_seconds'])} of trial time, from real training steps of each "
-                         f"network timed here ({cpus:g} CPU a trial); spread over N parallel trials, about 1/N of that"]
-        return est, [
-            f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
-            f"{human(est['total_trial_seconds'])} of trial time at "
-            + ", ".join(f"{r / 1e9:.0f} GFLOP/s for {p}" for p, r in est["rates"].items())
-            + f" per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"] + (
-            [f"  a floor for networks narrower than {NARROW} channels: width-8 ResNets took 3.5-7x this estimate "
-             "on 2 CPU cores (memory-bound small convolutions; --time-steps times real steps instead)"]
-            if narrow(specs) else [])
+        from sweeper.preflight import slow_cpu_bf16  # `scale` names the --set that changes precision
+
+        est, lines = _describe_cpu(specs, cpus, time_steps)
+        note = slow_cpu_bf16(specs, gpus, scale) if lines else None
+        return est, lines + ([f"  {note}"] if note else [])
     if time_steps:  # the trials ask for GPUs, and none is here to time them on
         raise SweeperError("times CPU trials on this machine; these trials ask for GPUs "
                            "(add --gpus-per-trial 0 to time them here as CPU trials)", "--time-steps")
@@ -382,6 +372,25 @@ def describe(specs, cpus: float, gpus: float, gpu: str | None = None, cluster_fi
                      "`depth_vs_width --scale cpu` (bf16, 16 trials sharing the card) took 312 s where this "
                      "estimate says about 4 s: kernel launches, not arithmetic, bound them")
     return est, lines
+
+
+def _describe_cpu(specs, cpus: float, time_steps: bool) -> tuple[dict, list[str]]:
+    """`describe` for CPU trials."""
+    est = estimate(specs, cpus, time_steps)
+    if not est["total_flops"]:
+        return est, []
+    if est["timed_trials"]:
+        return est, [f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
+                     f"{human(est['total_trial_seconds'])} of trial time, from real training steps of each "
+                     f"network timed here ({cpus:g} CPU a trial); spread over N parallel trials, about 1/N of that"]
+    return est, [
+        f"estimated cost of the remaining trials: {est['total_flops']:.3g} FLOPs, about "
+        f"{human(est['total_trial_seconds'])} of trial time at "
+        + ", ".join(f"{r / 1e9:.0f} GFLOP/s for {p}" for p, r in est["rates"].items())
+        + f" per trial ({cpus:g} CPU, measured here); spread over N parallel trials, about 1/N of that"] + (
+        [f"  a floor for networks narrower than {NARROW} channels: width-8 ResNets took 3.5-7x this estimate "
+         "on 2 CPU cores (memory-bound small convolutions; --time-steps times real steps instead)"]
+        if narrow(specs) else [])
 
 
 def narrow(specs) -> bool:

@@ -76,3 +76,11 @@ def slow_cpu_bf16(specs, gpus_per_trial: float, scale: str) -> str | None:
     return (f"warning: {key} is bf16, and this CPU has no bf16 that PyTorch's oneDNN can use (it needs AVX-512): "
             "bf16 convolutions run on a slow fallback, about 10x the fp32 time (`sweeper plan --time-steps` "
             f"times both); --set {key}=fp32 trains in fp32 (new trial ids)")
+
+
+def warn_slow_cpu_bf16(study, gpus_per_trial: float | None, scale: str, address: str | None) -> None:
+    """`sweeper run`'s line for `slow_cpu_bf16`: on the embedded cluster (no --address), whose
+    trials run on this CPU; `gpus_per_trial` is --gpus-per-trial (None: the study's)."""
+    gpus = gpus_per_trial if gpus_per_trial is not None else study.resources.get("gpu", 0)
+    if address is None and (note := slow_cpu_bf16(study.specs(), gpus, scale)):
+        print(f"{study.name}: {note}")
