@@ -105,13 +105,19 @@ for trainable in ["all", "random", "all-but-bn"]:
     assert [line.split()[0] for line in r.stdout.splitlines()] == ["all", "random", "all-but-bn"]
     import torch
 
+    from sweeper.experiments.train import subsets
+    from sweeper.experiments.train.model import build_model
     from sweeper.experiments.train.onednn import crashes_onednn
     from sweeper.experiments.train.spec import TrainSpec
 
-    def spec(**values):
-        return TrainSpec.from_values({"dataset": "digits", "model": "resnet-8", "augment": "none", **values})
+    def crashes(device="cpu", **values):
+        spec = TrainSpec.from_values({"dataset": "digits", "model": "resnet-8", "augment": "none", **values})
+        model = build_model(spec)
+        subsets.apply(model, spec.trainable, spec.random_k, spec.seed)
+        return crashes_onednn(model, torch.device(device))
 
-    # only where the bug is: never a BN-only trial (frozen shortcut), never width 8
-    assert not crashes_onednn(spec(width=4, trainable="bn"), torch.device("cpu"))
-    assert not crashes_onednn(spec(width=8, trainable="all"), torch.device("cpu"))
-    assert crashes_onednn(spec(width=4, trainable="all"), torch.device("cpu")) == (not torch.cpu._is_avx512_supported())
+    # only where the bug is: never a BN-only trial (frozen shortcut), never width 8, never a GPU
+    assert not crashes(width=4, trainable="bn")
+    assert not crashes(width=8, trainable="all")
+    assert not crashes("cuda", width=4, trainable="all")
+    assert crashes(width=4, trainable="all") == (not torch.cpu._is_avx512_supported())

@@ -124,8 +124,11 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
     under the same load."""
     import torch
 
+    from sweeper.experiments.train.onednn import avoiding_onednn_bug, crashes_onednn
+
     variants = variants or ("ours", "ours_bf16", "masked", "reference", "full")
     steps: dict[str, Callable] = {}
+    models = []
     flops: dict[str, int] = {}
     with torch_threads(threads):
         x_nchw, y = cifar_batch(batch)
@@ -136,34 +139,41 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
                                                         precision="bf16" if name == "ours_bf16" else "fp32")
                 if name == "compiled":
                     model = torch.compile(model, backend="inductor")
+                models.append(model)
                 step = our_step(model, opt, masks, spec)
                 steps[name] = (lambda s: lambda: s(x_cl, y))(step)
             elif name == "reference":
                 model, opt = reference_model(depth, width)
+                models.append(model)
                 step = reference_step(model, opt)
                 steps[name] = (lambda s: lambda: s(x_nchw, y))(step)
             elif name == "full":
                 model, opt, masks, spec = bn_only_model(depth, width, frozen=False)
                 opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
                                       weight_decay=spec.weight_decay)
+                models.append(model)
                 step = our_step(model, opt, {}, spec)
                 steps[name] = (lambda s: lambda: s(x_cl, y))(step)
             else:
                 raise ValueError(f"unknown step variant {name!r}")
-        for name in ("ours", "reference", "compiled"):
-            if name in steps:
-                flops[name] = count_flops(steps[name])
-        shares = profile_step(steps["ours"]) if profile and "ours" in steps else None
-        if sgemm_n:
-            g = torch.Generator().manual_seed(0)
-            a, b = torch.randn(sgemm_n, sgemm_n, generator=g), torch.randn(sgemm_n, sgemm_n, generator=g)
-            c = torch.empty(sgemm_n, sgemm_n)
-            steps["sgemm"] = lambda: torch.mm(a, b, out=c)
-        seconds = time_interleaved(steps, repeats, warmup)
+        # Where one variant would hit PyTorch's oneDNN crash (width 4 without AVX-512: the reference
+        # trains its shortcuts), all run without oneDNN, so that they stay comparable.
+        onednn = not any(crashes_onednn(m, torch.device("cpu")) for m in models)
+        with avoiding_onednn_bug(models, torch.device("cpu")):
+            for name in ("ours", "reference", "compiled"):
+                if name in steps:
+                    flops[name] = count_flops(steps[name])
+            shares = profile_step(steps["ours"]) if profile and "ours" in steps else None
+            if sgemm_n:
+                g = torch.Generator().manual_seed(0)
+                a, b = torch.randn(sgemm_n, sgemm_n, generator=g), torch.randn(sgemm_n, sgemm_n, generator=g)
+                c = torch.empty(sgemm_n, sgemm_n)
+                steps["sgemm"] = lambda: torch.mm(a, b, out=c)
+            seconds = time_interleaved(steps, repeats, warmup)
     out: dict[str, Any] = {"model": f"resnet-{depth}" + (f" width {width}" if width != 16 else ""),
                            "batch": batch, "threads": threads, "repeats": repeats,
                            "seconds": {k: round(v, 5) for k, v in seconds.items()},
-                           "flops": flops}
+                           "flops": flops, "onednn": onednn}
     s = seconds
     for key, slower, faster in SPEEDUPS:
         if slower in s and faster in s:

@@ -22,6 +22,7 @@ from sweeper.experiment import Callback, Progress, TrialResult
 from sweeper.experiments.train import subsets
 from sweeper.experiments.train.callbacks import standard_callbacks
 from sweeper.experiments.train.measures import Context, snapshot_norms
+from sweeper.experiments.train.onednn import avoiding_onednn_bug
 from sweeper.experiments.train.model import build_model
 from sweeper.experiments.train.spec import TrainSpec
 from sweeper.models import FAMILIES
@@ -137,15 +138,14 @@ def run_trial(
     callbacks: Iterable[Callback] = (),
     resume: dict[str, Any] | None = None,
 ) -> TrialResult:
-    from sweeper.experiments.train.onednn import avoiding_onednn_bug
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with avoiding_onednn_bug(spec, device):  # a PyTorch bug that crashes a few CPU trials (see there)
-        return _run_trial(spec, data_root, device, threads, channels_last, callbacks, resume)
+    with contextlib.ExitStack() as scope:  # what the trial changes in torch, undone when it ends
+        return _run_trial(spec, data_root, device, threads, channels_last, callbacks, resume, scope)
 
 
 def _run_trial(spec: TrainSpec, data_root: str | None, device: torch.device, threads: int | None,
-               channels_last: bool, callbacks: Iterable[Callback], resume: dict[str, Any] | None) -> TrialResult:
+               channels_last: bool, callbacks: Iterable[Callback], resume: dict[str, Any] | None,
+               scope: contextlib.ExitStack) -> TrialResult:
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -157,6 +157,7 @@ def _run_trial(spec: TrainSpec, data_root: str | None, device: torch.device, thr
     initialise(model, spec.weight_init, spec.bn_init, seeds.init(spec.seed))
     initial = snapshot_norms(model)
     selection = subsets.apply(model, spec.trainable, spec.random_k, spec.seed)
+    scope.enter_context(avoiding_onednn_bug(model, device))  # a PyTorch bug that crashes a few CPU trials
     model = model.to(device)
     if channels_last and FAMILIES[spec.family].convolutional:
         model = model.to(memory_format=torch.channels_last)

@@ -16,31 +16,25 @@ import contextlib
 import torch
 from torch import nn
 
-from sweeper.experiments.train import subsets
-from sweeper.experiments.train.model import build_model
-from sweeper.experiments.train.spec import TrainSpec
-from sweeper.models import FAMILIES
-
 
 def _affected(m: nn.Module) -> bool:
     return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
             and 2 <= m.in_channels <= 6 and m.weight.requires_grad)
 
 
-def crashes_onednn(spec: TrainSpec, device: torch.device) -> bool:
-    """Whether `spec`'s training would hit the bug on `device` (this machine's CPU)."""
-    if device.type != "cpu" or torch.cpu._is_avx512_supported() or not FAMILIES[spec.family].convolutional:
+def crashes_onednn(model: nn.Module, device: torch.device) -> bool:
+    """Whether training `model` (its trainable subset already applied) hits the bug on `device`."""
+    if device.type != "cpu" or torch.cpu._is_avx512_supported():
         return False
-    model = build_model(spec)  # cheap beside the trial; its weights are not used
-    subsets.apply(model, spec.trainable, spec.random_k, spec.seed)
     return any(_affected(m) for m in model.modules())
 
 
 @contextlib.contextmanager
-def avoiding_onednn_bug(spec: TrainSpec, device: torch.device):
-    """A context to train `spec` in: without oneDNN where the bug would crash it, else as it is.
-    (Not `torch.backends.mkldnn.flags`, which also sets oneDNN's TF32 and warns about Intel GPUs.)"""
-    if not crashes_onednn(spec, device):
+def avoiding_onednn_bug(models: nn.Module | list[nn.Module], device: torch.device):
+    """A context to train `models` in: without oneDNN where the bug would crash one of them, else as
+    it is. (Not `torch.backends.mkldnn.flags`, which also sets oneDNN's TF32 and warns about Intel GPUs.)"""
+    models = models if isinstance(models, list) else [models]
+    if not any(crashes_onednn(m, device) for m in models):
         yield
         return
     before = torch.backends.mkldnn.enabled

@@ -12,6 +12,7 @@ and augmentation are not timed (BENCHMARKS.md: a few percent of a CPU step).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -65,8 +66,9 @@ def step_seconds(spec: TrainSpec, threads: int = 1) -> tuple[float, float]:
     device = torch.device("cpu")
     shape, classes = DATASETS[spec.dataset].shape, DATASETS[spec.dataset].num_classes
     convolutional = FAMILIES[spec.family].convolutional
-    with torch_threads(threads), avoiding_onednn_bug(spec, device):  # as run_trial trains it
+    with torch_threads(threads), contextlib.ExitStack() as scope:
         model, step = trial_network(spec, device)
+        scope.enter_context(avoiding_onednn_bug(model, device))  # as run_trial trains it
 
         def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             g = torch.Generator().manual_seed(0)
