@@ -54,7 +54,10 @@ CPU_RECIPE = {
     "test_size": 0,  # the full test set (10,000 images)
     "epochs": 20,  # lr 0.1, /10 at 50% and 75% of the steps (sweeper.experiments.train.loop.lr_milestones)
     "batch_size": 128,
-    "precision": "bf16",  # about 1.8x faster on a CPU; batch norm stays fp32
+    "precision": "bf16",  # about 1.8x faster on a CPU with AVX-512; batch norm stays fp32
+    # the test set after epochs 5, 10, 15 and 20 (the lr drops at 10 and 15), not every epoch: the
+    # same final accuracy, and a pass over 10,000 test images was a third of a BN-only trial here
+    "eval_every": 5,
 }
 
 study = Study(

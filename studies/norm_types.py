@@ -82,7 +82,7 @@ study = Study(
         # trial each) is left to the full study
         "axes": {"depth": [8, 20], "trainable": ["bn", "random"], "seed": [0, 1, 2]},
         "recipe": {"width": 8, "train_size": 10_000, "test_size": 0, "epochs": 20, "batch_size": 128,
-                   "precision": "bf16"},
+                   "precision": "bf16", "eval_every": 5},
         "resources": {"cpu": 1, "gpu": 0},
     },
 )

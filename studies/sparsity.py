@@ -75,7 +75,8 @@ study = Study(
             "trainable": ["bn"],  # the findings (γ near zero, dead ReLUs growing with depth) are BN-only's
             "seed": [0, 1, 2],
         },
-        "recipe": {"train_size": 10_000, "test_size": 0, "epochs": 20, "batch_size": 128, "precision": "bf16"},
+        "recipe": {"train_size": 10_000, "test_size": 0, "epochs": 20, "batch_size": 128, "precision": "bf16",
+                   "eval_every": 5},
         "resources": {"cpu": 1, "gpu": 0},
     },
 )

@@ -250,6 +250,10 @@ class Study:
             self.search.validate(spec_type)
             if len(out) != 1:
                 raise SweeperError(f"a study with a search needs axes that give one trial, got {len(out)}", "search")
+            if self.search.asha and getattr(out[0], "eval_every", 1) != 1:
+                raise SweeperError(f"ASHA compares trials' {self.search.metric} after every epoch, and recipe.eval_every "
+                                   f"{out[0].eval_every} leaves epochs untested; use eval_every 1 or asha False",
+                                   "search.asha")
         return out
 
 

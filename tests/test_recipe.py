@@ -1,6 +1,7 @@
 """The training recipe's schedule: lr drops where the milestones' fractions of training fall."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from sweeper.experiments.train.loop import lr_milestones, run_trial
@@ -58,3 +59,27 @@ def test_a_trial_resumed_between_the_drops_ends_as_the_uninterrupted_one():
     assert resumed.row["resumed_from_epoch"] == 3
     assert resumed.tables["curves"]["lr"].tolist() == whole.tables["curves"]["lr"].tolist()
     assert resumed.row["test_loss"] == whole.row["test_loss"]
+
+
+@pytest.mark.parametrize("epochs,every,passes", [(20, 5, 4), (5, 2, 3), (5, 1, 5), (3, 5, 1), (0, 1, 1)])
+def test_test_passes_are_every_eval_every_th_epoch_and_the_last(epochs, every, passes):
+    spec = TrainSpec.from_values({"trainable": "none" if epochs == 0 else "bn", "epochs": epochs,
+                                  "eval_every": every})
+    assert spec.test_passes == passes == max(1, sum(spec.tests_after(e) for e in range(1, epochs + 1)))
+
+
+def test_eval_every_tests_fewer_epochs_and_trains_exactly_the_same():
+    # Test passes read the model and consume no randomness: the final accuracy, γ and β and the
+    # training curve are bit for bit those of testing after every epoch.
+    values = {"dataset": "digits", "model": "resnet-8-4", "trainable": "bn", "epochs": 5, "batch_size": 20,
+              "train_size": 200, "test_size": 100, "augment": "crop_flip", "measure": ["bn"]}
+    every = run_trial(TrainSpec.from_values(values), None, threads=1)
+    sparse = run_trial(TrainSpec.from_values({**values, "eval_every": 2}), None, threads=1)
+    tested = sparse.tables["curves"]["test_acc"].notna().tolist()
+    assert tested == [False, True, False, True, True]  # epochs 2, 4 and the last
+    for key in ("test_acc", "test_loss", "test_top5", "train_loss", "train_acc"):
+        assert sparse.row[key] == every.row[key], key
+    curves = every.tables["curves"]
+    assert sparse.tables["curves"]["train_loss"].tolist() == curves["train_loss"].tolist()
+    assert sparse.tables["curves"]["test_acc"].dropna().tolist() == curves["test_acc"].iloc[[1, 3, 4]].tolist()
+    pd.testing.assert_frame_equal(sparse.tables["bn"], every.tables["bn"])

@@ -53,3 +53,13 @@ def test_bad_searches_are_refused(search, where):
 def test_search_needs_one_base_trial():
     with pytest.raises(SweeperError, match="axes that give one trial"):
         Study(name="x", axes={"seed": [0, 1]}, search=Search(space={"lr": ("uniform", 0.1, 0.5)}), **TINY).specs()
+
+
+def test_asha_needs_a_test_pass_every_epoch():
+    # ASHA stops trials on each epoch's test_acc; eval_every > 1 leaves epochs without one
+    recipe = {**TINY["recipe"], "eval_every": 2}
+    space = {"lr": ("uniform", 0.1, 0.5)}
+    with pytest.raises(SweeperError, match="eval_every 2") as e:
+        Study(name="x", dataset="digits", recipe=recipe, search=Search(space=space, asha=True)).specs()
+    assert e.value.where == "search.asha"
+    assert len(Study(name="x", dataset="digits", recipe=recipe, search=Search(space=space)).specs()) == 1

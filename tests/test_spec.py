@@ -58,7 +58,7 @@ FIELD_CHANGES = {
     "depth": 32, "width": 32, "activation": "tanh", "norm": "layer", "residual_init": 0.5,
     "weight_init": "xavier_normal", "bn_init": "fixed", "trainable": "bn", "random_k": 3, "epochs": 2,
     "batch_size": 64, "lr": 0.05, "momentum": 0.8, "weight_decay": 0.0, "milestones": (0.3,),
-    "lr_drop": 0.2, "precision": "bf16", "compile": "inductor", "measure": ("bn", "clamp"), "clamp_thresholds": (0.1,), "seed": 1,
+    "lr_drop": 0.2, "precision": "bf16", "compile": "inductor", "eval_every": 5, "measure": ("bn", "clamp"), "clamp_thresholds": (0.1,), "seed": 1,
 }
 
 
@@ -94,6 +94,7 @@ def test_every_field_changes_the_id():
         ({"model": "resnet-15"}, "depth"),
         ({"model": "vgg-16"}, "model"),
         ({"compile": "tvm"}, "compile"),
+        ({"eval_every": 0}, "eval_every"),
         ({"precision": "fp16"}, "precision"),
     ],
 )

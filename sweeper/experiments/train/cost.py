@@ -98,11 +98,12 @@ OUTPUT_ONLY = ("output",)
 
 def trial_cost(spec) -> TrialCost:
     """Estimated FLOPs of one trial: `epochs` passes over the training set (each step about 3
-    forward passes, 2 with the features frozen, 1 training the output layer alone) and the test set, and a final evaluation, in the
-    spec's precision. The experiment's cost hook (sweeper.experiment.Experiment.cost)."""
+    forward passes, 2 with the features frozen, 1 training the output layer alone) and its passes
+    over the test set (`spec.test_passes`: every `eval_every`-th epoch and the last), in the spec's
+    precision. The experiment's cost hook (sweeper.experiment.Experiment.cost)."""
     train, test = SIZES[spec.dataset]
     train = min(spec.train_size, train) if spec.train_size else train
     test = min(spec.test_size, test) if spec.test_size else test
     f = forward_flops(spec.family, spec.depth, spec.width, spec.dataset, spec.activation, spec.norm)
     step = 1 if spec.trainable in OUTPUT_ONLY else 2 if spec.trainable in FROZEN_FEATURES else 3
-    return TrialCost(f * (spec.epochs * (train * step + test) + test), spec.precision)
+    return TrialCost(f * (spec.epochs * train * step + spec.test_passes * test), spec.precision)

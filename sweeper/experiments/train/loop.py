@@ -217,7 +217,7 @@ def _run_trial(spec: TrainSpec, data_root: str | None, device: torch.device, thr
             "lr": lr,  # at the epoch's first step (a drop may fall inside the epoch)
             "train_loss": train_loss,
             "train_acc": correct / seen,
-            **evaluate(step_model, test, spec, device),
+            **(evaluate(step_model, test, spec, device) if spec.tests_after(epoch + 1) else {}),
             "epoch_seconds": time.perf_counter() - t0,
         }
         curves.append(metrics)
@@ -228,7 +228,9 @@ def _run_trial(spec: TrainSpec, data_root: str | None, device: torch.device, thr
         # Never trained (`none`): running statistics as the exact average over the training set, so
         # eval mode normalises with real statistics rather than the (0, 1) defaults.
         recalibrate(model, (x for x, _ in train.ordered()))
-    final = evaluate(step_model, test, spec, device)
+    # The last epoch's test pass is the final evaluation (the callbacks between only read the model).
+    final = ({k: curves[-1][k] for k in ("test_loss", "test_acc", "test_top5")} if curves
+             else evaluate(step_model, test, spec, device))
     train_seconds = time.perf_counter() - started
 
     context = Context(

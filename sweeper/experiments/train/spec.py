@@ -58,6 +58,7 @@ class TrainSpec(Spec):
         "weight_decay": at_least(0),
         "milestones": Range(0, 1, low_open=True, high_open=True),
         "lr_drop": Range(0, 1, low_open=True),
+        "eval_every": at_least(1, integer=True),
         "clamp_thresholds": at_least(0),
         "seed": SEED,
     }
@@ -89,6 +90,10 @@ class TrainSpec(Spec):
     lr_drop: float = 0.1
     precision: str = "fp32"
     compile: str = "none"
+    # Epochs between test-set passes during training (the last epoch is always tested): the final
+    # accuracy is the same whatever it is, while a pass over a 10,000-image test set every epoch
+    # costs a third of a small network's trial on a CPU. Untested epochs' curves rows have no test_*.
+    eval_every: int = 1
     # what to measure
     measure: tuple[str, ...] = ("bn",)
     clamp_thresholds: tuple[float, ...] = DEFAULT_CLAMP
@@ -116,6 +121,16 @@ class TrainSpec(Spec):
 
             values["width"] = FAMILIES[values["family"]].default_width
         return values
+
+    def tests_after(self, epoch: int) -> bool:
+        """Whether the test set is evaluated after `epoch` (counted from 1): every `eval_every`-th
+        and the last, whose evaluation is also the trial's final one."""
+        return epoch % self.eval_every == 0 or epoch == self.epochs
+
+    @property
+    def test_passes(self) -> int:
+        """Passes over the test set a trial makes (one for a trial that trains no epoch)."""
+        return max(1, self.epochs // self.eval_every + (self.epochs % self.eval_every > 0))
 
     @property
     def model(self) -> str:

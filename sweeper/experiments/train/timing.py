@@ -90,8 +90,8 @@ def step_seconds(spec: TrainSpec, threads: int = 1) -> tuple[float, float]:
 
 
 def trial_seconds(specs, threads: int = 1) -> list[float]:
-    """Seconds each trial of `specs` takes here: `epochs` passes of training steps and test
-    passes, and a final test pass (as cost.trial_cost counts them), from one timing per network."""
+    """Seconds each trial of `specs` takes here: `epochs` passes of training steps and the trial's
+    test passes (as cost.trial_cost counts them), from one timing per network."""
     timed: dict[tuple, tuple[float, float]] = {}
     out = []
     for spec in specs:
@@ -103,6 +103,6 @@ def trial_seconds(specs, threads: int = 1) -> list[float]:
         train = min(spec.train_size, train) if spec.train_size else train
         test = min(spec.test_size, test) if spec.test_size else test
         steps = train // spec.batch_size  # a last partial batch is dropped (Batches)
-        passes = -(-test // max(spec.batch_size, 512))
-        out.append(spec.epochs * (steps * train_s + passes * eval_s) + passes * eval_s)
+        batches = -(-test // max(spec.batch_size, 512))
+        out.append(spec.epochs * steps * train_s + spec.test_passes * batches * eval_s)
     return out
