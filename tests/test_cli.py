@@ -71,8 +71,13 @@ def test_address_auto_reads_the_cluster_file_where_ray_writes_it(tmp_path, monke
     from sweeper.errors import SweeperError
     from sweeper.orchestration.connect import check_address
 
+    from ray._private import services
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    # Ray's "auto" also scans this host's processes for a GCS and takes the one it finds over the
+    # file's address: a cluster another test worker runs would answer in place of the dead one.
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
     with pytest.raises(SweeperError, match="no Ray cluster is running on this host"):
         check_address("auto")
     (tmp_path / "ray").mkdir()
@@ -97,7 +102,10 @@ def test_plan_estimates_cost_from_flops():
     assert forward_flops("resnet", 8, 4, "digits", "relu", "batch") == convs + shortcuts + linear
     spec = TrainSpec.from_values({"dataset": "digits", "model": "resnet-8-4", "epochs": 3, "trainable": "all"})
     f = convs + shortcuts + linear
-    assert trial_cost(spec).flops == f * (3 * (1442 * 3 + 355) + 355) and trial_cost(spec).precision == "fp32"
+    # 3 epochs of 1,442 training images (3 passes a step) and a test pass of 355 after each (the
+    # last is the final evaluation); with eval_every 2, after epochs 2 and 3
+    assert trial_cost(spec).flops == f * (3 * 1442 * 3 + 3 * 355) and trial_cost(spec).precision == "fp32"
+    assert trial_cost(spec.replace(eval_every=2)).flops == f * (3 * 1442 * 3 + 2 * 355)
     r = sweeper("plan", "studies/quickstart.py", "--json")
     est = json.loads(r.stdout)["estimate"]
     assert est["total_flops"] > 0 and est["total_trial_seconds"] > 0 and est["unknown_trials"] == 0

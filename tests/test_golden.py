@@ -46,23 +46,6 @@ def test_shipped_study_ids_are_pinned(path, quick):
     assert (specs[0].trial_id, specs[-1].trial_id, len(specs)) == tuple(STUDY_IDS[(path, quick)])
 
 
-# study file -> (first trial id, last trial id, count) of its cpu variant, as the scale is now
-# (testing after every fifth epoch) and as its recorded runs had it (every epoch: eval_every 1)
-CPU_IDS = {
-    "depth_vs_width.py": (("ad0d39d151e044ce", "9689aeca0f1e1c95", 63), ("12e3d5dbaa960072", "2f0dfb741c9a2576", 63)),
-    "sparsity.py": (("2ff12090d263f8ef", "d2bbd097806590bd", 21), ("8578705be968b556", "5a092e86c6e71069", 21)),
-    "norm_types.py": (("d80dbed56d521fdd", "9fe3fb93152a104c", 72), ("cd42cc70d5b6314f", "1eb49de621d6f0c2", 72)),
-}
-
-
-@pytest.mark.parametrize("path", sorted(CPU_IDS))
-def test_cpu_scale_ids_are_pinned_and_the_recorded_runs_ids_come_back_with_eval_every_1(path):
-    now, recorded = CPU_IDS[path]
-    for overrides, expected in (([], now), (["cpu.recipe.eval_every=1"], recorded)):
-        specs = load_study(STUDIES / path, scale="cpu", overrides=overrides).specs()
-        assert (specs[0].trial_id, specs[-1].trial_id, len(specs)) == expected, overrides
-
-
 def _table_digest(frame: pd.DataFrame) -> str:
     frame = frame.drop(columns=[c for c in frame.columns if c.endswith("seconds")])
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()[:16]
