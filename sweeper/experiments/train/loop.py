@@ -22,8 +22,8 @@ from sweeper.experiment import Callback, Progress, TrialResult
 from sweeper.experiments.train import subsets
 from sweeper.experiments.train.callbacks import standard_callbacks
 from sweeper.experiments.train.measures import Context, snapshot_norms
-from sweeper.experiments.train.onednn import avoiding_onednn_bug
 from sweeper.experiments.train.model import build_model
+from sweeper.experiments.train.onednn import avoiding_onednn_bug
 from sweeper.experiments.train.spec import TrainSpec
 from sweeper.models import FAMILIES
 from sweeper.models.params import count_groups

@@ -23,8 +23,8 @@ from sweeper.data import DATASETS
 from sweeper.experiments.train import subsets
 from sweeper.experiments.train.cost import SIZES
 from sweeper.experiments.train.loop import autocast, build_optimizer, train_step
-from sweeper.experiments.train.onednn import avoiding_onednn_bug
 from sweeper.experiments.train.model import build_model
+from sweeper.experiments.train.onednn import avoiding_onednn_bug
 from sweeper.experiments.train.spec import TrainSpec
 from sweeper.models import FAMILIES
 from sweeper.nn.init import initialise
