@@ -124,7 +124,7 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
     under the same load."""
     import torch
 
-    from sweeper.experiments.train.onednn import avoiding_onednn_bug, crashes_onednn
+    from sweeper.experiments.train.onednn import avoiding_onednn_bug
 
     variants = variants or ("ours", "ours_bf16", "masked", "reference", "full")
     steps: dict[str, Callable] = {}
@@ -158,8 +158,7 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
                 raise ValueError(f"unknown step variant {name!r}")
         # Where one variant would hit PyTorch's oneDNN crash (width 4 without AVX-512: the reference
         # trains its shortcuts), all run without oneDNN, so that they stay comparable.
-        onednn = not any(crashes_onednn(m, torch.device("cpu")) for m in models)
-        with avoiding_onednn_bug(models, torch.device("cpu")):
+        with avoiding_onednn_bug(models, torch.device("cpu")) as without_onednn:
             for name in ("ours", "reference", "compiled"):
                 if name in steps:
                     flops[name] = count_flops(steps[name])
@@ -173,7 +172,7 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
     out: dict[str, Any] = {"model": f"resnet-{depth}" + (f" width {width}" if width != 16 else ""),
                            "batch": batch, "threads": threads, "repeats": repeats,
                            "seconds": {k: round(v, 5) for k, v in seconds.items()},
-                           "flops": flops, "onednn": onednn}
+                           "flops": flops, "onednn": not without_onednn}
     s = seconds
     for key, slower, faster in SPEEDUPS:
         if slower in s and faster in s:

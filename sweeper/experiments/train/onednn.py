@@ -32,14 +32,15 @@ def crashes_onednn(model: nn.Module, device: torch.device) -> bool:
 @contextlib.contextmanager
 def avoiding_onednn_bug(models: nn.Module | list[nn.Module], device: torch.device):
     """A context to train `models` in: without oneDNN where the bug would crash one of them, else as
-    it is. (Not `torch.backends.mkldnn.flags`, which also sets oneDNN's TF32 and warns about Intel GPUs.)"""
+    it is; it gives whether it turned oneDNN off. (Not `torch.backends.mkldnn.flags`, which also sets
+    oneDNN's TF32 and warns about Intel GPUs.)"""
     models = models if isinstance(models, list) else [models]
     if not any(crashes_onednn(m, device) for m in models):
-        yield
+        yield False
         return
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
-        yield
+        yield True
     finally:
         torch.backends.mkldnn.enabled = before
