@@ -13,92 +13,19 @@ import sys
 from pathlib import Path
 
 from sweeper.errors import SweeperError, missing_package
+from sweeper.texttable import table
 
 DEFAULT_STORE = os.environ.get("SWEEPER_STORE", "store")
 
 # Modules that add a subcommand: each has add_parser(subparsers), setting `fn` to its handler.
-COMMAND_MODULES: list[str] = ["sweeper.nightly.cli", "sweeper.nightly.schedule", "sweeper.bench.cli",
-                              "sweeper.orchestration.submit", "sweeper.slurm.cli", "sweeper.report.cli",
+COMMAND_MODULES: list[str] = ["sweeper.plan_command", "sweeper.nightly.cli", "sweeper.nightly.schedule",
+                              "sweeper.bench.cli", "sweeper.orchestration.submit", "sweeper.slurm.cli", "sweeper.report.cli",
                               "sweeper.compact"]
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage)
         raise SweeperError(message, self.prog)
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
-
-
-# -- plan ----------------------------------------------------------------------------------------
-def cmd_plan(args) -> int:
-    from sweeper import overrides
-    from sweeper.plan import describe
-    from sweeper.study import load_study
-
-    study = load_study(args.study, scale=scale_of(args), overrides=args.overrides, name=args.name)
-    changed = overrides.describe(args.overrides, args.name)
-    specs = study.specs()
-    done = set()
-    if args.store:  # a folder or an s3:// / gs:// URI: a missing folder or prefix has no trials yet
-        from sweeper.store import Store
-
-        store = Store(args.store)  # refuses a path that cannot be a store (a file, a symlink loop)
-        store.check_reachable()  # an object store: one line within seconds when it cannot be read
-        done = store.trial_status(study.name).done
-    axes: list[str] = []
-    for grid in study.grids():
-        for name, values in grid.items():
-            keys = list(values[0]) if isinstance(values[0], dict) else [name]
-            axes += [k for k in keys if k not in axes]
-
-    def row(s) -> dict:
-        return {"trial_id": s.trial_id, **({"model": s.model} if hasattr(s, "model") else {}), **s.to_row(),
-                "done": s.trial_id in done}
-
-    cpus = float(args.cpus_per_trial if args.cpus_per_trial is not None else study.resources.get("cpu", 1))
-    gpus = float(args.gpus_per_trial if args.gpus_per_trial is not None else study.resources.get("gpu", 0))
-    remaining = [s for s in specs if s.trial_id not in done]
-    cost, notes = describe(remaining, cpus, gpus, gpu=args.gpu, cluster_file=args.cluster, workers=args.workers,
-                           efficiency=args.efficiency, time_steps=args.time_steps, scale=scale_of(args))
-    if args.json:
-        # Written row by row: a 100,000-trial grid's document is tens of megabytes, and building it
-        # whole (rows, then one string) took gigabytes.
-        head = {"study": study.name, "experiment": study.experiment, "count": len(specs),
-                "done": len(specs) - len(remaining), "overrides": list(args.overrides)}
-        out = sys.stdout
-        out.write(json.dumps(head)[:-1] + ', "trials": [')
-        for i, s in enumerate(specs):
-            out.write(("," if i else "") + "\n " + json.dumps(row(s)))
-        estimate = {k: v for k, v in cost.items() if k != "trial_seconds"}
-        out.write('\n], "estimate": ' + json.dumps(estimate) + "}\n")
-        return 0
-    rows = [row(s) for s in specs]
-    if any(a in axes for a in ("model", "family", "depth", "width")) and "model" in rows[0]:
-        axes = ["model"] + [a for a in axes if a not in ("model", "family")]
-    shown = ["trial_id"] + [a for a in axes if a in rows[0]]
-    if "trainable" in shown and "random_k" not in shown and len({r.get("random_k") for r in rows}) > 1:
-        shown.insert(shown.index("trainable") + 1, "random_k")  # an axis value random(k=N) sets it
-    shown += ["done"]
-    print(f"study {study.name}: {len(rows)} trials ({sum(r['done'] for r in rows)} already done)")
-    if changed:
-        print(changed)
-    print(_table(rows, shown))
-    for line in notes:
-        print(line)
-    if cost["unknown_trials"]:
-        print(f"({cost['unknown_trials']} trials of experiment '{study.experiment}' have no cost model)")
-    return 0
 
 
 # -- run -----------------------------------------------------------------------------------------
@@ -135,10 +62,12 @@ def cmd_run(args) -> int:
         trackers=args.log,
         view=view,
         say=view.say if view else print,
+        reuse=not args.no_reuse,
     )
+    reused = f"{summary.reused} taken from other studies, " if summary.reused else ""
     print(
         f"{study.name}: {summary.done} ran and done, {len(summary.failed)} failed, {summary.missing} missing, "
-        f"{summary.skipped} skipped (already done) in {summary.seconds:.1f} s; results in {store.url(study.name)}"
+        f"{reused}{summary.skipped} skipped (already done) in {summary.seconds:.1f} s; results in {store.url(study.name)}"
     )
     for tid, error in list(summary.failed.items())[:10]:
         print(f"  failed {tid}: {error.splitlines()[0] if error else ''}")
@@ -191,7 +120,7 @@ def cmd_params(args) -> int:
         print(json.dumps(out, indent=1))
     else:
         rows = [{"model": k, **v} for k, v in out.items()]
-        print(_table(rows, ["model", *GROUPS, "trainable"]))
+        print(table(rows, ["model", *GROUPS, "trainable"]))
         print(f"(trainable under subset {args.trainable!r})")
     return 0
 
@@ -270,7 +199,7 @@ def cmd_status(args) -> int:
     if not rows:
         print("empty store")
         return 0
-    print(_table(rows, ["study", "done", "failed", "missing", "other", "corrupt", "damaged", "stray", "duplicate",
+    print(table(rows, ["study", "done", "failed", "missing", "other", "corrupt", "damaged", "stray", "duplicate",
                         "last_run"]))
     for line in left_out:
         print(line)
@@ -369,27 +298,6 @@ def build_parser() -> Parser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    plan = sub.add_parser("plan", help="list a study's trials without running anything")
-    plan.add_argument("study")
-    plan.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
-    add_scale_option(plan)
-    plan.add_argument("--json", action="store_true")
-    plan.add_argument("--store", default=None, help="mark trials this store already has")
-    plan.add_argument("--cpus-per-trial", type=float, default=None, help="as `run` would ask (default: the study's)")
-    plan.add_argument("--gpus-per-trial", type=float, default=None, help="as `run` would ask (default: the study's)")
-    plan.add_argument("--cluster", default=None, metavar="FILE",
-                      help="Ray cluster file whose GPU workers the estimate assumes (default: ./cluster.yaml if present)")
-    plan.add_argument("--gpu", default=None, metavar="NAME", help="the card GPU trials are estimated on "
-                      "(default: the cluster file's, else A10G): A10, A10G, H100, L4, T4, V100, A100")
-    plan.add_argument("--workers", type=int, default=None, help="GPU workers (default: the cluster file's max_workers, else 1)")
-    plan.add_argument("--time-steps", action="store_true",
-                      help="CPU trials: time a few real training steps of each network here instead of the FLOP "
-                           "model (seconds per network; narrow networks run far below the FLOP rate)")
-    plan.add_argument("--efficiency", type=float, default=None,
-                      help="share of a card's stated rate a training step reaches (default: 0.3, an assumption)")
-    add_overrides(plan)
-    plan.set_defaults(fn=cmd_plan)
-
     run = sub.add_parser("run", help="run a study's missing trials on Ray")
     run.add_argument("study")
     run.add_argument("--store", default=DEFAULT_STORE, help="results store: a path or s3://, gs:// URI (default: %(default)s)")
@@ -402,6 +310,9 @@ def build_parser() -> Parser:
     run.add_argument("--max-failures", type=int, default=2, help="retries of a trial lost to a node fault")
     run.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint at most this often")
     run.add_argument("--no-figures", action="store_true", help="do not redraw figures at the end")
+    run.add_argument("--no-reuse", action="store_true",
+                     help="train every missing trial here, even one another study of the store has done with the "
+                          "same training (default: copy that study's results; the row's reused_from says whence)")
     add_wait_option(run)
     add_overrides(run)
     add_log_option(run)

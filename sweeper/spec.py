@@ -35,6 +35,10 @@ class Spec:
     #: computes with an absurd value. tests/test_reliability_input.py checks each kind lists every
     #: numeric field.
     RANGES: ClassVar[dict[str, Any]] = {}
+    #: Fields that only say what a trial records once it has trained, never how it trains: two
+    #: specs that differ only here run the same training (sweeper.reuse takes one's results for
+    #: the other when the done one recorded at least as much).
+    RECORDING: ClassVar[tuple[str, ...]] = ()
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -65,6 +69,22 @@ class Spec:
         spec.check_ranges()
         spec.validate()
         return spec
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Spec":
+        """The spec a `trials` row was written from (`to_row`: tuples as comma-joined text); a
+        missing or empty column is its field's default (a row written before the field existed)."""
+        values = {}
+        for name, annotation in cls.field_types().items():
+            value = row.get(name)
+            if value is None:
+                continue
+            if typing.get_origin(annotation) is tuple and isinstance(value, str):
+                item = typing.get_args(annotation)[0]
+                parse = {bool: lambda v: v == "True", int: int, float: float}.get(item, str)
+                value = [parse(v) for v in value.split(",") if v]
+            values[name] = value
+        return cls.from_values(values)
 
     def check_ranges(self) -> None:
         defaults = _defaults(type(self))
@@ -101,6 +121,21 @@ class Spec:
         payload = {"experiment": self.experiment, "v": HASH_VERSION, **self.non_default()}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @functools.cached_property
+    def training_id(self) -> str:
+        """The id of what the trial trains: its id with the RECORDING fields at their defaults."""
+        defaults = _defaults(type(self))
+        return dataclasses.replace(self, **{f: defaults[f] for f in self.RECORDING}).trial_id
+
+    def records_within(self, done: "Spec") -> bool:
+        """Whether `done`, a trial of the same training (`training_id`), recorded everything this
+        spec records (hook: a spec with RECORDING fields says how they compare)."""
+        return done == self
+
+    def keeps_table(self, table: str) -> bool:
+        """Whether `table` of such a done trial is one this spec records (it may have recorded more)."""
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -84,6 +84,9 @@ RUN_COLUMNS: dict[str, type] = {
     # the tables the trial wrote, comma-joined and sorted ("bn,clamp,curves"): a done trial counts
     # as done only while every one of them is present and readable (see `trial_status`)
     "tables": str,
+    # a trial whose results were copied from another study that trained it the same way
+    # (sweeper.reuse): STUDY/TRIAL_ID of the trial that trained; empty for a trial trained here
+    "reused_from": str,
 }
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 

@@ -17,6 +17,7 @@ class RunSummary:
     study: str
     planned: int
     skipped: int  # already done in the store
+    reused: int = 0  # taken from another study of the store that trained them the same way (sweeper.reuse)
     ran: int = 0
     done: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> error (this run)

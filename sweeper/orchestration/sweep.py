@@ -6,6 +6,7 @@ import time
 from contextlib import nullcontext
 from typing import Any, Callable
 
+from sweeper import reuse as reuselib
 from sweeper.orchestration.checkpoints import checkpoint_config, keep_newest_checkpoint
 from sweeper.orchestration.connect import connect
 from sweeper.orchestration.progress import RunSummary, progress_callback, spec_label
@@ -33,6 +34,7 @@ def run_study(
     wait_for_resources: float | None = None,
     trackers: list | None = None,
     view=None,
+    reuse: bool = True,
 ) -> RunSummary:
     """Run every trial of `study` that the store does not have as done. Failed trials are
     retried; trials in `rerun` run again even when done. `reuse_actors=False` is Tune's default
@@ -40,7 +42,9 @@ def run_study(
     `wait_for_resources`: seconds to wait for a node that can hold one trial (see
     `resources.await_resources`); None: REMOTE_WAIT_S on a cluster joined by address, 0 on the local one.
     `trackers`: `sweeper.trackers.Tracker`s (`--log`) that see every trial's parameters and epochs.
-    `view`: a `live.LiveView` that draws the sweep while it runs (None: the lines `say` says)."""
+    `view`: a `live.LiveView` that draws the sweep while it runs (None: the lines `say` says).
+    `reuse`: take the results of trials another study of the store has done with the same
+    training instead of training them again (sweeper.reuse); never for the trials in `rerun`."""
     started = time.perf_counter()
     specs = study.specs()
     if study.search is not None:
@@ -56,6 +60,11 @@ def run_study(
     summary = RunSummary(study.name, planned=len(specs), skipped=len(specs) - len(todo))
     if summary.skipped:
         say(f"{study.name}: {summary.skipped} of {len(specs)} trials already in the store; skipped")
+    if reuse:
+        fresh = [s for s in todo if s.trial_id not in rerun]
+        donors = reuselib.find(store, study.name, fresh)
+        summary.reused = reuselib.adopt(store, study.name, fresh, donors, say)
+        todo = [s for s in todo if s.trial_id not in donors]
     if not todo:
         begin(store, study)  # nothing left to run: the plan is still the one the user now means
         summary.seconds = time.perf_counter() - started

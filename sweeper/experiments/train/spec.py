@@ -99,6 +99,21 @@ class TrainSpec(Spec):
     clamp_thresholds: tuple[float, ...] = DEFAULT_CLAMP
     seed: int = 0
 
+    # Measurements run after training and its final evaluation, and leave the network as they
+    # found it (clamp puts γ back): sparsity.py's BN-only trials are depth_vs_width.py's, with more
+    # measured.
+    RECORDING: ClassVar[tuple[str, ...]] = ("measure", "clamp_thresholds")
+
+    def records_within(self, done: "TrainSpec") -> bool:
+        if not set(self.measure) <= set(done.measure):
+            return False
+        return "clamp" not in self.measure or done.clamp_thresholds == self.clamp_thresholds
+
+    def keeps_table(self, table: str) -> bool:
+        from sweeper.experiments.train.measures import MEASUREMENTS
+
+        return table not in MEASUREMENTS or MEASUREMENTS.canonical(table) in self.measure
+
     @classmethod
     def expand_shorthands(cls, values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(values.get("trainable"), str) and "(" in values["trainable"]:
