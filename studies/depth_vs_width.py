@@ -29,6 +29,9 @@ machine (docs/laptop_scale.md; `sweeper plan --scale cpu --time-steps` times thi
 
     sweeper run studies/depth_vs_width.py --scale cpu --data-root ../shared/data/cifar10
 
+Run sparsity.py's cpu variant into the same store first: its 21 trials are this one's BN-only
+trials, with more measured, and `run` copies them instead of training them again (sweeper.reuse).
+
 Figures (sweeper.analysis.frankle): Fig. 1 all_vs_all_but_bn, Fig. 2 accuracy_vs_depth_width,
 Fig. 3 accuracy_vs_bn_params, Fig. 4 gamma_distribution, Fig. 5 gamma_sparsity, Table 1.
 """

@@ -31,6 +31,9 @@ the full test set, 20 epochs, batch 128, bf16): ResNet-8 and ResNet-20 at width 
 BN-only against the equal-count random baseline, 3 seeds, 72 trials:
 
     sweeper run studies/norm_types.py --scale cpu --data-root ../shared/data/cifar10
+
+Its BatchNorm trials at depth 20 (BN-only and random) are depth_vs_width.py's ResNet-20-8 trials:
+run after it into the same store, `run` copies them (sweeper.reuse).
 """
 from sweeper import Study
 

@@ -21,6 +21,9 @@ width 8) and wider (ResNet-14 at widths 11, 14, 18) networks, 3 seeds, 21 trials
 share of γ near zero and of dead ReLUs can be read against depth and against width:
 
     sweeper run studies/sparsity.py --scale cpu --data-root ../shared/data/cifar10
+
+These are depth_vs_width.py's cpu BN-only trials with clamping and dead ReLUs measured as well: run
+this study first, and depth_vs_width.py's run into the same store copies them (sweeper.reuse).
 """
 from sweeper import Study
 

@@ -103,9 +103,14 @@ def test_a_study_that_records_more_trains_its_own_and_rerun_is_never_copied(ray_
 
 
 def test_a_copy_killed_before_its_row_is_made_again_and_never_doubled(ray_local, tmp_path):
+    import pyarrow.parquet as pq
+
     store = Store(tmp_path)
     run_study(sparsity_like(), store, say=lambda _: None)
+    older = next((tmp_path / "sparse" / "trials").glob("*.parquet"))  # a row of a version before bn_params:
+    pq.write_table(pq.read_table(older).drop_columns(["bn_params"]), older)  # pandas reads the column as floats
     run_study(depth_vs_width_like(), store, say=lambda _: None)
+    assert load(tmp_path, "dvw")["bn_params"].notna().sum() == 3  # the older row's copy has none either
     copied = load(tmp_path, "dvw").dropna(subset=["reused_from"])
     victim = copied["trial_id"].iloc[0]
     (tmp_path / "dvw" / "trials" / f"{victim}.parquet").unlink()  # as if killed between tables and row
@@ -163,3 +168,26 @@ def test_each_measurement_writes_the_table_of_its_name(name):
     ctx = Context(model=model, spec=s, evaluate=lambda: {"test_acc": 0.5, "test_top5": 1.0},
                   test_batches=lambda: [(x, torch.zeros(4, dtype=torch.long))], initial=snapshot_norms(model))
     assert set(MEASUREMENTS[name](ctx)) == {name}
+
+
+def test_a_nightly_of_two_studies_copies_what_the_first_trained_and_says_so(ray_local, tmp_path):
+    from sweeper.cli import main
+    from sweeper.report.layout import REPORTS, list_reports
+
+    files = []
+    for name, axes, measure in (("sparse", {"seed": [0, 1]}, SPARSITY),
+                                ("dvw", {"trainable": ["bn", "output"], "seed": [0, 1]}, ["bn"])):
+        recipe = RECIPE if name == "dvw" else {**RECIPE, "trainable": "bn"}
+        path = tmp_path / f"{name}.py"
+        path.write_text("from sweeper import Study\n"
+                        f"study = Study(name={name!r}, dataset='digits', axes={axes!r}, recipe={recipe!r}, "
+                        f"measure={measure!r}, figures=['accuracy_vs_bn_params'])\n")
+        files.append(str(path))
+    store = tmp_path / "store"
+    assert main(["nightly", *files, "--store", str(store)]) == 0
+    report = list_reports(Store(store))[-1]
+    summary = json.loads((store / REPORTS / report / "summary.json").read_text())
+    dvw = next(s for s in summary["studies"] if s["study"] == "dvw")
+    assert dvw["reused"] == 2 and dvw["ran"] == 2 and dvw["done"] == 2
+    assert "2 trials copied from other studies of the store" in (store / REPORTS / report / "report.md").read_text()
+

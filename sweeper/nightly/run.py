@@ -62,6 +62,7 @@ def _run_study(study, path: str, store: Store, current: str, *, address, data_ro
         summary = run_study(study, store, address=address, data_root=data_root, rerun=rerun, say=say,
                             wait_for_resources=wait_for_resources, trackers=trackers)
         night.skipped, night.ran, night.done = summary.skipped, summary.ran, summary.done
+        night.reused = summary.reused
         night.failed, night.missing = dict(summary.failed), summary.missing
     except KeyboardInterrupt:
         raise

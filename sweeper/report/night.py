@@ -24,6 +24,7 @@ class StudyNight:
     experiment: str = "train"
     planned: int = 0
     skipped: int = 0  # already done (and not stale-rerun): not run tonight
+    reused: int = 0  # copied from another study of the store that trained them the same way (sweeper.reuse)
     new: int = 0  # planned trials the store had no row for
     retried: int = 0  # planned trials whose last row was `failed`
     stale: list[str] = field(default_factory=list)  # done under another code version
@@ -47,7 +48,7 @@ class StudyNight:
     def to_json(self) -> dict[str, Any]:
         return {
             "study": self.study, "file": self.file, "experiment": self.experiment,
-            "planned": self.planned, "skipped": self.skipped, "ran": self.ran, "new": self.new,
+            "planned": self.planned, "skipped": self.skipped, "reused": self.reused, "ran": self.ran, "new": self.new,
             "retried": self.retried, "stale": self.stale, "stale_rerun": self.stale_rerun,
             "done": self.done, "failed": self.failed, "missing": self.missing, "seconds": self.seconds,
             "error": self.error, "figures": sorted(self.figures), "figure_errors": self.figure_errors,
@@ -136,8 +137,11 @@ def _study_blocks(n: StudyNight, store: Store, name: str, tol: float) -> list[Bl
         ran.append(f"ran {n.ran} trial{'s' * (n.ran != 1)} ({n.new} new, {n.retried} retried after a failure, "
                    f"{stale_runs} stale reruns) in {fmt_seconds(n.seconds)}: {n.done} done, {len(n.failed)} failed, "
                    f"{n.missing} missing")
-    elif not n.error:
+    elif not n.error and not n.reused:
         ran.append(f"nothing to do: all {n.planned} trials were already in the store")
+    if n.reused:
+        ran.append(f"{n.reused} trial{'s' * (n.reused != 1)} copied from other studies of the store, which "
+                   "trained them the same way (their rows' `reused_from` names each)")
     if n.skipped and (n.ran or n.error):
         ran.append(f"{n.skipped} trial{'s' * (n.skipped != 1)} already done, not run again")
     if n.stale and not n.stale_rerun:
