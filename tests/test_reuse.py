@@ -77,7 +77,7 @@ def test_a_trial_done_in_another_study_is_copied_and_equals_training_it_here(ray
         columns = [c for c in here.columns if not c.endswith("seconds")]  # wall-clock times differ, of course
         a = here[here["trial_id"].isin(ids)][columns].sort_values(columns).reset_index(drop=True)
         b = copied[copied["trial_id"].isin(ids)][columns].sort_values(columns).reset_index(drop=True)
-        pd.testing.assert_frame_equal(a, b)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
 
     again = run_study(depth_vs_width_like(), store, say=lines.append)
     assert again.skipped == 4 and again.reused == 0 and again.ran == 0
