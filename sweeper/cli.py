@@ -235,6 +235,12 @@ def add_wait_option(p) -> None:
                         "with --address, 0 on the local one, which never grows")
 
 
+def add_reuse_option(p) -> None:
+    p.add_argument("--no-reuse", action="store_true",
+                   help="train every missing trial here, even one another study of the store has done with the "
+                        "same training (default: copy that study's results; the row's reused_from says whence)")
+
+
 def add_overrides(p) -> None:
     """`--set KEY=VALUE` (repeatable) and `--name NAME`: see sweeper.overrides."""
     from sweeper.overrides import add_options
@@ -310,9 +316,7 @@ def build_parser() -> Parser:
     run.add_argument("--max-failures", type=int, default=2, help="retries of a trial lost to a node fault")
     run.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint at most this often")
     run.add_argument("--no-figures", action="store_true", help="do not redraw figures at the end")
-    run.add_argument("--no-reuse", action="store_true",
-                     help="train every missing trial here, even one another study of the store has done with the "
-                          "same training (default: copy that study's results; the row's reused_from says whence)")
+    add_reuse_option(run)
     add_wait_option(run)
     add_overrides(run)
     add_log_option(run)

@@ -143,6 +143,24 @@ def test_plan_says_what_run_would_copy_and_leaves_it_out_of_the_cost(ray_local, 
     text = plan(["bn", "output"], "--store", tmp_path / "store").stdout
     assert "4 trials (0 already done, 2 to take from other studies of the store)" in text
 
+    from sweeper.cli import main  # the command, with --no-reuse: every trial trained here
+
+    assert main(["run", str(tmp_path / "bn_output.py"), "--store", str(tmp_path / "store"), "--no-reuse",
+                 "--no-figures"]) == 0
+    assert load(tmp_path / "store", "dvw")["reused_from"].isna().all()
+
+
+def test_no_reuse_is_passed_on_by_submit(tmp_path):
+    """(`sweeper slurm` passes it on too: tests/test_slurm.py.)"""
+    from sweeper.cli import build_parser
+    from sweeper.orchestration.submit import entrypoint
+
+    parse = build_parser().parse_args
+    submit = parse(["submit", "s.py", "--address", "http://127.0.0.1:8265", "--store", "s3://b/p", "--no-reuse"])
+    assert "--no-reuse" in entrypoint(submit, "s.py").split()
+    assert "--no-reuse" not in entrypoint(parse(["submit", "s.py", "--address", "http://127.0.0.1:8265",
+                                                 "--store", "s3://b/p"]), "s.py").split()
+
 
 def test_copies_on_an_object_store(ray_local, s3_store):
     store = Store(s3_store)

@@ -57,7 +57,7 @@ def test_script_parses_and_asks_slurm_for_what_the_options_say(study, tmp_path):
               "--sbatch=--mem=200G", "--sbatch=--constraint=ib", "--setup", "module load cuda/12.4",
               "--log-dir", tmp_path / "logs", "--token-file", token,
               "--quick", "--data-root", "data", "--cpus-per-trial", 4, "--gpus-per-trial", 0.5, "--max-failures", 3,
-              "--checkpoint-seconds", 60, "--no-figures", cwd=tmp_path)
+              "--checkpoint-seconds", 60, "--no-figures", "--no-reuse", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     script = r.stdout
     path = tmp_path / "job.sh"
@@ -77,7 +77,7 @@ def test_script_parses_and_asks_slurm_for_what_the_options_say(study, tmp_path):
     assert f"STUDY={study}" in script
     assert "STORE=s3://bucket/sweeps" in script
     assert (f"RUN_ARGS=(--quick --data-root {tmp_path / 'data'} --cpus-per-trial 4 --gpus-per-trial 0.5 "
-            "--max-failures 3 --checkpoint-seconds 60 --no-figures)") in script
+            "--max-failures 3 --checkpoint-seconds 60 --no-figures --no-reuse)") in script
     assert 'run sweeper run "$STUDY" --address "$SWEEPER_HEAD_ADDRESS" --store "$STORE" "${RUN_ARGS[@]}"' in script
     assert "module load cuda/12.4" in script
     assert f"export PATH={BIN}:$PATH" in script

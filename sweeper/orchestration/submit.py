@@ -31,9 +31,10 @@ def add_parser(sub) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=None)
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    from sweeper.cli import add_log_option, add_wait_option
+    from sweeper.cli import add_log_option, add_reuse_option, add_wait_option
 
     add_wait_option(p)  # passed on to the job's `sweeper run` (default there: 900 s)
+    add_reuse_option(p)  # passed on
     from sweeper.overrides import add_options
 
     add_options(p)  # checked here, passed on to the job's `sweeper run`
@@ -54,6 +55,8 @@ def entrypoint(args, study_name: str) -> str:
             parts += [f"--{flag.replace('_', '-')}", str(value)]
     for tracker in getattr(args, "log", None) or []:
         parts += ["--log", str(tracker)]
+    if getattr(args, "no_reuse", False):
+        parts.append("--no-reuse")
     from sweeper.overrides import arguments
 
     return shlex.join(parts + arguments(args))

@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
     run.add_argument("--max-failures", type=int, default=None)
     run.add_argument("--checkpoint-seconds", type=float, default=None)
     run.add_argument("--no-figures", action="store_true")
+    from sweeper.cli import add_reuse_option
+
+    add_reuse_option(run)
     from sweeper.overrides import add_options
 
     add_options(run)

@@ -63,6 +63,8 @@ def run_arguments(args) -> list[str]:
             out += ["--" + flag.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
     if args.no_figures:
         out.append("--no-figures")
+    if getattr(args, "no_reuse", False):
+        out.append("--no-reuse")
     from sweeper.overrides import arguments
 
     return out + arguments(args)  # each one array element of RUN_ARGS, quoted by `render`
