@@ -62,11 +62,11 @@ def find(store: Store, study: str, specs: list) -> dict[str, Donor]:
             continue
         for row in _records(rows[rows["experiment"] == experiment]):
             done_spec = _spec_of(spec_type, row)
-            if done_spec is None:
+            if done_spec is None or row.get("tables") is None:  # a row from before `tables`: what to copy is unknown
                 continue
             for s in wanted.get(done_spec.training_id, ()):
                 if s.trial_id not in found and s.records_within(done_spec):
-                    tables = tuple(t for t in (row.get("tables") or "").split(",") if t and s.keeps_table(t))
+                    tables = tuple(t for t in row["tables"].split(",") if t and s.keeps_table(t))
                     found[s.trial_id] = Donor(other, row["trial_id"], row, tables)
     return found
 

@@ -42,6 +42,9 @@ def test_measurements_do_not_change_the_training_they_record():
     assert spec(lr=0.05).training_id != bn.training_id
     assert spec(seed=1).training_id != bn.training_id
     assert [t for t in ("curves", "bn", "clamp", "dead_relu") if bn.keeps_table(t)] == ["curves", "bn"]
+    odd = spec(milestones=[0.3, 0.6, 0.9], measure=SPARSITY, clamp_thresholds=[0.0, 0.125], eval_every=3)
+    assert TrainSpec.from_row(odd.to_row()) == odd  # the stored row gives back the spec it was written from
+    assert TrainSpec.from_row({k: v for k, v in odd.to_row().items() if k != "eval_every"}) == odd.replace(eval_every=1)
 
 
 def test_a_trial_done_in_another_study_is_copied_and_equals_training_it_here(ray_local, tmp_path):
