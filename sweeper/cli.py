@@ -165,16 +165,20 @@ def cmd_status(args) -> int:
         # counted over the study's current plan (its study file's, else its last run's): trials
         # of an earlier recipe are `other`, and said what they are
         plan = planned.get(name) or recorded_plan(store, name)
-        cols = ["ended_at", "trial_id", *(plan.values if plan else ())]
+        cols = ["ended_at", "trial_id", "reused_from", *(plan.values if plan else ())]
         trials = store.read(name, "trials", columns=cols) if st.done or st.failed else None
         counts = {"done": len(st.done), "failed": len(st.failed), "missing": None, "other": 0, "left_out": []}
         if plan is not None:
             counts = plan_counts(trials, st.done, st.failed, plan)
             left_out += [f"{name}: {line}" for line in counts["left_out"]]
         damaged = sorted(p for paths in st.damaged.values() for p in paths)
+        counted = st.done & plan.ids if plan is not None else st.done
+        copied = 0 if trials is None or "reused_from" not in trials else \
+            int(trials.loc[trials["trial_id"].isin(counted), "reused_from"].notna().sum())
         rows.append({
             "study": name,
             **counts,
+            "copied": copied,  # of the done: copied from another study (sweeper.reuse), not trained here
             "plan": None if plan is None else ("study file" if name in planned else "last run"),
             "corrupt": len(st.corrupt),
             "damaged": len(st.damaged),
@@ -199,8 +203,9 @@ def cmd_status(args) -> int:
     if not rows:
         print("empty store")
         return 0
+    # columns in their pinned order (scripts read them); ones added later go at the end
     print(table(rows, ["study", "done", "failed", "missing", "other", "corrupt", "damaged", "stray", "duplicate",
-                        "last_run"]))
+                        "last_run", "copied"]))
     for line in left_out:
         print(line)
     why = {"corrupt": "unreadable or mistyped; its trial runs again",

@@ -47,7 +47,7 @@ def test_measurements_do_not_change_the_training_they_record():
     assert TrainSpec.from_row({k: v for k, v in odd.to_row().items() if k != "eval_every"}) == odd.replace(eval_every=1)
 
 
-def test_a_trial_done_in_another_study_is_copied_and_equals_training_it_here(ray_local, tmp_path):
+def test_a_trial_done_in_another_study_is_copied_and_equals_training_it_here(ray_local, tmp_path, capsys):
     store = Store(tmp_path)
     lines: list[str] = []
     first = run_study(sparsity_like(), store, say=lines.append)
@@ -85,6 +85,14 @@ def test_a_trial_done_in_another_study_is_copied_and_equals_training_it_here(ray
     again = run_study(depth_vs_width_like(), store, say=lines.append)
     assert again.skipped == 4 and again.reused == 0 and again.ran == 0
     assert len(load(tmp_path, "dvw")) == 4
+
+    from sweeper.cli import main  # `sweeper status` counts, of the done, the copied
+
+    capsys.readouterr()
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    studies = {s["study"]: s for s in json.loads(capsys.readouterr().out)["studies"]}
+    assert (studies["dvw"]["done"], studies["dvw"]["copied"]) == (4, 2)
+    assert studies["sparse"]["copied"] == studies["control"]["copied"] == 0
 
 
 def test_a_study_that_records_more_trains_its_own_and_rerun_is_never_copied(ray_local, tmp_path):
