@@ -4,7 +4,7 @@ Run in the order sparsity -> depth_vs_width -> norm_types into one store, a stud
 when a study before it has the same training done with at least as much recorded. Each trial's
 seconds come from `sweeper plan --time-steps` (sweeper.plan.estimate with time_steps=True: real
 training steps of each network timed on this CPU); which trials are copied, from the specs' own
-`training_id` and `records_within`, as `sweeper.reuse.find` decides for a store.
+`sweeper.reuse.serves`, the test `sweeper.reuse.find` applies to a store's done trials.
 
     .venv/bin/python benchmarks/reuse_budget.py --precision fp32     # about 2 minutes on 2 cores
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from sweeper.plan import estimate
+from sweeper.reuse import serves
 from sweeper.study import load_study
 
 ORDER = ["sparsity", "depth_vs_width", "norm_types"]
@@ -29,7 +30,7 @@ def main() -> None:
     for name in ORDER:
         specs = load_study(f"studies/{name}.py", scale="cpu", overrides=overrides).specs()
         seconds = estimate(specs, 1.0, time_steps=True)["trial_seconds"]
-        copied = [any(d.training_id == s.training_id and s.records_within(d) for d in before) for s in specs]
+        copied = [any(serves(d, s) for d in before) for s in specs]
         own = sum(t for t, c in zip(seconds, copied) if not c)
         print(f"{name}: {len(specs)} trials, {sum(seconds) / 3600:.2f} trial-hours alone; {sum(copied)} copied "
               f"from the studies before it: {own / 3600:.2f} trial-hours")

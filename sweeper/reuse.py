@@ -41,6 +41,11 @@ class Donor:
         return self.row.get("reused_from") or f"{self.study}/{self.trial_id}"
 
 
+def serves(done, spec) -> bool:
+    """Whether the done trial `done` (a spec) ran `spec`'s training and recorded all it records."""
+    return done.training_id == spec.training_id and spec.records_within(done)
+
+
 def find(store: Store, study: str, specs: list) -> dict[str, Donor]:
     """trial id -> the done trial of another study of `store` whose results are that spec's, for
     each of `specs` some other study has (the first study by name when several have it)."""
@@ -65,7 +70,7 @@ def find(store: Store, study: str, specs: list) -> dict[str, Donor]:
             if done_spec is None or row.get("tables") is None:  # a row from before `tables`: what to copy is unknown
                 continue
             for s in wanted.get(done_spec.training_id, ()):
-                if s.trial_id not in found and s.records_within(done_spec):
+                if s.trial_id not in found and serves(done_spec, s):
                     tables = tuple(t for t in row["tables"].split(",") if t and s.keeps_table(t))
                     found[s.trial_id] = Donor(other, row["trial_id"], row, tables)
     return found
