@@ -10,9 +10,9 @@ missing, and the next run runs them (a row saying a scheduler stopped them would
 Why Ctrl-C by hand too: Python's own SIGINT handler raises KeyboardInterrupt wherever the main
 thread is, and code we do not own can swallow it. A sweep signalled just after it said "running N
 trials" (while Tune sets up) ran all its trials to the end and exited 0, once in CI and once in 16
-tries here under load. So both signals also set a flag (`stop_requested`), and the sweep's Tune
-callback (`sweeper.orchestration.stopping`) raises again at every step of Tune's loop until the
-interrupt gets out; `run_study` asks once more after Tune returns.
+tries here under load. So both signals also set a flag (`terminated`, `interrupted`), and the
+sweep's Tune callback (`sweeper.orchestration.stopping`) raises again at every step of Tune's loop
+until the interrupt gets out; `run_study` and `run_search` ask once more after Tune returns.
 """
 from __future__ import annotations
 
@@ -47,11 +47,6 @@ def _raise_interrupted(signum, frame):
     global interrupted
     interrupted = True
     raise KeyboardInterrupt()
-
-
-def stop_requested() -> bool:
-    """Whether SIGINT or SIGTERM arrived since `clear()`, whether or not its interrupt got out."""
-    return terminated or interrupted
 
 
 def raise_if_stopped() -> None:
