@@ -385,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    interrupt.clear()
-    previous = interrupt.on_stop_signals()
+    interrupt.terminated = False
+    previous = interrupt.on_sigterm_interrupt()
     try:
         check_argv(argv)  # no control characters in any path or name (crontab lines, reports)
         args = build_parser().parse_args(argv)
@@ -413,8 +413,7 @@ def main(argv: list[str] | None = None) -> int:
               "traceback)", file=sys.stderr)
         return 3
     finally:
-        interrupt.restore(previous)
-        interrupt.clear()  # a signal to this command says nothing about code that runs after it
+        interrupt.restore_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,6 @@ worker a failure-signal handler that prints a native stack trace on SIGTERM, so 
 printed Ray's stack instead of one line. `sweeper.runner.connect` calls `on_sigterm_interrupt()`
 again after `ray.init`, taking SIGTERM back. Trials stopped this way write no row: they are simply
 missing, and the next run runs them (a row saying a scheduler stopped them would be false).
-
-Why Ctrl-C by hand too: Python's own SIGINT handler raises KeyboardInterrupt wherever the main
-thread is, and code we do not own can swallow it. A sweep signalled just after it said "running N
-trials" (while Tune sets up) ran all its trials to the end and exited 0, once in CI and once in 16
-tries here under load. So both signals also set a flag (`terminated`, `interrupted`), and the
-sweep's Tune callback (`sweeper.orchestration.stopping`) raises again at every step of Tune's loop
-until the interrupt gets out; `run_study` and `run_search` ask once more after Tune returns.
 """
 from __future__ import annotations
 
@@ -27,8 +20,6 @@ class Terminated(KeyboardInterrupt):
 # Whether SIGTERM arrived: code between the handler and the CLI (Tune's) may re-raise the
 # interrupt as a plain KeyboardInterrupt, so the CLI asks this rather than the exception's type.
 terminated = False
-# Whether SIGINT (Ctrl-C) arrived.
-interrupted = False
 
 
 def _raise_terminated(signum, frame):
@@ -41,48 +32,6 @@ def _raise_terminated(signum, frame):
         return
     terminated = True
     raise Terminated()
-
-
-def _raise_interrupted(signum, frame):
-    global interrupted
-    interrupted = True
-    raise KeyboardInterrupt()
-
-
-def raise_if_stopped() -> None:
-    """Raise the interrupt again when a stop signal arrived (its first one may have been swallowed)."""
-    if terminated:
-        raise Terminated()
-    if interrupted:
-        raise KeyboardInterrupt()
-
-
-def clear() -> None:
-    """Forget earlier signals (a command run again in the same process starts afresh)."""
-    global terminated, interrupted
-    terminated = interrupted = False
-
-
-def on_stop_signals():
-    """SIGTERM and SIGINT both raise in the main thread and set the flags; returns the handlers it
-    replaced, for `restore`. A SIGINT that the process was started ignoring (a background job of a
-    shell script, `nohup`-style launchers) stays ignored: the user chose that."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous_int = signal.getsignal(signal.SIGINT)
-    if previous_int is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _raise_interrupted)
-    return on_sigterm_interrupt(), previous_int
-
-
-def restore(previous) -> None:
-    """Put back the handlers `on_stop_signals` replaced."""
-    if previous is None or threading.current_thread() is not threading.main_thread():
-        return
-    sigterm, sigint = previous
-    restore_sigterm(sigterm)
-    if sigint is not None:
-        signal.signal(signal.SIGINT, sigint)
 
 
 def on_sigterm_interrupt():

@@ -13,12 +13,10 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
-from sweeper import interrupt
 from sweeper.orchestration.checkpoints import checkpoint_config, keep_newest_checkpoint
 from sweeper.orchestration.connect import connect
 from sweeper.orchestration.progress import RunSummary, progress_callback
 from sweeper.orchestration.resources import await_then_begin, trial_resources
-from sweeper.orchestration.stopping import stop_on_signal
 from sweeper.orchestration.optuna_study import search_key, told_trials, trial_count, trial_id_of
 from sweeper.orchestration.trackers import tracker_callbacks
 from sweeper.orchestration.trainable import trial_config, tune_trial
@@ -136,16 +134,14 @@ def _fit(study, store, base, space, num_samples, searcher, *, data_root, cpus, g
             name=f"search-{search_id}-{int(time.time())}",
             **store.tune_storage(study.name),
             verbose=0,
-            callbacks=[stop_on_signal(), progress_callback(num_samples, 0, say, search.metric, search.mode, view),
+            callbacks=[progress_callback(num_samples, 0, say, search.metric, search.mode, view),
                        keep_newest_checkpoint(), *tracker_callbacks(trackers or [], store, study.name, say)],
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=checkpoint_config(),
         ),
     )
     with view or nullcontext():
-        results = tuner.fit()
-    interrupt.raise_if_stopped()  # a signal whose interrupt Tune's last steps swallowed
-    return results
+        return tuner.fit()
 
 
 def _search_point(config: dict[str, Any]) -> None:

@@ -6,13 +6,11 @@ import time
 from contextlib import nullcontext
 from typing import Any, Callable
 
-from sweeper import interrupt
 from sweeper import reuse as reuselib
 from sweeper.orchestration.checkpoints import checkpoint_config, keep_newest_checkpoint
 from sweeper.orchestration.connect import connect
 from sweeper.orchestration.progress import RunSummary, progress_callback, spec_label
 from sweeper.orchestration.resources import await_then_begin, begin, trial_resources
-from sweeper.orchestration.stopping import stop_on_signal
 from sweeper.orchestration.search import run_search
 from sweeper.orchestration.trackers import tracker_callbacks
 from sweeper.orchestration.trainable import trial_config, tune_trial
@@ -101,15 +99,13 @@ def run_study(
                 name=f"sweep-{int(time.time())}",
                 **store.tune_storage(study.name),  # storage_path, and an object store's filesystem
                 verbose=0,
-                callbacks=[stop_on_signal(), progress, keep_newest_checkpoint(),
-                           *tracker_callbacks(trackers or [], store, study.name, say)],
+                callbacks=[progress, keep_newest_checkpoint(), *tracker_callbacks(trackers or [], store, study.name, say)],
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=checkpoint_config(),
             ),
         )
         with view or nullcontext():
             tuner.fit()
-        interrupt.raise_if_stopped()  # a signal whose interrupt Tune's last steps swallowed
     finally:
         if started_ray:
             ray.shutdown()
