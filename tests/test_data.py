@@ -191,3 +191,23 @@ def test_crop_pads_in_pixel_space_so_the_border_is_black():
     # the image pixels are the un-augmented normalised ones, shifted
     (plain, _), = list(data.Batches(x, y, 64, mean, std, "cpu").epoch(torch.Generator().manual_seed(0)))
     assert torch.allclose(plain, image.view(1, 3, 1, 1).expand_as(plain))
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
+    """The digits come from the CSV scikit-learn ships, read directly (importing scikit-learn
+    costs every trial process about 1.5 s); they equal `load_digits()` exactly, and a scikit-learn
+    that keeps its data elsewhere is asked instead."""
+    from sklearn.datasets import load_digits
+
+    from sweeper.data import digits
+
+    theirs = load_digits()
+    images, labels = digits.read_digits()
+    assert np.array_equal(images, theirs.images) and np.array_equal(labels, theirs.target)
+    monkeypatch.setattr(digits, "digits_file", lambda: None)
+    images, labels = digits.read_digits()
+    assert np.array_equal(images, theirs.images) and np.array_equal(labels, theirs.target)
+    code = ("import sys; from sweeper.data.digits import read_digits; read_digits(); "
+            "print('sklearn' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
