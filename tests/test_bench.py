@@ -260,3 +260,20 @@ def test_format_table_marks_goals():
     assert "trial_overhead_s" in table and "sweep_efficiency" in table
     lines = {line.split()[0]: line for line in table.splitlines() if line and line.split()[0] in results}
     assert " yes " in lines["trial_overhead_s"] and " NO " in lines["sweep_efficiency"]
+
+
+def test_a_step_many_times_slower_runs_fewer_times_spread_over_the_rounds():
+    """`time_interleaved(..., fewer=...)`: the bench's bf16 step on a CPU without native bf16 (10x
+    the fp32 step) runs a few times, in rounds spread over the whole run, after one warm-up."""
+    from sweeper.bench.common import time_interleaved
+
+    calls: list[str] = []
+    steps = {"fast": lambda: calls.append("fast"), "slow": lambda: calls.append("slow")}
+    seconds = time_interleaved(steps, repeats=8, warmup=2, fewer={"slow": 3})
+    assert set(seconds) == {"fast", "slow"}
+    assert calls.count("fast") == 2 + 8 and calls.count("slow") == 1 + 3
+    timed = calls[3:]  # after the warm-ups (fast, fast, slow)
+    rounds = [i for i, name in enumerate(n for n in timed if n in ("fast", "slow")) if name == "slow"]
+    fast_before = [timed[:i].count("fast") for i in rounds]
+    assert fast_before == [1, 4, 6]  # in rounds 0, 3 and 5 of 8, each after that round's fast call
+    assert time_interleaved(steps, repeats=2, fewer={"slow": 5}) and calls.count("slow") == 4 + 2 + 2

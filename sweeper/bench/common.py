@@ -60,29 +60,37 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def time_interleaved(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
+def time_interleaved(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2,
+                     fewer: dict[str, int] | None = None) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved round-robin so that a change
-    in machine load hits every variant alike."""
-    for fn in steps.values():
-        for _ in range(warmup):
+    in machine load hits every variant alike. A step named in `fewer` (one many times slower than
+    the rest) runs that many times, spread evenly over the rounds, after one warm-up call."""
+    rounds = {name: set(range(repeats)) for name in steps}
+    for name, count in (fewer or {}).items():
+        if name in steps and count < repeats:
+            rounds[name] = {round(j * repeats / count) for j in range(count)}
+    for name, fn in steps.items():
+        for _ in range(warmup if len(rounds[name]) == repeats else min(warmup, 1)):
             fn()
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
+    for i in range(repeats):
         for name, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            if i in rounds[name]:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
 def resolve_cifar_root(data_root: str | None = None) -> Path | None:
     """A folder holding cifar-10-batches-py: the argument, $SWEEPER_DATA_ROOT, or ../shared/data/cifar10
     beside this checkout; None when none has it."""
+    from sweeper.checks import user_path
     from sweeper.data import CIFAR10, find_cifar
 
     candidates = [data_root, os.environ.get("SWEEPER_DATA_ROOT"),
                   _BESIDE_CHECKOUT / "shared" / "data" / "cifar10"]
     for c in candidates:
-        if c and find_cifar(Path(c).expanduser(), CIFAR10):
-            return Path(c).expanduser().resolve()
+        if c and find_cifar(user_path(c, "--data-root"), CIFAR10):
+            return user_path(c, "--data-root").resolve()
     return None

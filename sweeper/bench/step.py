@@ -119,12 +119,14 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
       full       every parameter trained (channels_last, fp32), for scale
       compiled   ours under torch.compile (inductor; the recipe's `compile` field): opt-in, its
                  first calls compile for about a minute on a CPU
-    Each runs on its own copy of the same initial network and the same batch. With `sgemm_n`,
+    Each runs on its own copy of the same initial network and the same batch; on a CPU without
+    native bf16, ours_bf16 runs `repeats // 5` times (at least 3; `repeats_bf16`). With `sgemm_n`,
     an n x n fp32 matmul joins the round-robin, so `sgemm_fraction` compares rates measured
     under the same load."""
     import torch
 
     from sweeper.experiments.train.onednn import avoiding_onednn_bug
+    from sweeper.preflight import native_cpu_bf16
 
     variants = variants or ("ours", "ours_bf16", "masked", "reference", "full")
     steps: dict[str, Callable] = {}
@@ -168,9 +170,12 @@ def measure_step(depth: int = 14, width: int = 16, batch: int = 128, threads: in
                 a, b = torch.randn(sgemm_n, sgemm_n, generator=g), torch.randn(sgemm_n, sgemm_n, generator=g)
                 c = torch.empty(sgemm_n, sgemm_n)
                 steps["sgemm"] = lambda: torch.mm(a, b, out=c)
-            seconds = time_interleaved(steps, repeats, warmup)
+            # Without native bf16 (AVX2) the bf16 step takes about 10x the others: a few calls tell that.
+            fewer = {} if native_cpu_bf16() else {"ours_bf16": max(3, repeats // 5)}
+            seconds = time_interleaved(steps, repeats, warmup, fewer)
     out: dict[str, Any] = {"model": f"resnet-{depth}" + (f" width {width}" if width != 16 else ""),
                            "batch": batch, "threads": threads, "repeats": repeats,
+                           **({"repeats_bf16": fewer["ours_bf16"]} if "ours_bf16" in steps and fewer else {}),
                            "seconds": {k: round(v, 5) for k, v in seconds.items()},
                            "flops": flops, "onednn": not without_onednn}
     s = seconds
