@@ -20,6 +20,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sweeper.errors import SweeperError
@@ -195,6 +196,16 @@ def check_text(value: Any, where: str, what: str = "") -> None:
     if ch is not None:
         raise SweeperError(f"{what or 'contains'} a control character ({ch!r}) in {str(value)!r}; "
                            "paths and names must be printable", where)
+
+
+def user_path(value: Any, where: str) -> Path:
+    """A path the user gave, with `~` and `~name` expanded. For a `~name` with no such user pathlib
+    raises RuntimeError ("Could not determine home directory"), which would be a traceback."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        home = str(value).split("/", 1)[0]
+        raise SweeperError(f"{home!r} names no user's home folder on this machine (in {str(value)!r})", where) from None
 
 
 def check_argv(argv: list[str]) -> None:

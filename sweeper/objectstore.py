@@ -79,6 +79,13 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).expanduser().is_file()
+    except RuntimeError:  # `~name` of no user: no file the SDK could read either
+        return False
+
+
 def credentials_hint() -> str:
     """Where AWS credentials would come from, for an error message (the SDK does the looking)."""
     if os.environ.get("AWS_ACCESS_KEY_ID"):
@@ -87,7 +94,7 @@ def credentials_hint() -> str:
         return f"AWS_PROFILE={os.environ['AWS_PROFILE']}: check that profile's keys"
     files = [os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
              os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")]
-    if any(Path(f).expanduser().is_file() for f in files):
+    if any(_is_file(f) for f in files):
         return "check the keys in ~/.aws (or set AWS_PROFILE)"
     return ("no AWS credentials found in the environment or ~/.aws: set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run on a node with an instance profile")

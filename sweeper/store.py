@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from sweeper import segments as seglib, storecheck, storeread
 from sweeper.storecheck import TrialStatus  # noqa: F401 (its home was here)
 from sweeper.storeread import _Vanished
-from sweeper.checks import check_text
+from sweeper.checks import check_text, user_path
 from sweeper.errors import SweeperError
 from sweeper.objectstore import (RetryingS3FileSystem, _rebuild_s3, checking_fs, endpoint, explain,  # noqa: F401
                                  first_line, open_object_store)
@@ -116,7 +116,7 @@ class Store:
         else:
             path = uri[len("file://") :] if uri.startswith("file://") else uri
             try:
-                self.fs, self.root = pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+                self.fs, self.root = pafs.LocalFileSystem(), str(user_path(path, "--store").resolve())
             except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
                 raise SweeperError(f"cannot resolve store path {path!r}: {first_line(e)}", "--store") from None
             if os.path.exists(self.root) and not os.path.isdir(self.root):

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweeper.checks import user_path
 from sweeper.errors import SweeperError
 
 # tracker -> (the module Tune's callback imports, the extra that installs it)
@@ -53,7 +54,17 @@ def parse_tracker(text: str) -> Tracker:
     if kind == "tensorboard" and target and "://" in target:
         raise ValueError("tensorboard=DIR takes a local folder (TensorBoard's files of an object store "
                          "are written under ./trackers/ by default)")
+    if target and (kind == "tensorboard" or (kind == "mlflow" and not _tracking_uri(target))):
+        try:  # a folder: refused now, not once the sweep has begun
+            user_path(target, "--log")
+        except SweeperError as e:
+            raise ValueError(e.message) from None
     return Tracker(kind, target)
+
+
+def _tracking_uri(target: str) -> bool:
+    """An MLflow target that is a tracking URI (a server, `sqlite:///...`, `databricks`), not a folder."""
+    return "://" in target or target.startswith(("sqlite:", "databricks"))
 
 
 def check_installed(trackers: list[Tracker]) -> None:
@@ -79,15 +90,15 @@ def tracker_root(store, study: str) -> Path:
 
 
 def tensorboard_dir(tracker: Tracker, store, study: str) -> Path:
-    return Path(tracker.target).expanduser().resolve() if tracker.target else tracker_root(store, study) / "tensorboard"
+    return user_path(tracker.target, "--log").resolve() if tracker.target else tracker_root(store, study) / "tensorboard"
 
 
 def mlflow_uri(tracker: Tracker, store, study: str) -> str:
     """A tracking URI: one given with a scheme is used as it is (a server, `sqlite:///...`,
     `databricks`); a plain path is a folder that gets an SQLite file `mlflow.db`."""
-    if tracker.target and ("://" in tracker.target or tracker.target.startswith(("sqlite:", "databricks"))):
+    if tracker.target and _tracking_uri(tracker.target):
         return tracker.target
-    folder = Path(tracker.target).expanduser().resolve() if tracker.target else tracker_root(store, study) / "mlruns"
+    folder = user_path(tracker.target, "--log").resolve() if tracker.target else tracker_root(store, study) / "mlruns"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sweeper.cli import build_parser, main
@@ -203,6 +203,8 @@ PRINTABLE = st.text(st.characters(max_codepoint=0x2ff, exclude_categories=("Cc",
 @CASES
 @given(where=st.sampled_from(["--store", "--log", "--data-root", "--address", "SWEEPER_DATA_ROOT"]),
        head=PRINTABLE, control=st.one_of(st.none(), CONTROL), tail=st.sampled_from(["* * * * * touch /tmp/pwned", "x"]))
+@example(where="SWEEPER_DATA_ROOT", head="~ÎĴý˟ʫÜú", control="\r", tail="x")  # found by hypothesis: `~name` of no user
+@example(where="SWEEPER_DATA_ROOT", head="~nosuchuser", control=None, tail="x")
 def test_no_value_can_end_a_crontab_line(tmp_path, monkeypatch, capsys, fake_crontab, where, head, control, tail):
     study = write_study(tmp_path / "s.py")
     value = head + (control + tail if control else "")
@@ -430,3 +432,32 @@ def test_a_missing_package_is_named_in_one_line_not_called_a_bug(tmp_path):
     assert len(err.splitlines()) == 1 and "package 'pydantic' is missing" in err, err
     assert "internal error" not in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()
+
+
+NO_USER = "~nosuchuser-of-sweeper/x"
+
+
+@pytest.mark.parametrize("argv,where", [
+    (["run", "S", "--store", NO_USER], "--store"),
+    (["run", "S", "--store", "ST", "--data-root", NO_USER], "--data-root"),
+    (["run", "S", "--store", "ST", "--log", f"tensorboard={NO_USER}"], "--log"),
+    (["run", "S", "--store", "ST", "--log", f"mlflow={NO_USER}"], "--log"),
+    (["schedule", "S", "--store", "ST", "--at", "02:30", "--print", "--log", NO_USER], "--log"),
+    (["slurm", "S", "--nodes", "1", "--gpus-per-node", "0", "--cpus-per-node", "2", "--time", "1:00:00",
+      "--store", NO_USER, "--print"], "--store"),
+    (["slurm", "S", "--nodes", "1", "--gpus-per-node", "0", "--cpus-per-node", "2", "--time", "1:00:00",
+      "--store", "ST", "--log-dir", NO_USER, "--print"], "--log-dir"),
+    (["schedule", "S", "--store", "ST", "--at", "02:30", "--print"], "SWEEPER_DATA_ROOT"),
+])
+def test_a_home_of_no_user_is_one_line_naming_the_option(tmp_path, monkeypatch, capsys, argv, where):
+    """`~name/...` where no user `name` exists: pathlib raises RuntimeError ("Could not determine
+    home directory"), which was an internal error; it is the user's input, refused in one line."""
+    study = write_study(tmp_path / "s.py")
+    argv = [str(study) if a == "S" else str(tmp_path / "store") if a == "ST" else a for a in argv]
+    if where == "SWEEPER_DATA_ROOT":
+        monkeypatch.setenv(where, NO_USER)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = one_line_error(capsys, "'~nosuchuser-of-sweeper' names no user's home folder")
+    assert where in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.py"]  # nothing written

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sweeper.data import remote
 from sweeper.data.datasets import DATASETS, Arrays
+from sweeper.checks import user_path
 from sweeper.errors import SweeperError
 
 DATA_ROOT_ENV = "SWEEPER_DATA_ROOT"
@@ -28,13 +29,18 @@ def normalize_root(data_root: str | os.PathLike | None) -> str | None:
     value = root_value(data_root)
     if value is None or remote.is_remote(value):
         return value
-    return str(Path(value).expanduser().resolve())
+    return str(user_path(value, _root_field(data_root)).resolve())
 
 
 def resolve_root(data_root: str | os.PathLike | None) -> Path | None:
     """A local root as a path (None when none is named or the root is a URI)."""
     value = root_value(data_root)
-    return None if value is None or remote.is_remote(value) else Path(value).expanduser().resolve()
+    return None if value is None or remote.is_remote(value) else user_path(value, _root_field(data_root)).resolve()
+
+
+def _root_field(data_root) -> str:
+    """Which of the two ways the root was named, for an error message."""
+    return "--data-root" if data_root else DATA_ROOT_ENV
 
 
 def require_root(name: str, data_root: str | os.PathLike | None) -> Path | None:

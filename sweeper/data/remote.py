@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from sweeper.checks import user_path
 from sweeper.errors import SweeperError
 
 SCHEMES = ("s3", "gs", "gcs")
@@ -117,7 +118,7 @@ def _brief(layout: Layout, gap: list[str]) -> list[str]:
 
 def cache_root() -> Path:
     base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeper"
-    return Path(base).expanduser() / "data"
+    return user_path(base, CACHE_ENV) / "data"
 
 
 def cache_dir(uri: str) -> Path:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sweeper.checks import user_path
 from sweeper.errors import SweeperError
 
 MARKER = "sweeper-nightly"
@@ -65,7 +66,7 @@ def _executable() -> list[str]:
 
 def log_path(args, store) -> Path:
     if args.log:
-        return Path(args.log).expanduser().resolve()
+        return user_path(args.log, "--log").resolve()
     if store.local:
         return Path(store.path(*DEFAULT_LOG))
     raise SweeperError(f"the store {store.uri} is not a local folder: name a local log file with --log", "--log")
@@ -80,7 +81,7 @@ def cron_line(args) -> str:
         raise SweeperError("name at least one study file to schedule", "schedule")
     studies = []
     for s in args.studies:
-        path = Path(s).expanduser().resolve()
+        path = user_path(s, "study file").resolve()
         if not path.is_file():
             raise SweeperError("no such study file", s)
         studies.append(path)
@@ -110,12 +111,14 @@ def cron_line(args) -> str:
         load_studies([str(p) for p in studies], scale_of(args), args.overrides, args.name)
     cmd += overrides.arguments(args)
 
-    env = {"PATH": f"{Path(_executable()[0]).parent}:{CRON_PATH}"}
-    if os.environ.get("SWEEPER_DATA_ROOT"):
-        env["SWEEPER_DATA_ROOT"] = normalize_root(os.environ["SWEEPER_DATA_ROOT"])
     # No value may end the line (cron runs each line as a command): refuse control characters in
     # every part, whatever its source (an option, the environment, the venv's path).
     from sweeper.checks import check_text
+
+    env = {"PATH": f"{Path(_executable()[0]).parent}:{CRON_PATH}"}
+    if raw := os.environ.get("SWEEPER_DATA_ROOT"):
+        check_text(raw, "SWEEPER_DATA_ROOT", "has")  # before it is read as a path
+        env["SWEEPER_DATA_ROOT"] = normalize_root(None)  # no --data-root: the environment's, named so
 
     for where, value in (("study file", studies[0]), ("--log", log), ("command", " ".join(cmd)),
                          *((k, v) for k, v in env.items())):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from sweeper.checks import user_path
 from sweeper.errors import SweeperError
 
 
@@ -20,7 +21,7 @@ def token_source() -> str | None:
         return "RAY_AUTH_TOKEN"
     named = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if named:
-        path = Path(named).expanduser()
+        path = user_path(named, "RAY_AUTH_TOKEN_PATH")
         if not path.is_file() or not path.read_text().strip():
             # Ray aborts the process on an unreadable token file: say so in one line first
             raise SweeperError(f"names {named}, which is missing or empty", "RAY_AUTH_TOKEN_PATH")

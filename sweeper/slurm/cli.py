@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sweeper.checks import user_path
 from sweeper.errors import SweeperError
 from sweeper.slurm.script import absolute_path, render
 
@@ -103,8 +104,8 @@ def _check(args) -> None:
     for line in args.setup:
         if any(c in line for c in "\n\r"):
             raise SweeperError("one shell line per --setup (repeat the flag for more)", "--setup")
-    if re.search(r"\s", absolute_path(args.log_dir)):  # on the #SBATCH --output line, which a space ends
-        raise SweeperError(f"must not contain spaces, got {absolute_path(args.log_dir)!r}", "--log-dir")
+    if re.search(r"\s", absolute_path(args.log_dir, "--log-dir")):  # on the #SBATCH --output line, which a space ends
+        raise SweeperError(f"must not contain spaces, got {absolute_path(args.log_dir, '--log-dir')!r}", "--log-dir")
     if args.max_failures is not None and args.max_failures < 0:
         raise SweeperError(f"must be at least 0, got {args.max_failures}", "--max-failures")
 
@@ -141,7 +142,7 @@ def cmd_slurm(args) -> int:
     from sweeper.study import load_study
 
     _check(args)
-    study_path = Path(args.study).expanduser().absolute()
+    study_path = user_path(args.study, "study file").absolute()
     # refuse a bad study (or override) here, not after the queue
     study = load_study(study_path, scale=scale_of(args), overrides=args.overrides, name=args.name)
     _check_trial_fits(study, args)
@@ -152,12 +153,13 @@ def cmd_slurm(args) -> int:
             raise SweeperError("no `sbatch` on PATH: run this on a SLURM login node, or --print the script",
                                "--submit")
     job_name = _name(args.job_name or f"sweeper-{study.name}", "--job-name")
-    log_dir = absolute_path(args.log_dir)
+    log_dir = absolute_path(args.log_dir, "--log-dir")
     script = render(args, study_path, job_name, log_dir)
 
     # Nothing is written before every check has passed.
-    if args.auth == "token" and ensure_token(Path(args.token_file).expanduser()):
-        print(f"sweeper: created a Ray token in {Path(args.token_file).expanduser()} "
+    token_file = user_path(args.token_file, "--token-file")
+    if args.auth == "token" and ensure_token(token_file):
+        print(f"sweeper: created a Ray token in {token_file} "
               "(every node must read this path)", file=sys.stderr)
     Path(log_dir).mkdir(parents=True, exist_ok=True)  # sbatch needs --output's folder to exist
     if not args.submit:

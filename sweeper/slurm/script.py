@@ -10,6 +10,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from sweeper.checks import user_path
+
 # Job exit status of the script itself, besides the sweep's own (0 done, 1 failed trials, 2 bad input).
 EXIT_NO_CLUSTER = 3  # Ray did not come up on the allocation
 EXIT_SIGNAL = 143  # cancelled or past its time limit (SIGTERM): resubmit to resume
@@ -20,9 +22,9 @@ def template() -> str:
     return resources.files(__package__).joinpath("template.sh").read_text()
 
 
-def absolute_path(path: str) -> str:
+def absolute_path(path: str, where: str) -> str:
     """Paths as the compute nodes see them: the job's working directory need not be this one."""
-    return path if "://" in path else str(Path(path).expanduser().absolute())
+    return path if "://" in path else str(user_path(path, where).absolute())
 
 
 def gpu_request(args) -> str | None:
@@ -56,7 +58,7 @@ def run_arguments(args) -> list[str]:
 
     out += scale_arguments(scale_of(args))  # --quick as before; --scale cpu
     if args.data_root:
-        out += ["--data-root", absolute_path(args.data_root)]
+        out += ["--data-root", absolute_path(args.data_root, "--data-root")]
     for flag in ("cpus_per_trial", "gpus_per_trial", "max_failures", "checkpoint_seconds"):
         value = getattr(args, flag)
         if value is not None:
@@ -73,7 +75,7 @@ def run_arguments(args) -> list[str]:
 def render(args, study_path: Path, job_name: str, log_dir: str) -> str:
     q = shlex.quote
     auth = ("export RAY_AUTH_MODE=token\n"
-            f"export RAY_AUTH_TOKEN_PATH={q(str(Path(args.token_file).expanduser().absolute()))}"
+            f"export RAY_AUTH_TOKEN_PATH={q(absolute_path(args.token_file, '--token-file'))}"
             if args.auth == "token" else "export RAY_AUTH_MODE=disabled")
     gpu_step = gpu_request(args) or ""
     values = {
@@ -84,7 +86,7 @@ def render(args, study_path: Path, job_name: str, log_dir: str) -> str:
         "SETUP": "\n".join(args.setup) if args.setup else "# (none: --setup adds lines here)",
         "AUTH": auth,
         "STUDY": q(str(study_path)),
-        "STORE": q(absolute_path(args.store)),
+        "STORE": q(absolute_path(args.store, "--store")),
         "RUN_ARGS": " ".join(q(a) for a in run_arguments(args)),
         "CPUS": str(args.cpus_per_node),
         "GPUS": str(args.gpus_per_node),
