@@ -1,7 +1,10 @@
 """Shared fixtures: one local Ray cluster per test session, small stores in tmp folders."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,6 +29,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_ROOT = REPO.parent / "shared" / "data" / "cifar10"
+
+
+def sweeper_in_process(*args, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """`sweeper ARGS` (in `cwd`) run in this process by `sweeper.cli.main`, what the console script
+    calls, with its exit status, stdout and stderr as a subprocess would give them. For commands
+    whose behaviour a test checks (output, exit status, refusals): a new interpreter would import
+    torch for each call, about 3 s apiece. The installed command itself runs where being a process
+    matters (signals, kills, a missing package, clusters) and in the README's commands."""
+    from sweeper.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own exits (--help)
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(["sweeper", *argv], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session", autouse=True)

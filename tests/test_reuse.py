@@ -1,12 +1,11 @@
 """Trials another study of the store has done with the same training are copied, not trained again
 (sweeper.reuse): through a real local Ray cluster, real Parquet stores, local and on S3 (moto)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import sweeper_in_process
 
 from sweeper import load
 from sweeper.experiments.train.spec import TrainSpec
@@ -141,8 +140,7 @@ def test_plan_says_what_run_would_copy_and_leaves_it_out_of_the_cost(ray_local, 
         path.write_text("from sweeper import Study\n"
                         f"study = Study(name='dvw', dataset='digits', axes={{'trainable': {subsets!r}, 'seed': [0, 1]}}, "
                         f"recipe={RECIPE!r})\n")
-        return subprocess.run([sys.executable, "-m", "sweeper.cli", "plan", str(path), *more],
-                              capture_output=True, text=True, cwd=REPO)
+        return sweeper_in_process("plan", path, *more, cwd=REPO)
 
     r = plan(["bn", "output"], "--store", tmp_path / "store", "--json")
     assert r.returncode == 0, r.stderr

@@ -7,7 +7,6 @@ nightly's lock on S3; `status`, `figures` and `sweeper.load` reading the bucket;
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
@@ -25,14 +24,13 @@ import pytest
 import requests
 
 import sweeper
-from sweeper.cli import main
 from sweeper.errors import SweeperError
 from sweeper.nightly.lock import LOCK, Holder
 from sweeper.nightly.run import EXIT_LOCKED, EXIT_OK
 from sweeper.report.layout import REPORTS
 from sweeper.store import RetryingS3FileSystem, Store
 
-from conftest import REPO
+from conftest import REPO, sweeper_in_process
 
 QUICKSTART = str(REPO / "studies" / "quickstart.py")
 QUICK_STUDY = "quickstart-quick"
@@ -65,10 +63,8 @@ def objects(endpoint: str, bucket: str) -> list[str]:
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+    r = sweeper_in_process(*argv)
+    return r.returncode, r.stdout, r.stderr
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import sweeper_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,7 +201,7 @@ def test_nightly_reports_a_study_that_got_no_node_and_goes_on(empty_cluster, stu
     ["submit", "s.py", "--address", "http://h:8265", "--store", "/x", "--wait-for-resources", "inf"],
 ])
 def test_a_bad_wait_limit_is_one_line(argv):
-    r = subprocess.run([sys.executable, "-m", "sweeper.cli", *argv], capture_output=True, text=True, cwd=REPO)
+    r = sweeper_in_process(*argv, cwd=REPO)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--wait-for-resources: expected a number of seconds >= 0, got" in lines[0], r.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
+from conftest import sweeper_in_process
 
 from sweeper.store import Store
 from sweeper.trackers import Tracker, check_installed, parse_tracker
@@ -170,7 +171,7 @@ def test_quickstart_with_all_three_trackers(tmp_path):
 
 # -- bad input: one line, exit 2, before anything runs ---------------------------------------------
 def test_an_unknown_tracker_is_one_line(tmp_path):
-    run = sweeper("run", str(QUICKSTART), "--quick", "--store", str(tmp_path / "s"), "--log", "neptune", cwd=tmp_path)
+    run = sweeper_in_process("run", QUICKSTART, "--quick", "--store", tmp_path / "s", "--log", "neptune", cwd=tmp_path)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and "--log" in run.stderr and "tensorboard, mlflow, wandb" in run.stderr
     assert not (tmp_path / "s").exists()
@@ -189,9 +190,9 @@ def test_a_missing_tracker_library_names_its_extra(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_a_bad_wandb_mode_is_one_line(tmp_path):
-    run = sweeper("run", str(QUICKSTART), "--quick", "--store", str(tmp_path / "s"), "--log", "wandb", cwd=tmp_path,
-                  env={"WANDB_MODE": "bogus"})
+def test_a_bad_wandb_mode_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    run = sweeper_in_process("run", QUICKSTART, "--quick", "--store", tmp_path / "s", "--log", "wandb", cwd=tmp_path)
     assert run.returncode == 2 and "WANDB_MODE='bogus'" in run.stderr and "offline" in run.stderr
     assert not (tmp_path / "s").exists()
 
