@@ -88,9 +88,9 @@ def resolve_cifar_root(data_root: str | None = None) -> Path | None:
     from sweeper.checks import user_path
     from sweeper.data import CIFAR10, find_cifar
 
-    candidates = [data_root, os.environ.get("SWEEPER_DATA_ROOT"),
-                  _BESIDE_CHECKOUT / "shared" / "data" / "cifar10"]
-    for c in candidates:
-        if c and find_cifar(user_path(c, "--data-root"), CIFAR10):
-            return user_path(c, "--data-root").resolve()
+    candidates = [("--data-root", data_root), ("SWEEPER_DATA_ROOT", os.environ.get("SWEEPER_DATA_ROOT")),
+                  ("beside the checkout", _BESIDE_CHECKOUT / "shared" / "data" / "cifar10")]
+    for where, c in candidates:
+        if c and find_cifar(path := user_path(c, where), CIFAR10):
+            return path.resolve()
     return None

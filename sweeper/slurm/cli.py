@@ -104,8 +104,8 @@ def _check(args) -> None:
     for line in args.setup:
         if any(c in line for c in "\n\r"):
             raise SweeperError("one shell line per --setup (repeat the flag for more)", "--setup")
-    if re.search(r"\s", absolute_path(args.log_dir, "--log-dir")):  # on the #SBATCH --output line, which a space ends
-        raise SweeperError(f"must not contain spaces, got {absolute_path(args.log_dir, '--log-dir')!r}", "--log-dir")
+    if re.search(r"\s", log_dir := absolute_path(args.log_dir, "--log-dir")):  # on the #SBATCH --output line, which a space ends
+        raise SweeperError(f"must not contain spaces, got {log_dir!r}", "--log-dir")
     if args.max_failures is not None and args.max_failures < 0:
         raise SweeperError(f"must be at least 0, got {args.max_failures}", "--max-failures")
 
