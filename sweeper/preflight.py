@@ -49,9 +49,11 @@ def check_environment(studies: Sequence, store: Store, data_root: str | None, ad
                 if where is None:
                     raise
                 raise e.at(where) from None
-    if address and address != "local":
-        from sweeper.orchestration.connect import check_address
+    from sweeper.orchestration.connect import check_address, is_local, local_cpus
 
+    if is_local(address):
+        local_cpus()  # a bad $SWEEPER_LOCAL_CPUS: refused now, not when the cluster starts
+    else:
         check_address(address)
 
 

@@ -13,6 +13,12 @@ import pytest
 # A fresh local cluster turns token auth on and writes ~/.ray/auth_token; tests need neither.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# Every embedded cluster a test's `sweeper` starts offers one CPU, as the shared one below does: its
+# trials then run one at a time in one reused process instead of each starting an interpreter that
+# imports PyTorch and Ray Tune (about 6 s of CPU apiece). The suite's two workers already keep both
+# cores busy, so running a sweep's trials side by side saved no time, only cost CPU. A test about
+# trials running side by side sets its own.
+os.environ.setdefault("SWEEPER_LOCAL_CPUS", "1")
 # Credentials for the S3 test server (moto accepts any). Set before any Ray cluster starts, so
 # every worker process inherits them, as nodes of a real cluster get theirs from the environment.
 for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -58,13 +64,14 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray cluster shared by every test that needs one; stopped at the end."""
+    """A local Ray cluster shared by every test that needs one (one CPU: see SWEEPER_LOCAL_CPUS
+    above); stopped at the end."""
     import ray
 
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray
     finally:

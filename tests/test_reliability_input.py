@@ -329,6 +329,26 @@ def test_refusals_after_validation_write_nothing(ray_local, tmp_path, capsys):
     assert not (tmp_path / "deep").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "two", "1.5", "-1", " "])
+def test_a_bad_local_cpus_is_refused_before_any_work(tmp_path, capsys, monkeypatch, value):
+    """$SWEEPER_LOCAL_CPUS, the embedded cluster's CPUs: refused in one line naming it, by `run` and
+    `nightly` before the store is touched; blank is unset (all of the machine's)."""
+    from sweeper.orchestration.connect import local_cpus
+
+    study = write_study(tmp_path / "s.py")
+    store = tmp_path / "store"
+    monkeypatch.setenv("SWEEPER_LOCAL_CPUS", value)
+    if not value.strip():
+        assert local_cpus() is None
+        return
+    for argv in (["run", str(study), "--store", str(store)], ["nightly", str(study), "--store", str(store)]):
+        assert main(argv) == 2, argv
+        assert "SWEEPER_LOCAL_CPUS" in one_line_error(capsys, repr(value))
+    assert not store.exists()
+    assert main(["run", str(study), "--store", str(store), "--address", "127.0.0.1:9"]) == 2  # a cluster's
+    assert "SWEEPER_LOCAL_CPUS" not in capsys.readouterr().err  # own CPUs are not this setting's
+
+
 @pytest.mark.parametrize("kind", ["loop", "file", "dangling-loop"])
 def test_a_store_that_is_a_symlink_loop_or_a_file_is_refused_in_one_line(tmp_path, capsys, kind):
     store = tmp_path / "store"

@@ -16,6 +16,19 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="digits", recipe={"model": "resnet-8-4", "epochs": 1, "batch_size": 128, "augment": "none"})
 
 
+def test_the_embedded_cluster_offers_the_cpus_sweeper_local_cpus_names():
+    """What `sweeper run` starts without --address: $SWEEPER_LOCAL_CPUS CPUs (3, more than this
+    machine may have, so that the number can only come from the setting)."""
+    import os
+
+    code = ("import ray\nfrom sweeper.orchestration.connect import connect\n"
+            "assert connect(None)\nprint(ray.cluster_resources()['CPU'])\nray.shutdown()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SWEEPER_LOCAL_CPUS": "3"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["3.0"]
+
+
 def test_two_trials_to_parquet_and_back_then_skipped(ray_local, tmp_path):
     study = Study(name="two", axes={"trainable": ["bn", "output"]}, **TINY)
     store = Store(tmp_path)
