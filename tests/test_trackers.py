@@ -252,3 +252,18 @@ def test_submit_and_nightly_take_log():
     assert nightly.log == [Tracker("tensorboard", "tb")]
     schedule = build_parser().parse_args(["schedule", "s.py", "--store", "st", "--log", "night.log"])
     assert schedule.log == "night.log"
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_sweep_without_log_imports_no_tracker_library(skip):
+    """Ray Tune's usage count of a run's callbacks imports mlflow and wandb when they are installed
+    (3.4 s of a sweep's start); building a sweep's callbacks turns that count off. Without it (the
+    control) the same call imports both: the check can fail."""
+    build = "tracker_callbacks([], None, 's')" if skip else "pass"
+    code = ("import sys\nfrom ray import tune\nfrom ray.air._internal import usage\n"
+            f"from sweeper.orchestration.trackers import tracker_callbacks\n{build}\n"
+            "usage.tag_callbacks([tune.Callback()])\n"
+            "print('mlflow' in sys.modules, 'wandb' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == (["False", "False"] if skip else ["True", "True"])
