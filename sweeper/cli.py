@@ -312,7 +312,8 @@ def build_parser() -> Parser:
     run = sub.add_parser("run", help="run a study's missing trials on Ray")
     run.add_argument("study")
     run.add_argument("--store", default=DEFAULT_STORE, help="results store: a path or s3://, gs:// URI (default: %(default)s)")
-    run.add_argument("--address", default=None, help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one)")
+    run.add_argument("--address", default=None, help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a local one "
+                          "with all of this machine's CPUs, or $SWEEPER_LOCAL_CPUS of them)")
     run.add_argument("--data-root", default=None, help="dataset root (or $SWEEPER_DATA_ROOT)")
     run.add_argument("--quick", action="store_true", help="the study's CPU-sized variant")
     add_scale_option(run)

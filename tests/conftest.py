@@ -16,8 +16,9 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 # Every embedded cluster a test's `sweeper` starts offers one CPU, as the shared one below does: its
 # trials then run one at a time in one reused process instead of each starting an interpreter that
 # imports PyTorch and Ray Tune (about 6 s of CPU apiece). The suite's two workers already keep both
-# cores busy, so running a sweep's trials side by side saved no time, only cost CPU. A test about
-# trials running side by side sets its own.
+# cores busy, so running a sweep's trials side by side saved no time, only cost CPU. A test that
+# gives `sweeper` an environment of its own (test_run's CLI run, the README's commands) gets the
+# default: all of the machine's CPUs, trials side by side.
 os.environ.setdefault("SWEEPER_LOCAL_CPUS", "1")
 # Credentials for the S3 test server (moto accepts any). Set before any Ray cluster starts, so
 # every worker process inherits them, as nodes of a real cluster get theirs from the environment.

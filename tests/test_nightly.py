@@ -222,6 +222,7 @@ def test_cron_line_install_and_remove(tmp_path, capsys, fake_crontab, monkeypatc
     bindir = Path(os.path.abspath(sys.executable)).parent
     assert command.startswith(f"cd {tmp_path} && ")
     assert f"PATH={bindir}:" in command and f"SWEEPER_DATA_ROOT={tmp_path / 'data'}" in command
+    assert " SWEEPER_LOCAL_CPUS=1 " in command  # the suite's (conftest.py): the nightly's cluster gets it too
     assert f" nightly {study} --store {store} --rerun-stale " in command
     assert f">> {store / 'reports' / 'logs' / 'nightly.log'} 2>&1" in command
     assert command.endswith(f"# sweeper-nightly store={store}")

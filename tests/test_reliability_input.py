@@ -329,10 +329,10 @@ def test_refusals_after_validation_write_nothing(ray_local, tmp_path, capsys):
     assert not (tmp_path / "deep").exists()
 
 
-@pytest.mark.parametrize("value", ["0", "two", "1.5", "-1", " "])
+@pytest.mark.parametrize("value", ["0", "two", "1.5", "-1", "²", " "])
 def test_a_bad_local_cpus_is_refused_before_any_work(tmp_path, capsys, monkeypatch, value):
-    """$SWEEPER_LOCAL_CPUS, the embedded cluster's CPUs: refused in one line naming it, by `run` and
-    `nightly` before the store is touched; blank is unset (all of the machine's)."""
+    """$SWEEPER_LOCAL_CPUS, the embedded cluster's CPUs: refused in one line naming it, by `run`,
+    `nightly` and `schedule` before the store is touched; blank is unset (all of the machine's)."""
     from sweeper.orchestration.connect import local_cpus
 
     study = write_study(tmp_path / "s.py")
@@ -341,7 +341,8 @@ def test_a_bad_local_cpus_is_refused_before_any_work(tmp_path, capsys, monkeypat
     if not value.strip():
         assert local_cpus() is None
         return
-    for argv in (["run", str(study), "--store", str(store)], ["nightly", str(study), "--store", str(store)]):
+    for argv in (["run", str(study), "--store", str(store)], ["nightly", str(study), "--store", str(store)],
+                 ["schedule", str(study), "--store", str(store), "--at", "02:30"]):
         assert main(argv) == 2, argv
         assert "SWEEPER_LOCAL_CPUS" in one_line_error(capsys, repr(value))
     assert not store.exists()

@@ -5,9 +5,9 @@
     sweeper schedule --store /data/store --remove                           # take it out again
 
 The line is self-contained, as cron's bare environment requires: absolute paths everywhere, a
-PATH that starts with this virtual environment's bin/, SWEEPER_DATA_ROOT when it is set, `cd` to
-the study's repository, and stdout and stderr appended to a log (default
-`<store>/reports/logs/nightly.log`). It ends in a marker comment naming the store, by which
+PATH that starts with this virtual environment's bin/, SWEEPER_DATA_ROOT and (without --address)
+SWEEPER_LOCAL_CPUS when they are set, `cd` to the study's repository, and stdout and stderr
+appended to a log (default `<store>/reports/logs/nightly.log`). It ends in a marker comment naming the store, by which
 `--install` replaces and `--remove` finds it: one nightly entry per store.
 
 The crontab is read and written with `crontab -l` and `crontab -`; `SWEEPER_CRONTAB` names
@@ -119,6 +119,11 @@ def cron_line(args) -> str:
     if raw := os.environ.get("SWEEPER_DATA_ROOT"):
         check_text(raw, "SWEEPER_DATA_ROOT", "has")  # before it is read as a path
         env["SWEEPER_DATA_ROOT"] = normalize_root(None)  # no --data-root: the environment's, named so
+    if not args.address:
+        from sweeper.orchestration.connect import LOCAL_CPUS, local_cpus
+
+        if (cpus := local_cpus()) is not None:  # the nightly's embedded cluster: as many CPUs as asked now
+            env[LOCAL_CPUS] = str(cpus)
 
     for where, value in (("study file", studies[0]), ("--log", log), ("command", " ".join(cmd)),
                          *((k, v) for k, v in env.items())):

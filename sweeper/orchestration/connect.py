@@ -151,10 +151,14 @@ def local_cpus() -> int | None:
     text = os.environ.get(LOCAL_CPUS, "").strip()
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
+    try:
+        cpus = int(text)
+    except ValueError:
+        cpus = 0
+    if cpus < 1:
         raise SweeperError(f"{text!r} is not a whole number of CPUs, 1 or more (unset it for all of this "
                            f"machine's)", LOCAL_CPUS)
-    return int(text)
+    return cpus
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
