@@ -7,8 +7,8 @@
 The line is self-contained, as cron's bare environment requires: absolute paths everywhere, a
 PATH that starts with this virtual environment's bin/, SWEEPER_DATA_ROOT and (without --address)
 SWEEPER_LOCAL_CPUS when they are set, `cd` to the study's repository, and stdout and stderr
-appended to a log (default `<store>/reports/logs/nightly.log`). It ends in a marker comment naming the store, by which
-`--install` replaces and `--remove` finds it: one nightly entry per store.
+appended to a log (default `<store>/reports/logs/nightly.log`). It ends in a marker comment naming
+the store, by which `--install` replaces and `--remove` finds it: one nightly entry per store.
 
 The crontab is read and written with `crontab -l` and `crontab -`; `SWEEPER_CRONTAB` names
 another command with the same interface (tests use a script that keeps the table in a file).

@@ -32,7 +32,8 @@ def _name(trial) -> str:
 
 
 def tracker_callbacks(trackers: list[Tracker], store, study: str, say=None) -> list:
-    """One Tune callback per tracker; `say` is told where each one writes."""
+    """One Tune callback per tracker; `say` is told where each one writes. Every sweep and search
+    builds its callbacks here, so this is also where Tune's census of them is turned off (below)."""
     skip_tunes_callback_census()
     if say is not None:
         for line in where(trackers, store, study):
