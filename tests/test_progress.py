@@ -83,6 +83,7 @@ def test_tunes_forced_snapshots_are_the_cause(ray_local, tmp_path):
         logger.addHandler(handler)
         try:
             tune.Tuner(steps, param_space={"x": tune.grid_search([0, 1, 2, 3])},
+                       tune_config=tune.TuneConfig(reuse_actors=True),  # one trial process, not four
                        run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0,
                                                  checkpoint_config=checkpoints, callbacks=callbacks)).fit()
         finally:
