@@ -206,7 +206,7 @@ def test_tracker_values():
     check_installed([Tracker("tensorboard"), Tracker("mlflow"), Tracker("wandb")])  # the test extra has them
 
 
-def test_an_object_store_keeps_its_trackers_local(s3_store, tmp_path):
+def test_an_object_store_keeps_its_trackers_local(ray_local, s3_store, tmp_path):
     """An s3:// store cannot hold a live SQLite file or an appended event file: with one, the
     trackers write under ./trackers/<bucket>/<prefix>/<study>/ (the run says so), nothing of
     theirs goes to the bucket, and the results do."""
@@ -214,8 +214,8 @@ def test_an_object_store_keeps_its_trackers_local(s3_store, tmp_path):
         "from sweeper import Study\n"
         "study = Study(name='tiny', dataset='digits', measure=[], recipe={'model': 'resnet-8-4', 'epochs': 2,"
         " 'augment': 'none', 'batch_size': 256, 'train_size': 256, 'test_size': 128})\n")
-    run = sweeper("run", "tiny.py", "--store", s3_store, "--no-figures", "--log", "tensorboard", "--log", "mlflow",
-                  cwd=tmp_path)
+    run = sweeper_in_process("run", "tiny.py", "--store", s3_store, "--no-figures", "--log", "tensorboard",
+                             "--log", "mlflow", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     import sweeper as api
 
