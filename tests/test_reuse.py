@@ -1,6 +1,7 @@
 """Trials another study of the store has done with the same training are copied, not trained again
 (sweeper.reuse): through a real local Ray cluster, real Parquet stores, local and on S3 (moto)."""
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +34,21 @@ def depth_vs_width_like(name: str = "dvw") -> Study:
     return Study(name=name, dataset="digits", axes={"trainable": ["bn", "output"], "seed": [0, 1]}, recipe=RECIPE)
 
 
+@pytest.fixture(scope="module")
+def sparse_store(ray_local, tmp_path_factory) -> Path:
+    """A store holding sparsity_like()'s two trials, run once for the tests that start from it."""
+    root = tmp_path_factory.mktemp("sparse-store")
+    first = run_study(sparsity_like(), Store(root), say=lambda _: None)
+    assert first.ok and first.done == 2
+    return root
+
+
+def copy_of(store: Path, to: Path) -> Path:
+    """A test's own copy of a shared store, to write to."""
+    shutil.copytree(store, to, dirs_exist_ok=True)
+    return to
+
+
 def test_measurements_do_not_change_the_training_they_record():
     bn, more = spec(), spec(measure=SPARSITY, clamp_thresholds=[0.0, 0.1])
     assert bn.trial_id != more.trial_id and bn.training_id == more.training_id
@@ -46,11 +62,9 @@ def test_measurements_do_not_change_the_training_they_record():
     assert TrainSpec.from_row({k: v for k, v in odd.to_row().items() if k != "eval_every"}) == odd.replace(eval_every=1)
 
 
-def test_a_trial_done_in_another_study_is_copied_and_equals_training_it_here(ray_local, tmp_path, capsys):
-    store = Store(tmp_path)
+def test_a_trial_done_in_another_study_is_copied_and_equals_training_it_here(sparse_store, tmp_path, capsys):
+    store = Store(copy_of(sparse_store, tmp_path))
     lines: list[str] = []
-    first = run_study(sparsity_like(), store, say=lines.append)
-    assert first.ok and first.done == 2
 
     summary = run_study(depth_vs_width_like(), store, say=lines.append)
     assert summary.ok and summary.reused == 2 and summary.ran == 2 and summary.done == 2  # output-only trained
@@ -112,11 +126,10 @@ def test_a_study_that_records_more_trains_its_own_and_rerun_is_never_copied(ray_
     assert load(tmp_path, "third")["reused_from"].str.startswith("again/").sum() == 2
 
 
-def test_a_copy_killed_before_its_row_is_made_again_and_never_doubled(ray_local, tmp_path):
+def test_a_copy_killed_before_its_row_is_made_again_and_never_doubled(sparse_store, tmp_path):
     import pyarrow.parquet as pq
 
-    store = Store(tmp_path)
-    run_study(sparsity_like(), store, say=lambda _: None)
+    store = Store(copy_of(sparse_store, tmp_path))
     older = next((tmp_path / "sparse" / "trials").glob("*.parquet"))  # a row of a version before bn_params:
     pq.write_table(pq.read_table(older).drop_columns(["bn_params"]), older)  # pandas reads the column as floats
     run_study(depth_vs_width_like(), store, say=lambda _: None)
@@ -132,9 +145,9 @@ def test_a_copy_killed_before_its_row_is_made_again_and_never_doubled(ray_local,
     assert (bn.groupby("trial_id").size() == bn.groupby("trial_id").size().iloc[0]).all()
 
 
-def test_plan_says_what_run_would_copy_and_leaves_it_out_of_the_cost(ray_local, tmp_path):
-    store = Store(tmp_path / "store")
-    run_study(sparsity_like(), store, say=lambda _: None)
+def test_plan_says_what_run_would_copy_and_leaves_it_out_of_the_cost(sparse_store, tmp_path):
+    copy_of(sparse_store, tmp_path / "store")
+
     def plan(subsets, *more):
         path = tmp_path / f"{'_'.join(subsets)}.py"
         path.write_text("from sweeper import Study\n"
