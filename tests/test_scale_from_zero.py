@@ -168,16 +168,16 @@ def files_under(path: Path) -> list[Path]:
 def test_gives_up_after_the_wait_limit_having_written_nothing(empty_cluster, study, tmp_path):
     store = tmp_path / "store"
     started = time.time()
-    p = sweeper_run(study, "--store", store, "--address", empty_cluster.address, "--wait-for-resources", "15")
+    p = sweeper_run(study, "--store", store, "--address", empty_cluster.address, "--wait-for-resources", "5")
     out, err = p.communicate(timeout=300)
     waited = time.time() - started
     assert p.returncode == 2, out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("sweeper: error: --wait-for-resources: no node with 1 CPU, 0 GPU joined the "
-                               "cluster within 15 s, so nothing ran"), err
-    assert "zero: waiting up to 15 s for a node with 1 CPU, 0 GPU" in out
-    assert waited >= 15
+                               "cluster within 5 s, so nothing ran"), err
+    assert "zero: waiting up to 5 s for a node with 1 CPU, 0 GPU" in out
+    assert waited >= 5
     assert files_under(store) == []  # no study folder, no _tune, not even _sweeper.json
 
 
