@@ -35,6 +35,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The files that take longest (each starts clusters, nodes or `sweeper` processes), longest first.
+# pytest-xdist hands a worker a whole file at a time, in collection order (pyproject.toml's addopts
+# turn off its own order, by number of tests, which put these last): started first, they leave the
+# many short files to even out the two workers' ends, instead of one worker running a minute-long
+# file alone at the end. A file left out of the list only runs later; nothing else depends on it.
+LONGEST_FIRST = ("test_s3.py", "test_compact.py", "test_slurm.py", "test_reuse.py", "test_faults.py",
+                 "test_auth.py", "test_bench.py", "test_multinode.py", "test_scale_from_zero.py",
+                 "test_trackers.py", "test_run.py", "test_submit.py", "test_remote_data.py", "test_progress.py",
+                 "test_reliability_signals.py", "test_frankle_figures.py", "test_nightly.py", "test_version.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 CIFAR_ROOT = REPO.parent / "shared" / "data" / "cifar10"
 
 
