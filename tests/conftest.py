@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 # file alone at the end. A file left out of the list only runs later; nothing else depends on it.
 LONGEST_FIRST = ("test_s3.py", "test_compact.py", "test_slurm.py", "test_reuse.py", "test_faults.py",
                  "test_auth.py", "test_bench.py", "test_multinode.py", "test_scale_from_zero.py",
-                 "test_trackers.py", "test_run.py", "test_submit.py", "test_remote_data.py", "test_progress.py",
+                 "test_trackers.py", "test_run.py", "test_remote_data.py", "test_progress.py",
                  "test_reliability_signals.py", "test_frankle_figures.py", "test_nightly.py", "test_version.py")
 
 

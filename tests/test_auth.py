@@ -9,6 +9,7 @@ killing whatever process still works in this module's own folder: `ray stop` wou
 Ray cluster on the host.
 """
 import os
+import re
 import shutil
 import signal
 import socket
@@ -188,12 +189,25 @@ def test_run_with_the_users_token_runs_the_sweep_to_done(head, study):
 
 
 def test_submit_with_the_users_token_runs_the_sweep_as_a_job(head, study):
+    """`sweeper submit` end to end, on the cluster cluster.yaml starts (with or without a token the
+    path is the same: `use_auth_token` only adds the header, and the refusals above cover its absence)."""
     store = head.root / "stores" / "submit"
-    r = sweeper("submit", study, "--address", f"http://127.0.0.1:{head.dashboard}", "--store", store,
-                env=base_env(head.home))
+    address = f"http://127.0.0.1:{head.dashboard}"
+    r = sweeper("submit", study, "--address", address, "--store", store, env=base_env(head.home))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "SUCCEEDED" in r.stdout and "2 ran and done" in r.stdout
     assert len(pd.read_parquet(store / "auth" / "trials")) == 2
+    # The log was followed (tail_job_logs): what was printed between the submission line and the
+    # final status is the job's whole log, each line once, not re-sent or skipped.
+    job_id = re.search(r"^submitted (\S+):", r.stdout, re.M).group(1)
+    logs = subprocess.run([sys.executable, "-c", GET_JOB_LOGS, address, job_id], capture_output=True, text=True,
+                          env=base_env(head.home, RAY_AUTH_MODE="token"), timeout=120, check=True).stdout
+    followed = r.stdout.split("\n", 1)[1].rsplit(f"job {job_id}: SUCCEEDED", 1)[0]
+    assert logs.count("ran and done") == 1 and followed == logs
+
+
+GET_JOB_LOGS = ("import sys\nfrom ray.job_submission import JobSubmissionClient\n"
+                "sys.stdout.write(JobSubmissionClient(sys.argv[1]).get_job_logs(sys.argv[2]))")  # as the token's user
 
 
 def test_submit_without_the_token_is_refused_in_one_line(head, study, tmp_path):
