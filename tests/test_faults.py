@@ -46,7 +46,7 @@ def committed(store):
 
 def test_sigkill_driver_then_rerun_runs_only_missing(tmp_path):
     study = tmp_path / "faults.py"
-    study.write_text(STUDY % {"epochs": 4})
+    study.write_text(STUDY % {"epochs": 2})
     store = tmp_path / "store"
     proc = start_sweep(study, store)
     deadline = time.time() + 240
@@ -59,7 +59,7 @@ def test_sigkill_driver_then_rerun_runs_only_missing(tmp_path):
     # The run recorded its plan as it began: figures drawn before the rerun restrict to this plan's
     # trials, not to what an earlier (or no) run of the study recorded.
     plan = recorded_plan(Store(store), "faults")
-    assert plan is not None and len(plan.ids) == 5 and plan.values["epochs"] == ["4"]
+    assert plan is not None and len(plan.ids) == 5 and plan.values["epochs"] == ["2"]
 
     r = subprocess.run([sys.executable, "-m", "sweeper.cli", "run", str(study), "--store", str(store), "--no-figures"],
                        capture_output=True, text=True, env=ENV, timeout=600)
