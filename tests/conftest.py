@@ -35,6 +35,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
 
 REPO = Path(__file__).resolve().parents[1]
+CIFAR_ROOT = REPO.parent / "shared" / "data" / "cifar10"
 
 # The files that take longest (each starts clusters, nodes or `sweeper` processes), longest first.
 # pytest-xdist hands a worker a whole file at a time, in collection order (pyproject.toml's addopts
@@ -50,7 +51,6 @@ LONGEST_FIRST = ("test_s3.py", "test_compact.py", "test_slurm.py", "test_reuse.p
 def pytest_collection_modifyitems(items) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-CIFAR_ROOT = REPO.parent / "shared" / "data" / "cifar10"
 
 
 def sweeper_in_process(*args, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
