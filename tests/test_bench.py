@@ -233,9 +233,9 @@ def test_bench_json_keys_of_the_step_and_data_parts(monkeypatch):
     a small batch, matmul and training set (the keys do not depend on the sizes; at the quick sizes
     this took about 50 s of the suite, most of it the bf16 step on a CPU without native bf16). The
     Ray and figure parts are measured above at tiny sizes."""
-    small = {run.measure_step: {"batch": 16, "sgemm_n": 256}, run.measure_data_fraction: {"train_size": 512}}
-    for name, measure in (("measure_step", run.measure_step), ("measure_data_fraction", run.measure_data_fraction)):
-        monkeypatch.setattr(run, name, lambda *a, _m=measure, **kw: _m(*a, **{**kw, **small[_m]}))
+    step, data = run.measure_step, run.measure_data_fraction
+    monkeypatch.setattr(run, "measure_step", lambda *a, **kw: step(*a, **{**kw, "batch": 16, "sgemm_n": 256}))
+    monkeypatch.setattr(run, "measure_data_fraction", lambda *a, **kw: data(*a, **{**kw, "train_size": 512}))
     results = run.run_bench(quick=True, only={"step", "data"})
     assert set(results) == ALWAYS | HEADLINE["step"] | HEADLINE["data"]
     assert set(results["details"]) == {"step", "data"}
